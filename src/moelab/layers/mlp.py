@@ -1,0 +1,66 @@
+"""Dense feed-forward networks: the dense baseline, shared experts, MLP routers, dense layers."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from moelab._validation import check_features, positive_int
+from moelab.layers.activations import get_activation
+from moelab.layers.outputs import ModelOutput
+
+
+class MLP(nn.Module):
+    """A ``depth``-layer feed-forward network d_in -> d_out with hidden width ``hidden``.
+
+    ``depth`` counts affine maps, as in the paper ("l-layer, width m"): depth 2 is
+    A2 act(A1 x + b1) + b2, depth 1 a single affine map. Accepts inputs of shape (..., d_in).
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        d_out: int,
+        *,
+        hidden: int,
+        depth: int = 2,
+        activation: str = "relu",
+        bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.d_in = positive_int("d_in", d_in)
+        self.d_out = positive_int("d_out", d_out)
+        self.hidden = positive_int("hidden", hidden)
+        self.depth = positive_int("depth", depth)
+        act = get_activation(activation)
+        self.activation = activation
+        widths = [d_in] + [hidden] * (depth - 1) + [d_out]
+        self.linears = nn.ModuleList(
+            nn.Linear(a, b, bias=bias) for a, b in zip(widths[:-1], widths[1:])
+        )
+        self._act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        for k, linear in enumerate(self.linears):
+            x = linear(x)
+            if k < self.depth - 1:
+                x = self._act(x)
+        return x
+
+
+class DenseMLP(MLP):
+    """The dense baseline: an :class:`MLP` with the model interface of the MoE stacks.
+
+    ``run`` returns a :class:`~moelab.layers.outputs.ModelOutput` with no routing and no auxiliary
+    losses, so training and analysis code treats dense and MoE models alike.
+    """
+
+    def __init__(self, d_in: int, d_out: int, *, check_finite: bool = True, **kwargs) -> None:
+        super().__init__(d_in, d_out, **kwargs)
+        self.check_finite = check_finite
+
+    def run(self, x: Tensor) -> ModelOutput:
+        check_features(x, self.d_in, finite=self.check_finite)
+        return ModelOutput(y=super().forward(x), aux_losses={}, layers=())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.run(x).y

@@ -1,0 +1,88 @@
+"""The small frozen records that layers and models return.
+
+Shape legend: T tokens (all leading dimensions of the input flattened), E experts, S routing slots
+per token (S = K for token-choice routing, S = E for expert-choice routing), O output width.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class Routing:
+    """Which experts each token uses, and with what weight.
+
+    Attributes:
+        expert_ids: (T, S) long, the expert of each slot. Token choice: the K selected experts,
+            best first. Expert choice: slot e is expert e.
+        weights: (T, S), the combine weight of each slot; 0 where the slot is not kept.
+        kept: (T, S) bool, whether the slot's assignment is computed (False: dropped by the
+            capacity limit, or not chosen by that expert under expert choice).
+        logits: (T, E), the router's scores (with noise, when noise is on and training).
+        probs: (T, E), softmax over all E experts of ``logits`` (what balancing losses use).
+        tokens_per_expert: (E,) long, kept assignments per expert.
+        dropped_fraction: () float. Token choice: the fraction of the T*K assignments dropped by
+            the capacity limit. Expert choice: the fraction of tokens that no expert took.
+        clean_logits, noise_std: (T, E), for the noisy top-k load loss; None without that noise.
+        expert_choice: whether the slots are expert-choice slots (S = E, slot e is expert e).
+    """
+
+    expert_ids: Tensor
+    weights: Tensor
+    kept: Tensor
+    logits: Tensor
+    probs: Tensor
+    tokens_per_expert: Tensor
+    dropped_fraction: Tensor
+    clean_logits: Tensor | None = None
+    noise_std: Tensor | None = None
+    expert_choice: bool = False
+
+    @property
+    def num_experts(self) -> int:
+        return self.logits.shape[-1]
+
+    def combine_weights(self) -> Tensor:
+        """The (T, E) matrix of combine weights: row t holds token t's weight for each expert."""
+        w_TE = torch.zeros_like(self.logits, dtype=self.weights.dtype)
+        return w_TE.scatter(1, self.expert_ids, self.weights * self.kept)
+
+    def top1(self) -> Tensor:
+        """(T,) the first-choice expert of every token (expert choice: the highest-weight one)."""
+        if self.expert_choice:
+            return self.combine_weights().argmax(-1)
+        return self.expert_ids[:, 0]
+
+
+@dataclass(frozen=True)
+class MoEOutput:
+    """One MoE layer's forward pass: output, routing, and the unweighted auxiliary losses.
+
+    ``y`` has the input's leading shape and the layer's output width. ``aux_losses`` maps a name
+    (``load_balance``, ``z_loss``, ``importance``, ``load``, ``reconstruction``) to a scalar.
+    """
+
+    y: Tensor
+    routing: Routing
+    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    """A whole model's forward pass.
+
+    ``aux_losses`` sums each named auxiliary loss over the model's MoE layers (unweighted: the
+    training loop weights them). ``layers`` holds every MoE layer's :class:`MoEOutput`, in order.
+    """
+
+    y: Tensor
+    aux_losses: dict[str, Tensor]
+    layers: tuple[MoEOutput, ...]
+
+    @property
+    def routings(self) -> tuple[Routing, ...]:
+        return tuple(layer.routing for layer in self.layers)

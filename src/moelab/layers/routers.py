@@ -1,0 +1,237 @@
+"""Routers (gating networks): score the experts, select them, weight them, enforce capacity.
+
+The paper's router is linear, g(x) = W_R x, with top-1 selection and weights given by a softmax over
+the selected logits (PAPER.md Sec. 1). This module offers that and the common alternatives:
+
+* scorers: ``"linear"`` (W x, bias optional) or ``"mlp"`` (a small ReLU network; the paper's
+  suggestion 1: a nonlinear router can realise the partition of unity itself);
+* selection: token choice (each token its top-K experts) or expert choice (each expert its top-C
+  tokens, Zhou et al. 2022);
+* weightings (token choice), see :data:`WEIGHTINGS`;
+* noise: input jitter (Switch) or learned noisy top-k (Shazeer et al. 2017), in training mode only;
+* capacity: at most C = ceil(capacity_factor * T * K / E) assignments per expert, the rest dropped;
+* auxiliary-loss-free balancing (DeepSeek-V3): a per-expert bias added to the scores for selection
+  only, moved by :meth:`Router.update_balance_bias`.
+
+Shape legend: T tokens, D input width, E experts, K experts per token, S slots per token, C capacity.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from moelab._validation import one_of, positive_float, positive_int
+from moelab.layers.mlp import MLP
+from moelab.layers.outputs import Routing
+
+#: How the selected experts' outputs are weighted (token choice).
+#:  - ``"paper"``: softmax over the K selected logits (the paper's alpha). With K = 1 the weight is
+#:    exactly 1: hard routing, and the router receives **no gradient** from the task loss.
+#:  - ``"switch"`` (default): the full softmax probability of each selected expert, not renormalised
+#:    (Switch Transformer). With K = 1 the router is trained through the weight p_i(x).
+#:  - ``"sigmoid"``: sigmoid scores normalised over the selected experts (DeepSeek-V3).
+#:  - ``"unweighted"``: weight 1 for every selected expert (the outputs are summed).
+WEIGHTINGS = ("paper", "switch", "sigmoid", "unweighted")
+SCORERS = ("linear", "mlp")
+ROUTINGS = ("token_choice", "expert_choice")
+NOISES = ("none", "jitter", "noisy_topk")
+#: Which assignments an over-full expert keeps. ``"position"`` (default; Switch, GShard): all first
+#: choices before any second choice, then earlier tokens first. ``"score"`` (batch-prioritised
+#: routing, Riquelme et al. 2021): higher combine weight first.
+CAPACITY_PRIORITIES = ("position", "score")
+
+
+class Router(nn.Module):
+    """Scores E experts for each token and decides the routing.
+
+    Args:
+        d_in: input width D.
+        num_experts: E.
+        top_k: K, experts per token (token choice), 1 <= K <= E. Under expert choice K only sets
+            the capacity C = ceil(capacity_factor * T * K / E).
+        scorer: ``"linear"`` or ``"mlp"``; ``mlp_hidden`` and ``mlp_depth`` shape the MLP scorer.
+        bias: whether the linear scorer has a bias (False reproduces the paper's g(x) = W_R x).
+        weighting: one of :data:`WEIGHTINGS`.
+        routing: ``"token_choice"`` or ``"expert_choice"``.
+        noise: ``"none"``, ``"jitter"`` (multiply the router input by U(1 - eps, 1 + eps)) or
+            ``"noisy_topk"`` (add N(0, softplus(W_noise x)^2) to the logits). Training mode only.
+        jitter_eps: eps of the input jitter.
+        capacity_factor: None for dropless token choice; else C as above (under expert choice
+            None means 1.0).
+        capacity_priority: one of :data:`CAPACITY_PRIORITIES`.
+        balance_bias: keep a per-expert bias added to the selection scores only (DeepSeek-V3).
+        generator: the random source of the noise (None: torch's default generator).
+    """
+
+    def __init__(
+        self,
+        d_in: int,
+        num_experts: int,
+        *,
+        top_k: int = 1,
+        scorer: str = "linear",
+        bias: bool = True,
+        mlp_hidden: int = 32,
+        mlp_depth: int = 2,
+        weighting: str = "switch",
+        routing: str = "token_choice",
+        noise: str = "none",
+        jitter_eps: float = 1e-2,
+        capacity_factor: float | None = None,
+        capacity_priority: str = "position",
+        balance_bias: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.d_in = positive_int("d_in", d_in)
+        self.num_experts = positive_int("num_experts", num_experts)
+        self.top_k = positive_int("top_k", top_k)
+        if top_k > num_experts:
+            raise ValueError(f"top_k={top_k} must be <= num_experts={num_experts}")
+        self.scorer_kind = one_of("router", scorer, SCORERS)
+        self.weighting = one_of("weighting", weighting, WEIGHTINGS)
+        self.routing = one_of("routing", routing, ROUTINGS)
+        self.noise = one_of("noise", noise, NOISES)
+        self.jitter_eps = positive_float("jitter_eps", jitter_eps, allow_zero=True)
+        self.capacity_factor = (
+            None if capacity_factor is None else positive_float("capacity_factor", capacity_factor)
+        )
+        self.capacity_priority = one_of("capacity_priority", capacity_priority, CAPACITY_PRIORITIES)
+        self.generator = generator
+        if scorer == "linear":
+            self.scorer: nn.Module = nn.Linear(d_in, num_experts, bias=bias)
+        else:
+            self.scorer = MLP(d_in, num_experts, hidden=mlp_hidden, depth=mlp_depth, bias=bias)
+        # Noisy top-k: W_noise starts at zero, so the noise scale starts at softplus(0) everywhere.
+        self.noise_proj = (
+            nn.Linear(d_in, num_experts, bias=False) if noise == "noisy_topk" else None
+        )
+        if self.noise_proj is not None:
+            nn.init.zeros_(self.noise_proj.weight)
+        self.balance_bias = balance_bias
+        self.register_buffer(
+            "expert_bias", torch.zeros(num_experts) if balance_bias else None, persistent=True
+        )
+
+    # -- scores -------------------------------------------------------------------------------
+    def _logits(self, x_TD: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(logits used for routing, clean logits, noise std); the last two only for noisy top-k."""
+        if self.training and self.noise == "jitter" and self.jitter_eps > 0:
+            u = torch.rand(x_TD.shape, generator=self.generator, dtype=x_TD.dtype,
+                           device=x_TD.device)
+            x_TD = x_TD * (1 - self.jitter_eps + 2 * self.jitter_eps * u)
+        logits_TE = self.scorer(x_TD)
+        if self.noise_proj is None:
+            return logits_TE, None, None
+        std_TE = F.softplus(self.noise_proj(x_TD))
+        if not self.training:
+            return logits_TE, logits_TE, std_TE
+        eps_TE = torch.randn(logits_TE.shape, generator=self.generator, dtype=logits_TE.dtype,
+                             device=logits_TE.device)
+        return logits_TE + eps_TE * std_TE, logits_TE, std_TE
+
+    def capacity(self, num_tokens: int) -> int | None:
+        """C, the most assignments one expert takes from ``num_tokens`` tokens (None: unbounded)."""
+        factor = self.capacity_factor
+        if factor is None:
+            if self.routing == "token_choice":
+                return None
+            factor = 1.0
+        c = math.ceil(factor * num_tokens * self.top_k / self.num_experts)
+        return min(c, num_tokens) if self.routing == "expert_choice" else c
+
+    # -- routing ------------------------------------------------------------------------------
+    def forward(self, x_TD: Tensor) -> Routing:
+        """Route a (T, D) batch of tokens; see :class:`~moelab.layers.outputs.Routing`."""
+        logits_TE, clean_TE, std_TE = self._logits(x_TD)
+        probs_TE = logits_TE.softmax(dim=-1)
+        if self.routing == "expert_choice":
+            return self._expert_choice(logits_TE, probs_TE, clean_TE, std_TE)
+        return self._token_choice(logits_TE, probs_TE, clean_TE, std_TE)
+
+    def _token_choice(self, logits_TE, probs_TE, clean_TE, std_TE) -> Routing:
+        T, E = logits_TE.shape
+        scores_TE = logits_TE.sigmoid() if self.weighting == "sigmoid" else probs_TE
+        select_TE = scores_TE.detach()
+        if self.expert_bias is not None:
+            select_TE = select_TE + self.expert_bias
+        ids_TK = select_TE.topk(self.top_k, dim=-1, sorted=True).indices
+        picked_TK = scores_TE.gather(1, ids_TK)
+        if self.weighting == "switch":
+            weights_TK = picked_TK
+        elif self.weighting == "unweighted":
+            weights_TK = torch.ones_like(picked_TK)
+        elif self.weighting == "sigmoid":
+            weights_TK = picked_TK / picked_TK.sum(-1, keepdim=True)
+        else:  # paper: softmax over the selected logits
+            weights_TK = logits_TE.gather(1, ids_TK).softmax(dim=-1)
+
+        kept_TK = torch.ones_like(ids_TK, dtype=torch.bool)
+        capacity = self.capacity(T)
+        if capacity is not None and capacity < T * self.top_k:
+            kept_TK = self._within_capacity(ids_TK, weights_TK.detach(), capacity)
+            weights_TK = weights_TK * kept_TK
+        counts_E = torch.bincount(ids_TK[kept_TK], minlength=E)
+        dropped = 1.0 - kept_TK.float().mean()
+        return Routing(ids_TK, weights_TK, kept_TK, logits_TE, probs_TE, counts_E, dropped,
+                       clean_TE, std_TE)
+
+    def _within_capacity(self, ids_TK: Tensor, weights_TK: Tensor, capacity: int) -> Tensor:
+        """Which assignments fit: each expert keeps its first ``capacity`` by priority order."""
+        T, K = ids_TK.shape
+        if self.capacity_priority == "position":
+            order_N = torch.arange(T * K, device=ids_TK.device)  # slot-major: k * T + t
+            ids_N = ids_TK.t().reshape(-1)
+        else:
+            order_N = weights_TK.t().reshape(-1).argsort(descending=True, stable=True)
+            ids_N = ids_TK.t().reshape(-1)[order_N]
+        onehot_NE = F.one_hot(ids_N, self.num_experts)
+        position_N = (onehot_NE.cumsum(0) * onehot_NE).sum(-1) - 1  # place in its expert's queue
+        kept_N = torch.empty_like(position_N, dtype=torch.bool)
+        kept_N[order_N] = position_N < capacity
+        return kept_N.view(K, T).t()
+
+    def _expert_choice(self, logits_TE, probs_TE, clean_TE, std_TE) -> Routing:
+        T, E = logits_TE.shape
+        capacity = self.capacity(T)
+        select_ET = probs_TE.detach().t()
+        if self.expert_bias is not None:
+            select_ET = select_ET + self.expert_bias[:, None]
+        top_EC = select_ET.topk(capacity, dim=-1).indices
+        kept_TE = torch.zeros(T, E, dtype=torch.bool, device=logits_TE.device)
+        kept_TE[top_EC, torch.arange(E, device=logits_TE.device)[:, None]] = True
+        weights_TE = probs_TE * kept_TE
+        ids_TE = torch.arange(E, device=logits_TE.device).expand(T, E)
+        counts_E = kept_TE.sum(0)
+        dropped = 1.0 - kept_TE.any(-1).float().mean()
+        return Routing(ids_TE, weights_TE, kept_TE, logits_TE, probs_TE, counts_E, dropped,
+                       clean_TE, std_TE, expert_choice=True)
+
+    # -- auxiliary-loss-free balancing -------------------------------------------------------------
+    @torch.no_grad()
+    def update_balance_bias(self, tokens_per_expert: Tensor, rate: float = 1e-3) -> None:
+        """DeepSeek-V3's bias update (Liu et al. 2024, Sec. 2.1.2): b_i += rate * sign(mean - load_i).
+
+        Overloaded experts become less likely to be selected, underloaded ones more; the bias only
+        changes which experts are selected, never the combine weights. ``tokens_per_expert`` is the
+        (E,) load of the last step(s), e.g. ``routing.tokens_per_expert``.
+        """
+        if self.expert_bias is None:
+            raise ValueError("update_balance_bias needs a router built with balance_bias=True")
+        load_E = tokens_per_expert.to(self.expert_bias.dtype)
+        if load_E.shape != self.expert_bias.shape:
+            raise ValueError(
+                f"tokens_per_expert must have shape ({self.num_experts},), got {tuple(load_E.shape)}"
+            )
+        self.expert_bias += rate * torch.sign(load_E.mean() - load_E)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.scorer_kind}, d_in={self.d_in}, num_experts={self.num_experts}, "
+            f"top_k={self.top_k}, weighting={self.weighting}, routing={self.routing}, "
+            f"noise={self.noise}, capacity_factor={self.capacity_factor}"
+        )

@@ -1,0 +1,112 @@
+"""Deep MoE stacks: the paper's class H^{L,E}_{l,m} (Eq. 1) and its suggested variants.
+
+``DeepMoE(widths=[d_0, ..., d_L], config)`` composes L layers, layer i mapping R^{d_i} -> R^{d_{i+1}}:
+with the defaults every layer is an MoE layer and they are composed plainly,
+h^(L) o ... o h^(1) — no residuals, no norms, nothing in between (paper-exact). Options:
+
+* ``residual=True``: a residual stream, x <- x + h(x), at every layer whose input and output widths
+  are equal (other layers stay plain);
+* ``moe_every=2``: alternate dense and MoE layers (dense first; GShard / GLaM, suggestion 2(i)); the
+  dense layers are MLPs shaped like one expert;
+* per-layer configs: pass a list of :class:`~moelab.layers.moe.MoEConfig`, e.g. shared experts or an
+  MLP router in chosen layers only (suggestions 1 and 2(ii)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from moelab._validation import check_features, positive_int
+from moelab.layers.mlp import MLP
+from moelab.layers.moe import MoEConfig, MoELayer
+from moelab.layers.outputs import ModelOutput, MoEOutput
+
+
+class DeepMoE(nn.Module):
+    """L stacked layers with per-layer widths; see the module docstring for the options.
+
+    Args:
+        widths: [d_0, ..., d_L], the input width, the L - 1 inner widths and the output width.
+        config: one :class:`MoEConfig` for every MoE layer, or a sequence with one per layer.
+        residual: add each layer's input to its output where the widths match.
+        moe_every: 1 for all-MoE; k > 1 makes layers k-1, 2k-1, ... MoE and the others dense.
+    """
+
+    def __init__(
+        self,
+        widths: Sequence[int],
+        config: MoEConfig | Sequence[MoEConfig] | None = None,
+        *,
+        residual: bool = False,
+        moe_every: int = 1,
+    ) -> None:
+        super().__init__()
+        widths = list(widths)
+        if len(widths) < 2:
+            raise ValueError(f"widths must list at least an input and an output width, got {widths}")
+        for i, w in enumerate(widths):
+            positive_int(f"widths[{i}]", w)
+        self.widths = widths
+        n_layers = len(widths) - 1
+        self.moe_every = positive_int("moe_every", moe_every)
+        configs = self._per_layer(config, n_layers)
+        self.residual = residual
+        self.layers = nn.ModuleList()
+        for i in range(n_layers):
+            cfg = configs[i]
+            if (i + 1) % moe_every == 0:
+                self.layers.append(MoELayer(widths[i], widths[i + 1], cfg))
+            else:
+                self.layers.append(
+                    MLP(widths[i], widths[i + 1], hidden=cfg.expert_hidden, depth=cfg.expert_depth,
+                        activation=cfg.activation, bias=cfg.expert_bias)
+                )
+        self.check_finite = configs[0].check_finite
+
+    @staticmethod
+    def _per_layer(config, n_layers: int) -> list[MoEConfig]:
+        if config is None:
+            return [MoEConfig()] * n_layers
+        if isinstance(config, MoEConfig):
+            return [config] * n_layers
+        configs = list(config)
+        if len(configs) != n_layers or not all(isinstance(c, MoEConfig) for c in configs):
+            raise ValueError(
+                f"config must be one MoEConfig or {n_layers} of them (one per layer), "
+                f"got {len(configs)} item(s)"
+            )
+        return configs
+
+    @property
+    def d_in(self) -> int:
+        return self.widths[0]
+
+    @property
+    def d_out(self) -> int:
+        return self.widths[-1]
+
+    @property
+    def moe_layers(self) -> list[MoELayer]:
+        return [layer for layer in self.layers if isinstance(layer, MoELayer)]
+
+    def run(self, x: Tensor) -> ModelOutput:
+        """Forward pass returning every MoE layer's routing and the summed auxiliary losses."""
+        check_features(x, self.d_in, finite=self.check_finite)
+        outputs: list[MoEOutput] = []
+        aux: dict[str, Tensor] = {}
+        for layer in self.layers:
+            if isinstance(layer, MoELayer):
+                out = layer.run(x)
+                outputs.append(out)
+                for name, value in out.aux_losses.items():
+                    aux[name] = aux[name] + value if name in aux else value
+                h = out.y
+            else:
+                h = layer(x)
+            x = x + h if self.residual and h.shape == x.shape else h
+        return ModelOutput(y=x, aux_losses=aux, layers=tuple(outputs))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.run(x).y
