@@ -1,7 +1,7 @@
 """MoE layers: experts, routers, dispatch, the MoE layer, deep stacks and the dense baseline."""
 
 from moelab.layers.activations import ACTIVATIONS, get_activation
-from moelab.layers.dispatch import DISPATCH_MODES, dispatch
+from moelab.layers.dispatch import DISPATCH_MODES, dispatch_and_combine
 from moelab.layers.experts import ExpertResult, Experts, LowDimExperts, grouped_linear
 from moelab.layers.mlp import MLP, DenseMLP
 from moelab.layers.moe import MoEConfig, MoELayer, collect_aux_losses
@@ -37,7 +37,7 @@ __all__ = [
     "Router",
     "Routing",
     "collect_aux_losses",
-    "dispatch",
+    "dispatch_and_combine",
     "get_activation",
     "grouped_linear",
 ]

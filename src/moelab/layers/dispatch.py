@@ -55,7 +55,7 @@ def choose_path(mode: str, num_tokens: int, experts, routing: Routing) -> str:
     return "dense" if dense_work <= DENSE_WORK_LIMIT else "grouped"
 
 
-def dispatch(x_TI: Tensor, routing: Routing, experts, *, mode: str = "auto") -> Dispatched:
+def dispatch_and_combine(x_TI: Tensor, routing: Routing, experts, *, mode: str = "auto") -> Dispatched:
     """Run ``experts`` on the assignments of ``routing`` and combine: x (T, I) -> y (T, O)."""
     path = choose_path(mode, x_TI.shape[0], experts, routing)
     if path == "dense":
@@ -92,7 +92,7 @@ def _grouped(x_TI: Tensor, routing: Routing, experts) -> Dispatched:
     y_NO = out.y * w_N[:, None]
     # Each (token, slot) cell is written exactly once, then slots are summed in order.
     cells = y_NO.new_zeros(T * S, y_NO.shape[1]).index_copy(0, cell_N, y_NO)
-    y_TO = cells.view(T, S, -1).sum(1)
+    y_TO = cells.view(T, S, y_NO.shape[1]).sum(1)
     recon = None if out.recon_error is None else _mean_or_zero(out.recon_error, x_TI)
     return Dispatched(y_TO, recon)
 

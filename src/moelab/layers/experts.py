@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import pairwise
 
 import torch
 import torch.nn.functional as F
@@ -103,7 +104,7 @@ class Experts(nn.Module):
         widths = [d_in] + [hidden] * (depth - 1) + [d_out]
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList() if bias else None
-        for fan_in, fan_out in zip(widths[:-1], widths[1:]):
+        for fan_in, fan_out in pairwise(widths):
             self._add_layer(fan_in, fan_out)
         if gated:  # the gate's value branch W3, applied to the input beside W1
             self._add_layer(d_in, hidden)

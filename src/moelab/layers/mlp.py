@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 from torch import Tensor, nn
 
 from moelab._validation import check_features, positive_int
@@ -35,7 +37,7 @@ class MLP(nn.Module):
         self.activation = activation
         widths = [d_in] + [hidden] * (depth - 1) + [d_out]
         self.linears = nn.ModuleList(
-            nn.Linear(a, b, bias=bias) for a, b in zip(widths[:-1], widths[1:])
+            nn.Linear(a, b, bias=bias) for a, b in pairwise(widths)
         )
         self._act = act
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from moelab import losses
 from moelab._validation import check_features, one_of, positive_int
 from moelab.layers.activations import get_activation
-from moelab.layers.dispatch import DISPATCH_MODES, dispatch
+from moelab.layers.dispatch import DISPATCH_MODES, dispatch_and_combine
 from moelab.layers.experts import Experts, LowDimExperts
 from moelab.layers.mlp import MLP
 from moelab.layers.outputs import MoEOutput, Routing
@@ -82,6 +82,8 @@ class MoEConfig:
         positive_int("expert_hidden", self.expert_hidden)
         positive_int("expert_depth", self.expert_depth)
         get_activation(self.activation)
+        positive_int("router_hidden", self.router_hidden)
+        positive_int("router_depth", self.router_depth)
         if self.latent_dim is not None:
             positive_int("latent_dim", self.latent_dim)
             if self.gated:
@@ -144,7 +146,7 @@ class MoELayer(nn.Module):
         lead = x.shape[:-1]
         x_TI = x.reshape(-1, self.d_in)
         routing = self.router(x_TI)
-        out = dispatch(x_TI, routing, self.experts, mode=dispatch_mode or self.config.dispatch)
+        out = dispatch_and_combine(x_TI, routing, self.experts, mode=dispatch_mode or self.config.dispatch)
         y_TO = out.y if self.shared is None else out.y + self.shared(x_TI)
         aux = self._aux_losses(routing)
         if out.recon_loss is not None:

@@ -45,6 +45,11 @@ NOISES = ("none", "jitter", "noisy_topk")
 CAPACITY_PRIORITIES = ("position", "score")
 
 
+def _fraction(mask: Tensor) -> Tensor:
+    """The fraction of True entries (0 for an empty mask)."""
+    return mask.float().mean() if mask.numel() else mask.new_zeros((), dtype=torch.float32)
+
+
 class Router(nn.Module):
     """Scores E experts for each token and decides the routing.
 
@@ -176,7 +181,7 @@ class Router(nn.Module):
             kept_TK = self._within_capacity(ids_TK, weights_TK.detach(), capacity)
             weights_TK = weights_TK * kept_TK
         counts_E = torch.bincount(ids_TK[kept_TK], minlength=E)
-        dropped = 1.0 - kept_TK.float().mean()
+        dropped = _fraction(~kept_TK)
         return Routing(ids_TK, weights_TK, kept_TK, logits_TE, probs_TE, counts_E, dropped,
                        clean_TE, std_TE)
 
@@ -207,7 +212,7 @@ class Router(nn.Module):
         weights_TE = probs_TE * kept_TE
         ids_TE = torch.arange(E, device=logits_TE.device).expand(T, E)
         counts_E = kept_TE.sum(0)
-        dropped = 1.0 - kept_TE.any(-1).float().mean()
+        dropped = _fraction(~kept_TE.any(-1))
         return Routing(ids_TE, weights_TE, kept_TE, logits_TE, probs_TE, counts_E, dropped,
                        clean_TE, std_TE, expert_choice=True)
 
