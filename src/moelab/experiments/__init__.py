@@ -1,0 +1,1 @@
+"""Experiments: the demo and (see submodules) the paper's named experiments."""
