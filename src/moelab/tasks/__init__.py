@@ -1,0 +1,57 @@
+"""Target generators with ground truth, scikit-learn style (``make_*``).
+
+* :func:`make_manifold_task`: a function on a manifold in R^D with an E-chart linear atlas and a
+  smooth partition of unity (Sec. 4, Experiment I, Example 4.6).
+
+Each returns a frozen sample dataclass whose ``task`` evaluates the ground truth on new points and
+draws further samples (``sample.task.sample(n, seed=...)`` for a test set). Randomness comes only
+from an explicit ``seed`` or ``generator``.
+"""
+
+from moelab.tasks.atlas import Atlas, CapAtlas, SpiralAtlas, TorusAtlas, make_atlas, smooth_bump
+from moelab.tasks.manifold_task import (
+    ManifoldSample,
+    ManifoldTask,
+    build_manifold_task,
+    make_manifold_task,
+)
+from moelab.tasks.manifolds import (
+    EMBEDDINGS,
+    MANIFOLDS,
+    Circle,
+    Manifold,
+    Sphere,
+    Spiral,
+    SwissRoll,
+    Torus,
+    embedding_matrix,
+    make_manifold,
+)
+from moelab.tasks.targets import TARGETS, PaperTarget, RidgeTarget, make_ridge_target
+
+__all__ = [
+    "EMBEDDINGS",
+    "MANIFOLDS",
+    "TARGETS",
+    "Atlas",
+    "CapAtlas",
+    "Circle",
+    "Manifold",
+    "ManifoldSample",
+    "ManifoldTask",
+    "PaperTarget",
+    "RidgeTarget",
+    "Sphere",
+    "Spiral",
+    "SpiralAtlas",
+    "SwissRoll",
+    "Torus",
+    "TorusAtlas",
+    "build_manifold_task",
+    "embedding_matrix",
+    "make_atlas",
+    "make_manifold",
+    "make_manifold_task",
+    "make_ridge_target",
+    "smooth_bump",
+]
