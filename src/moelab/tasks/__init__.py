@@ -2,6 +2,8 @@
 
 * :func:`make_manifold_task`: a function on a manifold in R^D with an E-chart linear atlas and a
   smooth partition of unity (Sec. 4, Experiment I, Example 4.6).
+* :func:`make_piecewise_task`: the Eq. (4) target on [0, E]^L with its E^L pieces (Experiment II).
+* :func:`make_product_task`: the Eq. (5) target on a product of manifolds.
 
 Each returns a frozen sample dataclass whose ``task`` evaluates the ground truth on new points and
 draws further samples (``sample.task.sample(n, seed=...)`` for a test set). Randomness comes only
@@ -27,11 +29,31 @@ from moelab.tasks.manifolds import (
     embedding_matrix,
     make_manifold,
 )
+from moelab.tasks.piecewise import (
+    OUTPUTS,
+    ParabolaPiece,
+    PiecewiseSample,
+    PiecewiseTask,
+    QuarticPiece,
+    build_piecewise_task,
+    make_piecewise_task,
+    paper_subfunctions,
+)
+from moelab.tasks.product import (
+    PRODUCT_SUBFUNCTIONS,
+    ProductSample,
+    ProductTask,
+    Sinusoid,
+    build_product_task,
+    make_product_task,
+)
 from moelab.tasks.targets import TARGETS, PaperTarget, RidgeTarget, make_ridge_target
 
 __all__ = [
     "EMBEDDINGS",
     "MANIFOLDS",
+    "OUTPUTS",
+    "PRODUCT_SUBFUNCTIONS",
     "TARGETS",
     "Atlas",
     "CapAtlas",
@@ -40,7 +62,14 @@ __all__ = [
     "ManifoldSample",
     "ManifoldTask",
     "PaperTarget",
+    "ParabolaPiece",
+    "PiecewiseSample",
+    "PiecewiseTask",
+    "ProductSample",
+    "ProductTask",
+    "QuarticPiece",
     "RidgeTarget",
+    "Sinusoid",
     "Sphere",
     "Spiral",
     "SpiralAtlas",
@@ -48,10 +77,15 @@ __all__ = [
     "Torus",
     "TorusAtlas",
     "build_manifold_task",
+    "build_piecewise_task",
+    "build_product_task",
     "embedding_matrix",
     "make_atlas",
     "make_manifold",
     "make_manifold_task",
+    "make_piecewise_task",
+    "make_product_task",
     "make_ridge_target",
+    "paper_subfunctions",
     "smooth_bump",
 ]
