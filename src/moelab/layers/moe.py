@@ -14,6 +14,7 @@ works anywhere an ``nn.Module`` does (``nn.Sequential`` included), and keeps the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch import Tensor, nn
@@ -24,7 +25,7 @@ from moelab.layers.activations import get_activation
 from moelab.layers.dispatch import DISPATCH_MODES, dispatch_and_combine
 from moelab.layers.experts import Experts, LowDimExperts
 from moelab.layers.mlp import MLP
-from moelab.layers.outputs import MoEOutput, Routing
+from moelab.layers.outputs import LazyLosses, MoEOutput, Routing
 from moelab.layers.routers import Router
 
 
@@ -148,9 +149,7 @@ class MoELayer(nn.Module):
         routing = self.router(x_TI)
         out = dispatch_and_combine(x_TI, routing, self.experts, mode=dispatch_mode or self.config.dispatch)
         y_TO = out.y if self.shared is None else out.y + self.shared(x_TI)
-        aux = self._aux_losses(routing)
-        if out.recon_loss is not None:
-            aux["reconstruction"] = out.recon_loss
+        aux = self._aux_losses(routing, out.recon_loss)
         result = MoEOutput(y_TO.reshape(*lead, self.d_out), routing, aux)
         self.last_output = result
         return result
@@ -158,31 +157,30 @@ class MoELayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.run(x).y
 
-    def _aux_losses(self, routing: Routing) -> dict[str, Tensor]:
-        if routing.logits.shape[0] == 0:
-            return {}
-        aux = {"z_loss": losses.router_z_loss(routing.logits)}
-        if not routing.expert_choice:
-            aux["load_balance"] = losses.load_balancing_loss(
-                routing.probs, routing.expert_ids, self.num_experts, dispatch_mask_TK=routing.kept
-            )
-        if routing.noise_std is not None:
-            aux["importance"] = losses.importance_loss(routing.combine_weights())
-            if self.config.top_k < self.num_experts:
-                aux["load"] = losses.load_loss(
-                    routing.clean_logits, routing.logits, routing.noise_std, self.config.top_k
+    def _aux_losses(self, routing: Routing, recon: Tensor | None) -> LazyLosses:
+        thunks: dict[str, Callable[[], Tensor]] = {}
+        if routing.logits.shape[0] > 0:
+            thunks["z_loss"] = lambda: losses.router_z_loss(routing.logits)
+            if not routing.expert_choice:
+                thunks["load_balance"] = lambda: losses.load_balancing_loss(
+                    routing.probs, routing.expert_ids, self.num_experts,
+                    dispatch_mask_TK=routing.kept,
                 )
-        return aux
+            if routing.noise_std is not None:
+                thunks["importance"] = lambda: losses.importance_loss(routing.combine_weights())
+                if self.config.top_k < self.num_experts:
+                    thunks["load"] = lambda: losses.load_loss(
+                        routing.clean_logits, routing.logits, routing.noise_std, self.config.top_k
+                    )
+        if recon is not None:
+            thunks["reconstruction"] = lambda: recon
+        return LazyLosses(thunks)
 
     def extra_repr(self) -> str:
         return f"{self.d_in} -> {self.d_out}"
 
 
-def collect_aux_losses(model: nn.Module) -> dict[str, Tensor]:
+def collect_aux_losses(model: nn.Module) -> LazyLosses:
     """Sum each named auxiliary loss over the ``last_output`` of every MoE layer in ``model``."""
-    total: dict[str, Tensor] = {}
-    for module in model.modules():
-        if isinstance(module, MoELayer) and module.last_output is not None:
-            for name, value in module.last_output.aux_losses.items():
-                total[name] = total[name] + value if name in total else value
-    return total
+    return LazyLosses.sum([m.last_output.aux_losses for m in model.modules()
+                           if isinstance(m, MoELayer) and m.last_output is not None])

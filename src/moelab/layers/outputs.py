@@ -6,10 +6,51 @@ per token (S = K for token-choice routing, S = E for expert-choice routing), O o
 
 from __future__ import annotations
 
+import functools
+import operator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+
+
+class LazyLosses(Mapping[str, Tensor]):
+    """A read-only mapping of auxiliary-loss names to scalars, each computed on first access.
+
+    Layers offer every loss that applies, but a training step usually needs few of them (often
+    none); computing only what is read keeps the forward pass as cheap as the layer itself.
+    """
+
+    def __init__(self, thunks: Mapping[str, Callable[[], Tensor]]) -> None:
+        self._thunks = dict(thunks)
+        self._values: dict[str, Tensor] = {}
+
+    def __getitem__(self, name: str) -> Tensor:
+        if name not in self._values:
+            self._values[name] = self._thunks[name]()
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._thunks)
+
+    def __len__(self) -> int:
+        return len(self._thunks)
+
+    def __repr__(self) -> str:
+        return f"LazyLosses({sorted(self._thunks)})"
+
+    @classmethod
+    def sum(cls, parts: list[Mapping[str, Tensor]]) -> LazyLosses:
+        """Per name, the sum over ``parts`` of the losses of that name (computed lazily)."""
+        names: list[str] = []
+        for part in parts:
+            names.extend(n for n in part if n not in names)
+
+        def total(name: str) -> Callable[[], Tensor]:
+            return lambda: functools.reduce(operator.add, (p[name] for p in parts if name in p))
+
+        return cls({name: total(name) for name in names})
 
 
 @dataclass(frozen=True)
@@ -63,12 +104,13 @@ class MoEOutput:
     """One MoE layer's forward pass: output, routing, and the unweighted auxiliary losses.
 
     ``y`` has the input's leading shape and the layer's output width. ``aux_losses`` maps a name
-    (``load_balance``, ``z_loss``, ``importance``, ``load``, ``reconstruction``) to a scalar.
+    (``load_balance``, ``z_loss``, ``importance``, ``load``, ``reconstruction``) to a scalar,
+    computed when first read (a :class:`LazyLosses`).
     """
 
     y: Tensor
     routing: Routing
-    aux_losses: dict[str, Tensor] = field(default_factory=dict)
+    aux_losses: Mapping[str, Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -80,7 +122,7 @@ class ModelOutput:
     """
 
     y: Tensor
-    aux_losses: dict[str, Tensor]
+    aux_losses: Mapping[str, Tensor]
     layers: tuple[MoEOutput, ...]
 
     @property

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from moelab._validation import check_features, positive_int
 from moelab.layers.mlp import MLP
 from moelab.layers.moe import MoEConfig, MoELayer
-from moelab.layers.outputs import ModelOutput, MoEOutput
+from moelab.layers.outputs import LazyLosses, ModelOutput, MoEOutput
 
 
 class DeepMoE(nn.Module):
@@ -95,17 +95,16 @@ class DeepMoE(nn.Module):
         """Forward pass returning every MoE layer's routing and the summed auxiliary losses."""
         check_features(x, self.d_in, finite=self.check_finite)
         outputs: list[MoEOutput] = []
-        aux: dict[str, Tensor] = {}
         for layer in self.layers:
             if isinstance(layer, MoELayer):
-                out = layer.run(x)
+                layer(x)  # through __call__, so module hooks see every layer
+                out = layer.last_output
                 outputs.append(out)
-                for name, value in out.aux_losses.items():
-                    aux[name] = aux[name] + value if name in aux else value
                 h = out.y
             else:
                 h = layer(x)
             x = x + h if self.residual and h.shape == x.shape else h
+        aux = LazyLosses.sum([out.aux_losses for out in outputs])
         return ModelOutput(y=x, aux_losses=aux, layers=tuple(outputs))
 
     def forward(self, x: Tensor) -> Tensor:

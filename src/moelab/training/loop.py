@@ -129,6 +129,24 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 8192) 
     return Metrics(mse=float(err.square().mean()), sup_error=float(err.abs().max()))
 
 
+class _Batches:
+    """Fresh batches drawn ``chunk`` at a time: the same distribution as one draw per step (every
+    batch is new, independent data) at a fraction of the sampler's per-call overhead."""
+
+    def __init__(self, sampler: Sampler, batch_size: int, generator: torch.Generator,
+                 chunk: int = 64) -> None:
+        self.sampler, self.batch_size, self.generator, self.chunk = (
+            sampler, batch_size, generator, chunk)
+        self._queue: list[tuple[Tensor, Tensor]] = []
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        if not self._queue:
+            x, y = self.sampler(self.batch_size * self.chunk, self.generator)
+            self._queue = list(zip(x.split(self.batch_size), y.split(self.batch_size),
+                                   strict=True))[::-1]
+        return self._queue.pop()
+
+
 def _lr_factor(config: TrainConfig, step: int) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -143,9 +161,10 @@ def _lr_factor(config: TrainConfig, step: int) -> float:
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if config.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay,
+                               foreach=True)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay)
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
 
 
 def train(
@@ -168,6 +187,7 @@ def train(
     if test_set is None:
         test_set = sampler(config.test_size, torch.Generator().manual_seed(seed + 1_000_003))
     fixed = sampler(config.train_size, data_gen) if config.train_size else None
+    fresh = _Batches(sampler, config.batch_size, data_gen)
     balanced = [m for m in model.modules()
                 if isinstance(m, MoELayer) and m.router.expert_bias is not None]
     optimizer = _optimizer(model, config)
@@ -183,7 +203,7 @@ def train(
                 idx = torch.randint(config.train_size, (config.batch_size,), generator=data_gen)
                 x, y = fixed[0][idx], fixed[1][idx]
             else:
-                x, y = sampler(config.batch_size, data_gen)
+                x, y = fresh.next()
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(config, step)
             out = _run(model, x)

@@ -1,0 +1,240 @@
+"""The results store: one SQLite database per output directory (standard-library ``sqlite3``).
+
+Tables:
+  runs(run_id PK, experiment, labels JSON, seed, config JSON, test_mse, test_sup, metrics JSON,
+       routing JSON, seconds, version, finished_at)
+  history(run_id, step, row JSON)          per-step training history
+  evals(run_id, step, test_mse, test_sup)  periodic test evaluations
+
+A run's rows are written in one transaction when the run has finished, so a killed run leaves
+nothing behind and is simply run again; finished runs are skipped by :meth:`ResultStore.has`.
+The database uses WAL journaling and a busy timeout, so several processes may write at once.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from moelab import __version__
+
+DB_NAME = "results.sqlite"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id TEXT PRIMARY KEY,
+    experiment TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    config TEXT NOT NULL,
+    test_mse REAL,
+    test_sup REAL,
+    metrics TEXT NOT NULL,
+    routing TEXT NOT NULL,
+    seconds REAL NOT NULL,
+    version TEXT NOT NULL,
+    finished_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS history (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    step INTEGER NOT NULL,
+    row TEXT NOT NULL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE TABLE IF NOT EXISTS evals (
+    run_id TEXT NOT NULL REFERENCES runs(run_id),
+    step INTEGER NOT NULL,
+    test_mse REAL,
+    test_sup REAL,
+    PRIMARY KEY (run_id, step)
+);
+CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment);
+"""
+
+
+class StoreError(ValueError):
+    """The results database is missing, not SQLite, or not a moelab results database."""
+
+
+@dataclass(frozen=True)
+class StoredRun:
+    """One finished run as stored."""
+
+    run_id: str
+    experiment: str
+    labels: dict[str, str]
+    seed: int
+    config: dict[str, Any]
+    test_mse: float
+    test_sup: float
+    metrics: dict[str, Any]
+    routing: dict[str, Any]
+    seconds: float
+    version: str
+    finished_at: str
+
+
+class ResultStore:
+    """Results of experiment runs in ``directory/results.sqlite``."""
+
+    def __init__(self, directory: str | Path, *, create: bool = True) -> None:
+        self.directory = Path(directory)
+        self.path = self.directory / DB_NAME
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"no results database at {self.path}")
+            self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            with self._connect() as conn:
+                conn.executescript(_SCHEMA)
+                conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                             (str(SCHEMA_VERSION),))
+                schema = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a moelab results database ({exc})") from None
+        if schema is None or schema[0] != str(SCHEMA_VERSION):
+            raise StoreError(f"{self.path} has results schema {schema and schema[0]!r}; "
+                             f"this moelab reads schema {SCHEMA_VERSION}")
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=60.0)
+        try:
+            conn.execute("PRAGMA busy_timeout = 60000")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            yield conn
+        finally:
+            conn.close()
+
+    # -- writing ------------------------------------------------------------------------------
+    def add(self, *, run_id: str, experiment: str, labels: dict[str, str], seed: int,
+            config: dict[str, Any], test_mse: float, test_sup: float, metrics: dict[str, Any],
+            routing: dict[str, Any], seconds: float, history: list[dict[str, float]],
+            evals: list[dict[str, float]]) -> bool:
+        """Store a finished run atomically; returns False (and changes nothing) if already stored."""
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        with self._connect() as conn:
+            try:
+                with conn:  # one transaction: all rows or none
+                    conn.execute(
+                        "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (run_id, experiment, json.dumps(labels, sort_keys=True), seed,
+                         json.dumps(config, sort_keys=True), test_mse, test_sup,
+                         json.dumps(metrics, sort_keys=True), json.dumps(routing, sort_keys=True),
+                         seconds, __version__, now),
+                    )
+                    conn.executemany(
+                        "INSERT INTO history VALUES (?,?,?)",
+                        [(run_id, int(r["step"]), json.dumps(r, sort_keys=True)) for r in history],
+                    )
+                    conn.executemany(
+                        "INSERT INTO evals VALUES (?,?,?,?)",
+                        [(run_id, int(e["step"]), e["test_mse"], e["test_sup"]) for e in evals],
+                    )
+            except sqlite3.IntegrityError:
+                return False
+        return True
+
+    # -- reading ------------------------------------------------------------------------------
+    def has(self, run_id: str) -> bool:
+        with self._connect() as conn:
+            return conn.execute("SELECT 1 FROM runs WHERE run_id=?", (run_id,)).fetchone() is not None
+
+    def experiments(self) -> list[str]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT DISTINCT experiment FROM runs ORDER BY experiment")
+            return [r[0] for r in rows]
+
+    def runs(self, experiment: str | None = None) -> list[StoredRun]:
+        query = "SELECT * FROM runs"
+        args: tuple = ()
+        if experiment is not None:
+            query += " WHERE experiment=?"
+            args = (experiment,)
+        with self._connect() as conn:
+            rows = conn.execute(query + " ORDER BY experiment, finished_at, run_id", args).fetchall()
+        return [_stored(r) for r in rows]
+
+    def history(self, run_id: str) -> list[dict[str, float]]:
+        with self._connect() as conn:
+            rows = conn.execute("SELECT row FROM history WHERE run_id=? ORDER BY step", (run_id,))
+            return [json.loads(r[0]) for r in rows]
+
+    def evals(self, run_id: str) -> list[dict[str, float]]:
+        with self._connect() as conn:
+            rows = conn.execute(
+                "SELECT step, test_mse, test_sup FROM evals WHERE run_id=? ORDER BY step", (run_id,)
+            )
+            return [{"step": s, "test_mse": m, "test_sup": u} for s, m, u in rows]
+
+    # -- export -------------------------------------------------------------------------------
+    def export_json(self, path: str | Path) -> Path:
+        """All runs (with their histories and evaluations) as one JSON document."""
+        payload = []
+        for run in self.runs():
+            item = dict(run.__dict__)
+            item["history"] = self.history(run.run_id)
+            item["evals"] = self.evals(run.run_id)
+            payload.append(item)
+        return _atomic_write(Path(path), json.dumps(payload, indent=1, sort_keys=True))
+
+    def export_csv(self, path: str | Path) -> Path:
+        """One row per run: identity, labels, seed, final metrics and the flattened config."""
+        runs = self.runs()
+        flat = [_flatten_run(r) for r in runs]
+        columns: list[str] = []
+        for row in flat:
+            columns.extend(k for k in row if k not in columns)
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(flat)
+        tmp.replace(path)
+        return path
+
+
+def _stored(row: tuple) -> StoredRun:
+    (run_id, experiment, labels, seed, config, mse, sup, metrics, routing, seconds, version,
+     finished) = row
+    return StoredRun(run_id, experiment, json.loads(labels), seed, json.loads(config), mse, sup,
+                     json.loads(metrics), json.loads(routing), seconds, version, finished)
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = value
+
+
+def _flatten_run(run: StoredRun) -> dict[str, Any]:
+    out: dict[str, Any] = {"run_id": run.run_id, "experiment": run.experiment, "seed": run.seed,
+                           "test_mse": run.test_mse, "test_sup": run.test_sup,
+                           "seconds": run.seconds, "version": run.version}
+    _flatten("label", run.labels, out)
+    _flatten("metric", {k: v for k, v in run.metrics.items() if not isinstance(v, (list, dict))},
+             out)
+    _flatten("config", run.config, out)
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
