@@ -1,10 +1,106 @@
-"""The ``moelab`` command line: parse, look up, call."""
+"""The ``moelab`` command line: parse, look up, call.
+
+    moelab list                         the named experiments
+    moelab run NAME [--seeds N] [--set k=v ...] [--workers N] [--out DIR]
+    moelab report DIR                   markdown report with figures, CSV and JSON exports
+    moelab reproduce [--out DIR]        Tables 3 and 4 with 3 seeds each, then the report
+    moelab construct NAME [--set k=v]   a hand-built construction of a theorem, and its summary
+    moelab export DIR [--format csv|json]
+    moelab demo                         train a 1-4-MoE on the circle task for a few seconds
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+
+DEFAULT_OUT = "results"
+REPRODUCED = ("table3", "table4")
+
+
+def _overrides(items: Sequence[str] | None) -> dict:
+    from moelab.experiments.config import parse_override
+
+    return dict(parse_override(item) for item in items or ())
+
+
+def _list(args: argparse.Namespace) -> int:
+    from moelab.experiments.registry import EXPERIMENTS
+
+    for name, factory in EXPERIMENTS.items():
+        exp = factory()
+        n = len(exp.runs(seeds=1))
+        print(f"{name:16s} {exp.title}")
+        print(f"{'':16s} {n} run(s) per seed, {exp.seeds} seed(s) by default")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from moelab.experiments.registry import get_experiment
+    from moelab.experiments.runner import run_all
+    from moelab.experiments.store import ResultStore
+
+    exp = get_experiment(args.name)
+    runs = exp.runs(seeds=args.seeds, overrides=_overrides(args.set))
+    store = ResultStore(args.out)
+    start = time.perf_counter()
+    done = run_all(runs, store, workers=args.workers, progress=not args.quiet)
+    skipped = len(runs) - len(done)
+    print(f"{exp.name}: {len(done)} run(s) done, {skipped} already stored, "
+          f"{time.perf_counter() - start:.1f} s -> {store.path}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from moelab.reporting import write_report
+
+    path = write_report(args.dir, experiments=args.experiment or None)
+    print(f"report: {path}")
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from moelab.experiments.registry import get_experiment
+    from moelab.experiments.runner import run_all
+    from moelab.experiments.store import ResultStore
+    from moelab.reporting import write_report
+
+    store = ResultStore(args.out)
+    overrides = _overrides(args.set)
+    start = time.perf_counter()
+    for name in REPRODUCED:
+        exp = get_experiment(name)
+        runs = exp.runs(seeds=args.seeds, overrides=overrides)
+        print(f"{name}: {len(runs)} run(s) — {exp.title}", flush=True)
+        run_all(runs, store, workers=args.workers, progress=not args.quiet)
+    path = write_report(args.out, experiments=list(REPRODUCED))
+    print(f"reproduced {', '.join(REPRODUCED)} in {time.perf_counter() - start:.0f} s; "
+          f"report: {path}")
+    return 0
+
+
+def _construct(args: argparse.Namespace) -> int:
+    from moelab.constructions import CONSTRUCTIONS
+
+    if args.name not in CONSTRUCTIONS:
+        raise ValueError(f"unknown construction {args.name!r}; known: {sorted(CONSTRUCTIONS)}")
+    _, summary = CONSTRUCTIONS[args.name](**_overrides(args.set))
+    print(summary)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from moelab.experiments.store import ResultStore
+
+    store = ResultStore(args.dir, create=False)
+    out = Path(args.dir) / f"results.{args.format}"
+    path = store.export_csv(out) if args.format == "csv" else store.export_json(out)
+    print(f"exported {len(store.runs())} run(s) to {path}")
+    return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -22,29 +118,86 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_common(p: argparse.ArgumentParser, *, workers_default: int) -> None:
+    p.add_argument("--seeds", type=int, default=None,
+                   help="seeds per configuration (default: the experiment's own, 3 for tables)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config field by dotted path, e.g. train.steps=500, "
+                        "task.D=64, model.moe.expert_hidden=32 (repeatable; unknown keys and "
+                        "wrong types are errors)")
+    p.add_argument("--workers", type=int, default=workers_default,
+                   help=f"parallel worker processes (default {workers_default})")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"output directory with results.sqlite (default ./{DEFAULT_OUT})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moelab",
         description="Mixture-of-experts layers and the experiments of Wang & E (NeurIPS 2025).",
+        epilog="Each command has its own --help.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = sub.add_parser("demo", help="train a 1-4-MoE on the circle task and print its error",
-                          description="Train the paper's 1-4-MoE on Experiment I's circle task.")
-    demo.add_argument("--D", type=int, default=16, help="ambient dimension (default 16)")
-    demo.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
-    demo.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
-    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
-    demo.set_defaults(func=_demo)
+
+    p = sub.add_parser("list", help="list the named experiments",
+                       description="List the named experiments with their run counts.")
+    p.set_defaults(func=_list)
+
+    p = sub.add_parser("run", help="run a named experiment (skips runs already stored)",
+                       description="Run a named experiment into OUT/results.sqlite. Finished runs "
+                                   "are skipped, so an interrupted run resumes.")
+    p.add_argument("name", help="experiment name (see `moelab list`)")
+    _add_common(p, workers_default=1)
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("report", help="write the markdown report of a results directory",
+                       description="Write DIR/report.md with figures under DIR/figures, and "
+                                   "DIR/results.csv and DIR/results.json.")
+    p.add_argument("dir", help="directory holding results.sqlite")
+    p.add_argument("--experiment", action="append", help="only this experiment (repeatable)")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser("reproduce", help="reproduce Tables 3 and 4 (3 seeds each) and report",
+                       description="Run table3 and table4 (both recipes: the paper's budget and "
+                                   "moelab's best) with 3 seeds each, then write the report.")
+    _add_common(p, workers_default=os.cpu_count() or 1)
+    p.set_defaults(func=_reproduce, seeds=3)
+
+    p = sub.add_parser("construct", help="build a theorem's construction and print its summary",
+                       description="Build a hand-made network realising a theorem (no training) "
+                                   "and print its pieces, paths, parameters, bound and error.")
+    p.add_argument("name", help="construction name, e.g. thm5.3, cor4.9, thm4.8, thm5.2")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="keyword argument of the construction, e.g. E=3, L=2, m=32")
+    p.set_defaults(func=_construct)
+
+    p = sub.add_parser("export", help="export a results database to CSV or JSON",
+                       description="Write DIR/results.csv or DIR/results.json.")
+    p.add_argument("dir", help="directory holding results.sqlite")
+    p.add_argument("--format", choices=("csv", "json"), default="csv",
+                   help="file format (default csv)")
+    p.set_defaults(func=_export)
+
+    p = sub.add_parser("demo", help="train a 1-4-MoE on the circle task and print its error",
+                       description="Train the paper's 1-4-MoE on Experiment I's circle task.")
+    p.add_argument("--D", type=int, default=16, help="ambient dimension (default 16)")
+    p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from moelab.experiments.store import StoreError
+
     try:
         return args.func(args)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, StoreError) as exc:
         print(f"moelab: error: {exc}", file=sys.stderr)
         return 2
 

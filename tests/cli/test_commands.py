@@ -1,0 +1,67 @@
+"""Each CLI command end to end on tiny configurations."""
+
+import sqlite3
+
+import pytest
+
+from moelab.cli import build_parser, main
+from moelab.experiments.registry import EXPERIMENTS
+
+TINY = ["--set", "train.steps=3", "--set", "train.test_size=64", "--seeds", "1", "--quiet"]
+
+
+def test_list(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in EXPERIMENTS:
+        assert name in out
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_run_every_experiment_tiny(name, tmp_path, capsys):
+    assert main(["run", name, "--out", str(tmp_path), *TINY]) == 0
+    out = capsys.readouterr().out
+    assert f"{name}:" in out and "run(s) done" in out
+    conn = sqlite3.connect(tmp_path / "results.sqlite")
+    (n,) = conn.execute("SELECT COUNT(*) FROM runs WHERE experiment=?", (name,)).fetchone()
+    (h,) = conn.execute("SELECT COUNT(*) FROM history").fetchone()
+    assert n >= 1 and h >= n
+
+
+def test_rerun_skips_and_export(tmp_path, capsys):
+    args = ["run", "table3", "--out", str(tmp_path), "--set", "task.D=8", *TINY]
+    assert main(args) == 0
+    assert main(args) == 0
+    assert "0 run(s) done, 2 already stored" in capsys.readouterr().out
+    assert main(["export", str(tmp_path), "--format", "csv"]) == 0
+    lines = (tmp_path / "results.csv").read_text().splitlines()
+    assert len(lines) == 3
+
+
+@pytest.mark.parametrize(
+    "argv,pattern",
+    [
+        (["run", "table9"], "unknown experiment 'table9'"),
+        (["run", "table3", "--set", "train.stepz=3"], "unknown config key 'train.stepz'"),
+        (["run", "table3", "--set", "train.steps=abc"], "train.steps must be int, got 'abc'"),
+        (["run", "table3", "--set", "steps"], "must have the form key=value"),
+        (["export", "/nonexistent/dir"], "no results database"),
+    ],
+)
+def test_bad_arguments_are_clean_errors(argv, pattern, capsys, tmp_path):
+    if argv[0] == "run":
+        argv = [*argv, "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert pattern in capsys.readouterr().err
+
+
+def test_every_command_has_complete_help():
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for name, p in sub.choices.items():
+        text = p.format_help()
+        assert p.description, name
+        for action in p._actions:
+            if action.dest != "help" and action.option_strings:
+                assert action.help, f"{name} {action.option_strings}"
+        assert "usage:" in text

@@ -1,0 +1,85 @@
+"""The SQLite results store: atomic writes, skipping, concurrent writers, exports, bad files."""
+
+import csv
+import json
+import multiprocessing as mp
+
+import pytest
+
+from moelab.experiments.store import DB_NAME, ResultStore, StoreError
+
+
+def _add(store, run_id, **kw):
+    args = dict(run_id=run_id, experiment="exp", labels={"D": "16"}, seed=0,
+                config={"a": 1}, test_mse=1e-3, test_sup=0.1, metrics={"test_mse": 1e-3},
+                routing={"load": [[0.5, 0.5]]}, seconds=1.0,
+                history=[{"step": 0, "loss": 1.0}, {"step": 10, "loss": 0.5}],
+                evals=[{"step": 11, "test_mse": 1e-3, "test_sup": 0.1}])
+    args.update(kw)
+    return store.add(**args)
+
+
+def test_add_and_read_back(tmp_path):
+    store = ResultStore(tmp_path)
+    assert _add(store, "r1")
+    assert store.has("r1") and not store.has("r2")
+    (run,) = store.runs("exp")
+    assert run.labels == {"D": "16"} and run.routing == {"load": [[0.5, 0.5]]}
+    assert [h["step"] for h in store.history("r1")] == [0, 10]
+    assert store.evals("r1") == [{"step": 11, "test_mse": 1e-3, "test_sup": 0.1}]
+    assert store.experiments() == ["exp"]
+
+
+def test_second_add_of_the_same_run_changes_nothing(tmp_path):
+    store = ResultStore(tmp_path)
+    _add(store, "r1")
+    assert not _add(store, "r1", test_mse=5.0)
+    assert store.runs()[0].test_mse == 1e-3
+
+
+def test_a_failing_write_leaves_no_partial_rows(tmp_path):
+    store = ResultStore(tmp_path)
+    with pytest.raises(KeyError):
+        _add(store, "r1", evals=[{"step": 1}])  # malformed eval row fails mid-transaction
+    assert not store.has("r1") and store.history("r1") == []
+
+
+def _writer(path, prefix, n):
+    store = ResultStore(path)
+    for i in range(n):
+        _add(store, f"{prefix}{i}")
+
+
+def test_two_processes_writing_at_once_lose_nothing(tmp_path):
+    ResultStore(tmp_path)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(tmp_path, p, 25)) for p in ("a", "b")]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert len(ResultStore(tmp_path).runs()) == 50
+
+
+def test_exports(tmp_path):
+    store = ResultStore(tmp_path)
+    _add(store, "r1")
+    _add(store, "r2", labels={"D": "32"})
+    rows = list(csv.DictReader(store.export_csv(tmp_path / "out.csv").open()))
+    assert [r["label.D"] for r in rows] == ["16", "32"] and rows[0]["config.a"] == "1"
+    data = json.loads(store.export_json(tmp_path / "out.json").read_text())
+    assert len(data) == 2 and data[0]["history"][1]["loss"] == 0.5
+
+
+def test_not_sqlite_is_a_clear_error_and_the_file_is_untouched(tmp_path):
+    (tmp_path / DB_NAME).write_bytes(b"this is not a database" * 10)
+    before = (tmp_path / DB_NAME).read_bytes()
+    with pytest.raises(StoreError, match="is not a moelab results database"):
+        ResultStore(tmp_path)
+    assert (tmp_path / DB_NAME).read_bytes() == before
+
+
+def test_missing_database_when_not_creating(tmp_path):
+    with pytest.raises(StoreError, match="no results database"):
+        ResultStore(tmp_path / "nothing", create=False)
