@@ -164,7 +164,9 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=config.lr, weight_decay=config.weight_decay,
                                foreach=True)
     cls = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=config.lr, weight_decay=config.weight_decay, foreach=True)
+    # The fused kernel updates all parameters in one call: several times faster for tiny models.
+    fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
+    return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
 
 
 def train(
