@@ -1,0 +1,227 @@
+"""Pure data for the report: runs grouped by their labels, medians and ranges over seeds, fitted
+log-log slopes and log-log interpolation. Nothing here draws or formats.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from moelab.experiments.store import StoredRun
+
+
+@dataclass(frozen=True)
+class Spread:
+    """Median and range of one quantity over a group of runs (usually the seeds of one cell).
+
+    ``n`` counts the finite values summarised; ``missing`` the runs whose value was absent or not
+    finite (e.g. a diverged run). With ``n == 0`` the median, low and high are NaN.
+    """
+
+    median: float
+    low: float
+    high: float
+    n: int
+    missing: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.n > 0
+
+
+def spread(values: Iterable[float | None]) -> Spread:
+    """The median, min and max of the finite values among ``values``."""
+    finite, missing = [], 0
+    for v in values:
+        if v is None or not math.isfinite(v):
+            missing += 1
+        else:
+            finite.append(float(v))
+    if not finite:
+        return Spread(math.nan, math.nan, math.nan, 0, missing)
+    return Spread(float(np.median(finite)), min(finite), max(finite), len(finite), missing)
+
+
+def metric(run: StoredRun, name: str) -> float | None:
+    """A scalar result of ``run``: ``test_mse``, ``test_sup``, ``seconds`` or a key of its metrics."""
+    if name in ("test_mse", "test_sup", "seconds"):
+        value = getattr(run, name)
+    else:
+        value = run.metrics.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def metric_spread(runs: Iterable[StoredRun], name: str) -> Spread:
+    """:func:`spread` of ``metric(run, name)`` over ``runs``."""
+    return spread(metric(r, name) for r in runs)
+
+
+def config_value(run: StoredRun, dotted: str) -> Any:
+    """The value at a dotted path of the run's stored config (``"task.D"``), or None."""
+    node: Any = run.config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+Fallback = str | Callable[[StoredRun], str]
+
+
+def label_of(run: StoredRun, key: str, fallback: Fallback | None = None) -> str:
+    """The run's label ``key``; if the run lacks it (its axis was overridden for the whole sweep),
+    ``fallback(run)`` or the config value at the dotted path ``fallback``; otherwise ``"?"``."""
+    if key in run.labels:
+        return str(run.labels[key])
+    if callable(fallback):
+        return fallback(run)
+    if fallback is not None:
+        value = config_value(run, fallback)
+        if value is not None:
+            return str(value)
+    return "?"
+
+
+def natural_key(label: str) -> tuple[int, float, str]:
+    """Sort numbers numerically (``"16" < "128"``) and before words."""
+    try:
+        return (0, float(label), label)
+    except ValueError:
+        return (1, 0.0, label)
+
+
+def ordered(labels: Iterable[str], preferred: Sequence[str] = ()) -> list[str]:
+    """The distinct ``labels``: those in ``preferred`` first, in that order, then the rest sorted
+    naturally (see :func:`natural_key`)."""
+    seen = set(labels)
+    head = [p for p in preferred if p in seen]
+    tail = sorted(seen - set(head), key=natural_key)
+    return head + tail
+
+
+def group_by(runs: Iterable[StoredRun], keys: Sequence[str],
+             fallbacks: Mapping[str, Fallback] | None = None) -> dict[tuple[str, ...], list[StoredRun]]:
+    """Runs grouped by the tuple of their labels ``keys`` (see :func:`label_of` for fallbacks)."""
+    fallbacks = fallbacks or {}
+    groups: dict[tuple[str, ...], list[StoredRun]] = {}
+    for run in runs:
+        key = tuple(label_of(run, k, fallbacks.get(k)) for k in keys)
+        groups.setdefault(key, []).append(run)
+    return groups
+
+
+def pick_run(runs: Sequence[StoredRun], seed: int = 0) -> StoredRun | None:
+    """The run with ``seed`` (else the lowest seed), ties broken by run id; None if no runs."""
+    if not runs:
+        return None
+    return min(runs, key=lambda r: (r.seed != seed, r.seed, r.run_id))
+
+
+def as_number(label: str) -> float | None:
+    """``"128"`` -> 128.0; None for a label that is not a number."""
+    try:
+        return float(label)
+    except ValueError:
+        return None
+
+
+def path_names(load: Sequence[Sequence[float]]) -> dict[int, str]:
+    """Legend text for each path code of a model whose MoE layers have ``len(load[l])`` experts:
+    ``"expert e"`` for one layer, ``"(e1, e2, ...)"`` for several (experts numbered from 0, the
+    first layer the most significant digit, as the runner encodes paths)."""
+    radices = [len(layer) for layer in load]
+    if not radices or min(radices) < 1:
+        return {}
+    names: dict[int, str] = {}
+    for code in range(math.prod(radices)):
+        digits, rest = [], code
+        for radix in reversed(radices):
+            digits.append(rest % radix)
+            rest //= radix
+        digits.reverse()
+        names[code] = (f"expert {digits[0]}" if len(digits) == 1
+                       else "(" + ", ".join(str(d) for d in digits) + ")")
+    return names
+
+
+def first_number(text: str, name: str) -> int | None:
+    """The integer after ``name=`` in a label such as ``"deep L=3"``, or None."""
+    match = re.search(rf"\b{re.escape(name)}=(\d+)", text)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class Slope:
+    """A fitted exponent: error ~ C * size^slope, with its 95% interval (NaN if not available)."""
+
+    slope: float
+    ci_low: float
+    ci_high: float
+    intercept: float
+    n: int
+
+    def predict(self, size: float) -> float:
+        return math.exp(self.intercept) * size**self.slope
+
+    @property
+    def clearly_negative(self) -> bool:
+        """The slope is negative and so is its interval's upper end (when there is an interval)."""
+        return self.slope < 0 and (math.isnan(self.ci_high) or self.ci_high < 0)
+
+
+def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> Slope | None:
+    """Least-squares slope of log(error) on log(size) over the finite, positive pairs; None with
+    fewer than two distinct sizes. Uses :func:`moelab.analysis.fit_rate` (t-based 95% interval)."""
+    pairs = [(float(s), float(e)) for s, e in zip(sizes, errors, strict=True)
+             if e is not None and s > 0 and math.isfinite(e) and e > 0]
+    if len({s for s, _ in pairs}) < 2:
+        return None
+    x, y = zip(*pairs, strict=True)
+    try:
+        from moelab.analysis import fit_rate
+    except ImportError:  # analysis without fit_rate: plain polyfit, no interval
+        slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
+        return Slope(float(slope), math.nan, math.nan, float(intercept), len(x))
+    fit = fit_rate(x, y)
+    return Slope(fit.slope, fit.ci_low, fit.ci_high, fit.intercept, fit.num_points)
+
+
+def max_over_min(values: Iterable[float]) -> float:
+    """max/min of the finite positive values (NaN with none): 1.0 means perfectly flat."""
+    v = [x for x in values if math.isfinite(x) and x > 0]
+    return max(v) / min(v) if v else math.nan
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """Where a log-log curve reaches a target value. ``bound`` is ``"="`` (interpolated inside the
+    curve), ``"<="`` (already reached at the smallest size) or ``">"`` (never reached: the value is
+    the largest size tried)."""
+
+    size: float
+    bound: str
+
+
+def loglog_crossing(sizes: Sequence[float], values: Sequence[float], target: float
+                    ) -> Crossing | None:
+    """The smallest size at which the piecewise log-log-linear curve through (sizes, values) first
+    comes down to ``target``. Points are sorted by size; non-finite or non-positive values dropped."""
+    pts = sorted((s, v) for s, v in zip(sizes, values, strict=True)
+                 if s > 0 and math.isfinite(v) and v > 0)
+    if not pts or not (math.isfinite(target) and target > 0):
+        return None
+    if pts[0][1] <= target:
+        return Crossing(pts[0][0], "<=")
+    for (s0, v0), (s1, v1) in zip(pts, pts[1:], strict=False):
+        if v1 <= target:
+            t = (math.log(v0) - math.log(target)) / (math.log(v0) - math.log(v1))
+            return Crossing(math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0))), "=")
+    return Crossing(pts[-1][0], ">")

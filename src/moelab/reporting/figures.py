@@ -1,0 +1,210 @@
+"""The report's figures: functions that take plain numbers and return a matplotlib ``Figure``.
+
+Figures are built on the Agg canvas directly (``FigureCanvasAgg``), never through pyplot, so
+drawing a report neither needs a display nor changes the backend of the process that asked for it.
+The caller saves them (``fig.savefig``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import NullFormatter, NullLocator
+
+_COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ff9896", "#98df8a", "#ffbb78",
+           "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
+
+
+def color(i: int) -> str:
+    """The i-th colour of the report's categorical palette (20 colours, then repeating)."""
+    return _COLORS[i % len(_COLORS)]
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+# -- curves -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Curve:
+    """One series. ``kind``: ``"measured"`` (markers, solid line, error bars from ``low``/``high``),
+    ``"reference"`` (the paper's numbers: open markers, dashed) or ``"theory"`` (a pale band)."""
+
+    label: str
+    x: tuple[float, ...]
+    y: tuple[float, ...]
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+    kind: str = "measured"
+    color: str | None = None
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One axes of a curves figure; ``xlabel``, ``logx`` and ``xticks`` override the figure's."""
+
+    title: str
+    curves: tuple[Curve, ...]
+    xlabel: str | None = None
+    logx: bool | None = None
+    xticks: tuple[float, ...] | None = None
+
+
+def curves_figure(panels: Sequence[Panel], *, xlabel: str, ylabel: str = "test MSE",
+                  logx: bool = True, logy: bool = True, xbase: int = 2, title: str | None = None,
+                  xticks: Sequence[float] | None = None) -> Figure:
+    """Panels side by side, each with measured curves (median with [min, max] error bars),
+    reference curves and theory lines; log axes by default (x in powers of ``xbase``)."""
+    if not panels:
+        raise ValueError("curves_figure needs at least one panel, got none")
+    fig = _figure(4.6 * len(panels) + 0.4, 3.9)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, panel in zip(axes, panels, strict=True):
+        for i, c in enumerate(panel.curves):
+            _draw_curve(ax, c, c.color or color(i))
+        if logx if panel.logx is None else panel.logx:
+            ax.set_xscale("log", base=xbase)
+            _tidy_log_axis(ax.xaxis, ax.get_xlim())
+        if logy:
+            ax.set_yscale("log")
+            _tidy_log_axis(ax.yaxis, ax.get_ylim())
+        ticks = panel.xticks if panel.xticks is not None else xticks
+        if ticks is not None:
+            ax.set_xticks(list(ticks), [f"{t:g}" for t in ticks])
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel(panel.xlabel or xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(panel.title, fontsize=10)
+        ax.grid(True, which="major", alpha=0.3)
+        if panel.curves:
+            ax.legend(fontsize=7.5, loc="best")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def _tidy_log_axis(axis, limits: tuple[float, float]) -> None:
+    """Label only the decades of a log axis spanning more than one (minor labels are slow to lay
+    out and crowd the axis); a narrower axis keeps matplotlib's minor labels, its only ones."""
+    lo, hi = sorted(limits)
+    if lo > 0 and hi / lo > 10:
+        axis.set_minor_formatter(NullFormatter())
+
+
+def _draw_curve(ax, c: Curve, col: str) -> None:
+    x, y = np.asarray(c.x, float), np.asarray(c.y, float)
+    if c.kind == "theory":
+        # a broad pale band under the data, so a measured curve lying on it stays visible
+        ax.plot(x, y, ls="-", lw=6, alpha=0.3, color=col, label=c.label, zorder=1)
+    elif c.kind == "reference":
+        ax.plot(x, y, ls="--", lw=1.2, marker="s", mfc="none", ms=6, color=col, label=c.label)
+    elif c.low is not None and c.high is not None:
+        lo, hi = np.asarray(c.low, float), np.asarray(c.high, float)
+        yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
+        ax.errorbar(x, y, yerr=yerr, marker="o", ms=5, lw=1.6, capsize=3, color=col, label=c.label)
+    else:
+        ax.plot(x, y, marker="o", ms=5, lw=1.6, color=col, label=c.label)
+
+
+# -- routing pictures -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RoutingPicture:
+    """The expert path chosen at each picture point of one model: angles on the circle
+    (``kind="circle"``, coords in radians) or a square grid (``kind="grid"``, coords = the ticks
+    along each axis, paths row-major with index i * len(ticks) + j for (x1, x2) = (t_i, t_j))."""
+
+    title: str
+    kind: str
+    coords: tuple[float, ...]
+    paths: tuple[int, ...]
+    names: Mapping[int, str]  # path code -> legend text, e.g. "expert 2" or "(1, 3)"
+
+
+def _palette(codes: Sequence[int]) -> tuple[ListedColormap, int]:
+    top = max(codes) + 1
+    return ListedColormap([color(i) for i in range(top)]), top
+
+
+def _handles(codes: Sequence[int], names: Mapping[int, str]) -> list[Patch]:
+    return [Patch(color=color(c), label=names.get(c, str(c))) for c in sorted(set(codes))]
+
+
+def circle_routing_figure(pictures: Sequence[RoutingPicture], *, title: str | None = None) -> Figure:
+    """One ring per picture: the angle on the circle coloured by the expert (path) routed to."""
+    if not pictures:
+        raise ValueError("circle_routing_figure needs at least one picture, got none")
+    fig = _figure(2.9 * len(pictures) + 1.6, 3.3)
+    axes = fig.subplots(1, len(pictures), squeeze=False, subplot_kw={"projection": "polar"})[0]
+    codes_all = [c for pic in pictures for c in pic.paths]
+    cmap, top = _palette(codes_all)  # path code c is drawn in color(c) in every panel
+    for ax, pic in zip(axes, pictures, strict=True):
+        theta = np.asarray(pic.coords, float)
+        step = 2 * math.pi / len(theta)
+        edges = np.append(theta, theta[-1] + step)
+        codes = np.asarray(pic.paths, int)
+        ax.pcolormesh(edges, [0.7, 1.0], codes[None, :], cmap=cmap, vmin=-0.5, vmax=top - 0.5,
+                      shading="flat")
+        ax.set_ylim(0, 1.0)
+        ax.set_yticks([])
+        ax.set_xticks(np.deg2rad([0, 90, 180, 270]), ["0°", "90°", "180°", "270°"], fontsize=8)
+        ax.set_title(pic.title, fontsize=10)
+    names: dict[int, str] = {}
+    for pic in pictures:
+        names.update(pic.names)
+    fig.legend(handles=_handles(codes_all, names), loc="outside right center", fontsize=8,
+               title="expert")
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig
+
+
+def grid_routing_figure(pictures: Sequence[RoutingPicture], *, title: str | None = None) -> Figure:
+    """The square coloured by expert path, with the unit cells outlined and each cell labelled by
+    its majority path."""
+    if not pictures:
+        raise ValueError("grid_routing_figure needs at least one picture, got none")
+    fig = _figure(5.3 * len(pictures), 4.0)
+    axes = fig.subplots(1, len(pictures), squeeze=False)[0]
+    for ax, pic in zip(axes, pictures, strict=True):
+        cmap, top = _palette(pic.paths)  # path code c is drawn in color(c)
+        ticks = np.asarray(pic.coords, float)
+        n = len(ticks)
+        grid = np.asarray(pic.paths, int).reshape(n, n)  # [i, j]: x1 = ticks[i], x2 = ticks[j]
+        step = ticks[1] - ticks[0] if n > 1 else 1.0
+        lo, hi = ticks[0] - step / 2, ticks[-1] + step / 2
+        ax.imshow(grid.T, origin="lower", extent=(lo, hi, lo, hi), cmap=cmap, vmin=-0.5,
+                  vmax=top - 0.5, interpolation="nearest")
+        for k in range(math.ceil(lo), math.floor(hi) + 1):
+            ax.axhline(k, color="black", lw=1.2)
+            ax.axvline(k, color="black", lw=1.2)
+        for a in range(math.ceil(lo), math.floor(hi)):
+            for b in range(math.ceil(lo), math.floor(hi)):
+                inside = grid[np.ix_((ticks > a) & (ticks < a + 1), (ticks > b) & (ticks < b + 1))]
+                if inside.size:
+                    code = Counter(inside.ravel().tolist()).most_common(1)[0][0]
+                    ax.text(a + 0.5, b + 0.5, pic.names.get(code, str(code)), ha="center",
+                            va="center", fontsize=8,
+                            bbox={"facecolor": "white", "alpha": 0.75, "lw": 0, "pad": 1.5})
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+        ax.set_title(pic.title, fontsize=10)
+        multi = any(name.startswith("(") for name in pic.names.values())
+        ax.legend(handles=_handles(pic.paths, pic.names), loc="center left",
+                  bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False,
+                  title="path\n(layer 1, layer 2)" if multi else "expert", title_fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
+    return fig

@@ -1,0 +1,181 @@
+"""Write the results report of an output directory: ``report.md``, ``figures/*.png`` and the
+``results.csv`` / ``results.json`` exports, all from ``results.sqlite``.
+
+Everything is computed and drawn in memory first; files are then written each through a
+temporary file and a rename, figures and exports before ``report.md``, so a crash never leaves a
+half-written file and an existing report is replaced only by a complete one.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import os
+import secrets
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from moelab import __version__
+from moelab.experiments.registry import EXPERIMENTS
+from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
+from moelab.reporting.paper_sections import table3_section, table4_section
+from moelab.reporting.section import Section, duration
+from moelab.reporting.study_sections import (
+    dense_vs_moe_section,
+    depth_section,
+    gating_section,
+    generic_section,
+    intrinsic_section,
+    lowdim_section,
+)
+
+REPORT_NAME = "report.md"
+FIGURE_DIR = "figures"
+
+SECTION_BUILDERS: dict[str, Callable[[Sequence[StoredRun]], Section]] = {
+    "table3": table3_section,
+    "table4": table4_section,
+    "dense-vs-moe": dense_vs_moe_section,
+    "depth": depth_section,
+    "gating": gating_section,
+    "lowdim-experts": lowdim_section,
+    "intrinsic": intrinsic_section,
+}
+
+# Errors a section builder or figure may raise on runs it was not written for (labels or metrics
+# of another shape); the report then falls back to the generic table and says why.
+_DATA_ERRORS = (KeyError, ValueError, IndexError, TypeError, ZeroDivisionError)
+
+HOW_TO_READ = (
+    "*How to read:* a cell `a [b, c]` is the median over seeds `a` with the smallest and largest "
+    "seed `[b, c]`; \"paper\" columns hold the paper's published values and ratios are "
+    "ours / paper (below 1: lower error than the paper). Each verdict names its check, its "
+    "threshold and the numbers behind it: HELD (every check passed), PARTLY (some did), "
+    "NOT HELD (none did)."
+)
+
+
+def write_report(directory: str | Path, *, experiments: Sequence[str] | None = None) -> Path:
+    """Write ``directory/report.md`` from ``directory/results.sqlite``; return its path.
+
+    Also writes the report's figures to ``directory/figures/*.png`` and exports every run to
+    ``directory/results.csv`` (one row per run) and ``directory/results.json``.
+
+    Args:
+        directory: an output directory holding ``results.sqlite``.
+        experiments: the experiments to report, in this order; None: every registered experiment
+            (those without runs get a line saying so) and then any other stored one.
+
+    Raises:
+        StoreError: the database is missing, not SQLite, or not a moelab results database
+            (nothing is written then).
+        ValueError: a name in ``experiments`` is neither registered nor stored.
+    """
+    directory = Path(directory)
+    store = ResultStore(directory, create=False)
+    names = _experiment_names(store, experiments)
+    sections: list[Section] = []
+    skipped: list[str] = []
+    for name in names:
+        runs = store.runs(name)
+        if runs:
+            sections.append(build_section(name, runs))
+        else:
+            skipped.append(name)
+    figures: dict[str, bytes] = {}
+    for i, section in enumerate(sections):
+        sections[i], pngs = _draw(section)
+        figures.update(pngs)
+    markdown = render_markdown(sections, skipped, store.runs())
+
+    for name, png in figures.items():
+        _atomic_write(directory / FIGURE_DIR / f"{name}.png", png)
+    store.export_csv(directory / "results.csv")
+    store.export_json(directory / "results.json")
+    return _atomic_write(directory / REPORT_NAME, markdown.encode())
+
+
+def build_section(experiment: str, runs: Sequence[StoredRun]) -> Section:
+    """The section for ``experiment``'s runs: its dedicated builder, else the generic table."""
+    builder = SECTION_BUILDERS.get(experiment)
+    if builder is None:
+        return generic_section(experiment, runs)
+    try:
+        return builder(runs)
+    except _DATA_ERRORS as exc:
+        note = (f"*The dedicated {experiment} section could not be built from these runs "
+                f"({type(exc).__name__}: {exc}); showing the generic table.*")
+        return generic_section(experiment, runs, notes=[note])
+
+
+def _draw(section: Section) -> tuple[Section, dict[str, bytes]]:
+    """Draw the section's figures to PNG bytes; a figure that fails becomes a note."""
+    drawn, notes, kept = {}, list(section.notes), []
+    for spec in section.figures:
+        try:
+            fig = spec.make()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+        except _DATA_ERRORS as exc:
+            notes.append(f"*Figure {spec.name} could not be drawn ({type(exc).__name__}: {exc}).*")
+            continue
+        drawn[spec.name] = buf.getvalue()
+        kept.append(spec)
+    return replace(section, figures=tuple(kept), notes=tuple(notes)), drawn
+
+
+def render_markdown(sections: Sequence[Section], skipped: Sequence[str],
+                    all_runs: Sequence[StoredRun]) -> str:
+    """The report's markdown. Only the ``Generated`` line depends on the time of writing."""
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    versions = ", ".join(sorted({r.version for r in all_runs})) or "none"
+    total = sum(r.seconds for r in all_runs)
+    head = [
+        "# moelab results report",
+        f"Generated {now} by moelab {__version__} from `{DB_NAME}`.",
+        f"**{len(all_runs)} runs** in the database, {duration(total)} of compute in all "
+        f"(sum of run times); runs written by moelab {versions}. "
+        "All runs: [results.csv](results.csv) (one row per run), [results.json](results.json) "
+        "(with training histories).",
+        HOW_TO_READ,
+    ]
+    contents = []
+    for s in sections:
+        counts = Counter(v.status for v in s.verdicts)
+        tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        contents.append(f"- **{s.experiment}**: {s.num_runs} runs"
+                        + (f"; verdicts: {tally}" if tally else ""))
+    contents += [f"- **{name}**: no runs in this database, skipped." for name in skipped]
+    head.append("## Contents\n\n" + "\n".join(contents))
+    body = [s.markdown(FIGURE_DIR) for s in sections]
+    return "\n\n".join(head + body) + "\n"
+
+
+def _experiment_names(store: ResultStore, experiments: Sequence[str] | None) -> list[str]:
+    stored = store.experiments()
+    if experiments is None:
+        return list(EXPERIMENTS) + [n for n in stored if n not in EXPERIMENTS]
+    if isinstance(experiments, str):
+        raise TypeError(f"experiments must be a sequence of names, got the string {experiments!r}")
+    names = list(dict.fromkeys(experiments))
+    unknown = [n for n in names if n not in EXPERIMENTS and n not in stored]
+    if unknown:
+        raise ValueError(f"experiments: unknown {unknown}; registered: {sorted(EXPERIMENTS)}, "
+                         f"stored: {stored}")
+    return names
+
+
+def _atomic_write(path: Path, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with tmp.open("xb") as fh:  # "x": never clobber another writer's temporary file
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,67 @@
+"""The report's pure data helpers and number formats."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from moelab.reporting.aggregate import (
+    fit_slope,
+    loglog_crossing,
+    max_over_min,
+    ordered,
+    path_names,
+    spread,
+)
+from moelab.reporting.section import Table, cell, ratio, sci, status_of
+
+
+def test_spread_is_median_min_max_of_the_finite_values():
+    s = spread([3.0, 1.0, float("nan"), 2.0, None, 10.0])
+    assert (s.median, s.low, s.high, s.n, s.missing) == (2.5, 1.0, 10.0, 4, 2)
+    assert cell(s) == "2.50e+00 [1.00e+00, 1.00e+01] (2 runs without a finite value)"
+    assert not spread([float("inf")]).ok and cell(spread([])) == "n/a"
+
+
+def test_labels_order_registry_first_then_numbers_numerically():
+    assert ordered(["128", "16", "best", "32", "paper"], ["paper", "best"]) == [
+        "paper", "best", "16", "32", "128"]
+
+
+def test_fit_slope_recovers_a_power_law_and_skips_bad_points():
+    sizes = [16, 32, 64, 128, 16]
+    errors = [3.0 * m**-1.5 for m in sizes[:4]] + [float("nan")]
+    fit = fit_slope(sizes, errors)
+    assert fit.slope == pytest.approx(-1.5) and fit.n == 4
+    assert fit.predict(64) == pytest.approx(3.0 * 64**-1.5)
+    assert fit.clearly_negative
+    assert fit_slope([16, 16], [1e-3, 2e-3]) is None
+
+
+def test_loglog_crossing_interpolates_on_log_axes():
+    sizes, values = [100, 1000, 10_000], [1e-2, 1e-3, 1e-4]
+    hit = loglog_crossing(sizes, values, 10 ** -2.5)
+    assert hit.bound == "=" and hit.size == pytest.approx(10**2.5)
+    assert loglog_crossing(sizes, values, 1e-5).bound == ">"
+    assert loglog_crossing(sizes, values, 1.0).bound == "<="
+
+
+def test_path_names_decode_mixed_radix_first_layer_most_significant():
+    names = path_names([[0.3, 0.3, 0.4], [0.5, 0.2, 0.3]])
+    assert names[0] == "(0, 0)" and names[5] == "(1, 2)" and names[8] == "(2, 2)"
+    assert path_names([[0.25] * 4]) == {i: f"expert {i}" for i in range(4)}
+
+
+def test_formats_and_status():
+    assert sci(3.4e-4) == "3.40e-04" and sci(math.nan) == "n/a"
+    assert ratio(1.0) == "1.00" and ratio(22.64) == "22.6"
+    assert max_over_min([3.4e-4, 3.17e-4, 3.42e-4]) == pytest.approx(3.42 / 3.17)
+    assert [status_of(f) for f in ([True, True], [True, False], [False], [])] == [
+        "HELD", "PARTLY", "NOT HELD", "NO DATA"]
+
+
+def test_table_rejects_ragged_rows():
+    with pytest.raises(ValueError, match="has 1 cells, header has 2"):
+        Table("t", ("a", "b"), (("x",),))
+    assert Table("t", ("a", "b"), (("x", "1|2"),)).markdown().endswith("| x | 1/2 |")
