@@ -34,9 +34,12 @@ def num(x: float | None) -> str:
 
 
 def ratio(x: float | None) -> str:
-    """A ratio to three significant digits, trailing zeros kept (``1.00``, ``0.379``, ``22.6``)."""
+    """A ratio to three significant digits, trailing zeros kept (``1.00``, ``0.379``, ``22.6``);
+    large ones as whole numbers (``545``, ``2.50e+03``)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "n/a"
+    if 100 <= abs(x) < 1000:
+        return f"{x:.0f}"
     return f"{x:#.3g}"
 
 
