@@ -1,0 +1,212 @@
+"""Expert parallelism: an MoE layer whose experts are sharded over the ranks of a process group.
+
+Every rank holds the full router and shared experts (replicated) and a contiguous slice of E / W
+experts: rank r owns experts [r * L, (r + 1) * L), L = E / W. A forward pass on a rank's own tokens:
+
+1. route them with the replicated router (the same :class:`~moelab.layers.outputs.Routing` the
+   single-process layer computes for these tokens);
+2. sort the kept (token, slot) assignments by expert, exactly as the grouped dispatch path does;
+3. exchange split sizes (all_to_all of per-expert counts), then send each row to the rank owning its
+   expert (all_to_all of rows);
+4. regroup the received rows by local expert, run the local experts as grouped matmuls, restore the
+   received order and send the outputs back (the reverse all_to_all);
+5. weight and combine with the grouped path's deterministic combine (each (token, slot) cell written
+   once, then slots summed).
+
+Gradients flow through both exchanges, so an expert's gradient is complete on its owning rank (it
+sees the rows of every rank); replicated parameters get per-rank partial gradients, summed by
+:func:`~moelab.distributed.replicated.allreduce_replicated_grads`.
+
+Shape legend: T local tokens, S slots per token, E experts, W ranks, L = E / W local experts,
+N kept assignments of this rank, M rows received from all ranks, I/O in/out widths.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from moelab._validation import check_features, one_of
+from moelab.distributed.comm import all_to_all_rows, exchange_counts
+from moelab.layers.dispatch import DISPATCH_MODES
+from moelab.layers.moe import MoELayer
+from moelab.layers.outputs import MoEOutput, Routing
+
+
+def _require_initialized(what: str) -> None:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            f"{what} needs an initialised torch.distributed process group: call "
+            "torch.distributed.init_process_group(...) first (torchrun sets up its environment)"
+        )
+
+
+def _slice_experts(experts: nn.Module, num_experts: int, lo: int, hi: int) -> nn.Module:
+    """A copy of the expert bank holding experts [lo, hi) only; every tensor's dim 0 is the expert."""
+    memo: dict[int, Tensor] = {}
+    for name, t in [*experts.named_parameters(), *experts.named_buffers()]:
+        if t.dim() == 0 or t.shape[0] != num_experts:
+            raise TypeError(
+                f"cannot shard the expert bank: {name} has shape {tuple(t.shape)}, expected a "
+                f"leading expert dimension of {num_experts}"
+            )
+        piece = t.detach()[lo:hi].clone()
+        memo[id(t)] = nn.Parameter(piece, t.requires_grad) if isinstance(t, nn.Parameter) else piece
+    # deepcopy with a memo copies the module structure but substitutes the sliced tensors, so the
+    # full bank is never duplicated.
+    local = copy.deepcopy(experts, memo)
+    for module in local.modules():
+        if hasattr(module, "num_experts"):
+            module.num_experts = hi - lo
+    return local
+
+
+class ExpertParallelMoE(MoELayer):
+    """An :class:`~moelab.layers.moe.MoELayer` whose experts are split over the ranks of ``group``.
+
+    Build it with :func:`shard_moe_layer` (or :func:`shard_model` for a whole model). It is a
+    ``MoELayer``, so :class:`~moelab.layers.stack.DeepMoE`, ``collect_aux_losses`` and
+    ``last_output`` work unchanged, and its state-dict keys are the full layer's (the expert tensors
+    hold the local slice: ``experts.weights.0`` is (L, in, out) instead of (E, in, out)).
+
+    On each rank, :meth:`run` returns what the single-process layer returns for that rank's tokens:
+    the output, the :class:`~moelab.layers.outputs.Routing` of the local tokens (``tokens_per_expert``
+    counts local tokens only) and the auxiliary losses of the local batch. Capacity limits and the
+    balancing losses are therefore computed per rank, from the local tokens. Every rank of the group
+    must call :meth:`run` (and backward) the same number of times: each call is a collective.
+
+    Attributes:
+        group: the process group (None: the default group).
+        world_size, rank: W and this rank's index within ``group``.
+        num_local_experts: L = E / W.
+        expert_range: (lo, hi), the global ids of the local experts, lo <= e < hi.
+    """
+
+    def __init__(self, layer: MoELayer, group: dist.ProcessGroup | None = None) -> None:
+        if not isinstance(layer, MoELayer) or isinstance(layer, ExpertParallelMoE):
+            raise TypeError(
+                f"layer must be a (not yet sharded) MoELayer, got {type(layer).__name__}"
+            )
+        _require_initialized("ExpertParallelMoE")
+        world, rank = dist.get_world_size(group), dist.get_rank(group)
+        E = layer.num_experts
+        if E % world:
+            raise ValueError(
+                f"num_experts={E} is not divisible by the expert-parallel world size {world}; "
+                f"use a number of experts that is a multiple of {world} or a group of a size dividing {E}"
+            )
+        # MoELayer.__init__ would build all E experts; take the layer's pieces instead.
+        nn.Module.__init__(self)
+        self.config, self.d_in, self.d_out = layer.config, layer.d_in, layer.d_out
+        self.group, self.world_size, self.rank = group, world, rank
+        self.num_local_experts = L = E // world
+        self.expert_range = (rank * L, (rank + 1) * L)
+        self.router = copy.deepcopy(layer.router)
+        self.experts = _slice_experts(layer.experts, E, *self.expert_range)
+        self.shared = copy.deepcopy(layer.shared)
+        self._has_recon = getattr(layer.experts, "decoder", None) is not None
+        self.last_output = None
+
+    def run(self, x: Tensor, *, dispatch_mode: str | None = None) -> MoEOutput:
+        """Forward pass of the local tokens x (..., d_in) with routing and auxiliary losses.
+
+        ``dispatch_mode`` is checked and otherwise ignored: the expert-parallel path is always the
+        sorted, grouped one (the dense path computes the same function).
+        """
+        if dispatch_mode is not None:
+            one_of("dispatch", dispatch_mode, DISPATCH_MODES)
+        check_features(x, self.d_in, finite=self.config.check_finite)
+        lead = x.shape[:-1]
+        x_TI = x.reshape(-1, self.d_in)
+        routing = self.router(x_TI)
+        y_TO, recon = self._dispatch(x_TI, routing)
+        if self.shared is not None:
+            y_TO = y_TO + self.shared(x_TI)
+        result = MoEOutput(y_TO.reshape(*lead, self.d_out), routing, self._aux_losses(routing, recon))
+        self.last_output = result
+        return result
+
+    def _dispatch(self, x_TI: Tensor, routing: Routing) -> tuple[Tensor, Tensor | None]:
+        T, S = routing.expert_ids.shape
+        W, L = self.world_size, self.num_local_experts
+        # This rank's kept (token, slot) cells sorted by expert, as in layers.dispatch._grouped.
+        ids_N = routing.expert_ids.reshape(-1)
+        if bool(routing.kept.all()):
+            cell_N = torch.arange(T * S, device=x_TI.device)
+        else:
+            cell_N = routing.kept.reshape(-1).nonzero().squeeze(1)
+            ids_N = ids_N[cell_N]
+        order_N = torch.argsort(ids_N, stable=True)
+        cell_N = cell_N[order_N]
+        # Expert e lives on rank e // L, so rows sorted by expert are already grouped by rank.
+        send_WL = torch.bincount(ids_N, minlength=W * L).view(W, L)
+        recv_WL = exchange_counts(send_WL, self.group)
+        send_sizes, recv_sizes = send_WL.sum(1).tolist(), recv_WL.sum(1).tolist()
+        x_MI = all_to_all_rows(x_TI[cell_N // S], recv_sizes, send_sizes, self.group)
+
+        # Received rows come in blocks by source rank, each sorted by local expert: regroup them by
+        # local expert for the grouped matmuls, then restore the received order.
+        local_M = torch.arange(L, device=x_TI.device).repeat(W).repeat_interleave(recv_WL.reshape(-1))
+        order_M = torch.argsort(local_M, stable=True)
+        out = self.experts.forward_grouped(x_MI[order_M], recv_WL.sum(0))
+        y_MF = out.y if out.recon_error is None else torch.cat([out.y, out.recon_error[:, None]], 1)
+        y_MF = y_MF.new_zeros(y_MF.shape).index_copy(0, order_M, y_MF)
+        y_NF = all_to_all_rows(y_MF, send_sizes, recv_sizes, self.group)
+
+        y_NO = y_NF[:, : self.d_out] * routing.weights.reshape(-1)[cell_N][:, None]
+        # Each (token, slot) cell is written exactly once, then slots are summed in order.
+        cells = y_NO.new_zeros(T * S, self.d_out).index_copy(0, cell_N, y_NO)
+        y_TO = cells.view(T, S, self.d_out).sum(1)
+        recon = None
+        if self._has_recon:
+            recon_N = y_NF[:, self.d_out]
+            recon = recon_N.mean() if recon_N.numel() else x_TI.new_zeros(())
+        return y_TO, recon
+
+    def extra_repr(self) -> str:
+        lo, hi = self.expert_range
+        return (f"{self.d_in} -> {self.d_out}, experts [{lo}, {hi}) of {self.num_experts} "
+                f"on rank {self.rank} of {self.world_size}")
+
+
+def shard_moe_layer(layer: MoELayer, group: dist.ProcessGroup | None = None) -> ExpertParallelMoE:
+    """The expert-parallel version of ``layer`` over ``group`` (None: the default group).
+
+    ``layer`` is left untouched: its router and shared experts are copied, and this rank's slice of
+    its experts. Every rank must start from the same full weights (build them with the same seed, or
+    call :func:`~moelab.distributed.replicated.broadcast_parameters` first, or load a full state with
+    :func:`~moelab.distributed.state.load_full_state_dict` afterwards). Raises ValueError when the
+    number of experts is not divisible by the group size.
+    """
+    return ExpertParallelMoE(layer, group)
+
+
+def shard_model(model: nn.Module, group: dist.ProcessGroup | None = None) -> nn.Module:
+    """Replace every MoE layer inside ``model`` by its expert-parallel version, in place.
+
+    Works for :class:`~moelab.layers.stack.DeepMoE` and any module containing ``MoELayer``s (already
+    sharded layers are left alone). Returns ``model``, or the sharded layer when ``model`` is itself
+    an ``MoELayer``.
+    """
+    if isinstance(model, ExpertParallelMoE):
+        return model
+    if isinstance(model, MoELayer):
+        return shard_moe_layer(model, group)
+    targets = [(name, module) for name, module in model.named_modules()
+               if isinstance(module, MoELayer) and not isinstance(module, ExpertParallelMoE)]
+    for name, layer in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, shard_moe_layer(layer, group))
+    return model
+
+
+def expert_parallel_layers(model: nn.Module) -> Iterator[tuple[str, ExpertParallelMoE]]:
+    """(qualified name, layer) of every :class:`ExpertParallelMoE` in ``model`` ("" for the model)."""
+    for name, module in model.named_modules():
+        if isinstance(module, ExpertParallelMoE):
+            yield name, module
