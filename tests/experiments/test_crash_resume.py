@@ -11,7 +11,6 @@ from moelab.experiments.store import ResultStore
 
 ARGS = ["run", "table3", "--seeds", "2", "--set", "train.steps=150", "--set",
         "train.test_size=500", "--set", "task.D=8", "--quiet"]
-TIMING = ("seconds", "finished_at")
 
 
 def _cli(out, **kw):
