@@ -6,6 +6,7 @@ import torch
 
 from moelab.constructions import LayerSpec, Net, build_layer, interpolant, interpolation_error
 from moelab.constructions.interpolation import interpolation_bound
+from moelab.constructions.ridge import directions, fit_ridge, ridge_units
 from moelab.layers import MoELayer
 
 F64 = torch.float64
@@ -35,6 +36,23 @@ def test_interpolant_rejects_bad_arguments():
         interpolant(torch.sin, 1.0, 1.0, 4)
     with pytest.raises(ValueError, match="m must be >= 1"):
         interpolant(torch.sin, 0.0, 1.0, 0)
+
+
+def test_ridge_fit_is_exact_for_a_function_in_the_span_and_deterministic():
+    w, b = ridge_units(directions(2, 8), -1.0, 1.0, 5)
+    z = torch.rand(400, 2, generator=torch.Generator().manual_seed(0), dtype=F64) * 2 - 1
+    y = 2 * torch.relu(z @ w[3] + b[3]) - torch.relu(z @ w[17] + b[17]) + 0.5
+    net = fit_ridge(z, y, w, b)
+    assert float((net(z)[:, 0] - y).abs().max()) < 1e-6
+    again = fit_ridge(z, y, w, b)
+    assert torch.equal(net.out, again.out)
+
+
+def test_directions_are_unit_vectors():
+    for k in (1, 2, 3, 5):
+        u = directions(k, 12)
+        assert u.shape == (12, k)
+        assert torch.allclose(u.norm(dim=1), torch.ones(12, dtype=F64))
 
 
 def test_pass_through_channels_are_exact():
