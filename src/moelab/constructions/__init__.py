@@ -9,6 +9,7 @@ Each builder returns ``(model, summary)``: a :class:`~moelab.layers.DeepMoE` or
 * :func:`build_product_moe` — Thm 5.2, Eq. (5) targets on products of manifolds, depth 2L.
 * :func:`build_nonlinear_manifold_moe`, :func:`build_nonlinear_piecewise_moe` — MLP routers
   (suggestion 1): depth 1 and depth L.
+* :data:`CONSTRUCTIONS` — the named constructions of ``moelab construct``.
 
 Building blocks: :func:`interpolant` (1-D interpolants as ReLU units), :func:`partition_net`
 (tau ~ rho), :func:`chart_expert` (g_i o phi_i), :func:`linear_router_misroute` (the one-layer
@@ -27,9 +28,11 @@ from moelab.constructions.partition import PartitionNet, partition_net
 from moelab.constructions.piecewise import build_piecewise_moe
 from moelab.constructions.product import build_product_moe
 from moelab.constructions.rates import WidthSweep, theorem_exponent, width_sweep
+from moelab.constructions.registry import CONSTRUCTIONS
 from moelab.constructions.summary import ConstructionSummary
 
 __all__ = [
+    "CONSTRUCTIONS",
     "ChartExpert",
     "ConstructionSummary",
     "Interpolant",

@@ -1,0 +1,93 @@
+"""Named constructions for the command line: ``moelab construct NAME --set k=v``.
+
+Each entry takes simple keyword arguments (ints and strings), builds its task and its model, and
+returns ``(model, summary)``; the defaults run in a few seconds on a CPU.
+
+=================== ================================================================================
+name                keyword arguments (defaults)
+=================== ================================================================================
+``thm5.3``          E=3, L=2, m=16, seed=0: Eq. (4) with the paper's subfunctions, depth 2L
+``cor4.9``          manifold="circle", D=16, E=None (the manifold's default: circle 4, sphere 6,
+                    spiral 10), m=None (16 for d = 1, 64 for d = 2), embedding="pad", seed=0: depth 2,
+                    two-layer experts; also reports a linear router's misroute fraction
+``thm4.8``          as ``cor4.9``, with three-layer experts (a chart layer first)
+``thm5.2``          manifold="circle", L=2, E=4, D=2, m=None, embedding="pad", seed=0: Eq. (5) on a
+                    product of L copies of the manifold, sinusoid subfunctions, depth 2L
+``nonlinear-router`` target="manifold" (or "piecewise"), manifold="circle", D=16, E=None, L=2,
+                    m=None, embedding="pad", seed=0: MLP routers, depth 1 (manifold) or L (piecewise)
+=================== ================================================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from moelab._validation import one_of
+from moelab.constructions.manifold import build_manifold_moe
+from moelab.constructions.nonlinear import build_nonlinear_manifold_moe, build_nonlinear_piecewise_moe
+from moelab.constructions.piecewise import build_piecewise_moe
+from moelab.constructions.product import build_product_moe
+from moelab.constructions.summary import ConstructionSummary
+from moelab.tasks import build_manifold_task, build_product_task, make_manifold
+
+Built = tuple[nn.Module, ConstructionSummary]
+
+
+def _width(m: int | None, manifold: str) -> int:
+    return m if m is not None else (16 if make_manifold(manifold).d == 1 else 64)
+
+
+def thm53(*, E: int = 3, L: int = 2, m: int = 16, seed: int = 0) -> Built:
+    """Thm 5.3 on the paper's Eq. (4) target (Experiment II's for E=3, L=2)."""
+    return build_piecewise_moe(E, L, m=m, seed=seed)
+
+
+def _manifold_task(manifold: str, D: int, E: int | None, embedding: str, seed: int):
+    return build_manifold_task(manifold, D=D, n_charts=E, embedding=embedding, seed=seed,
+                               dtype=torch.float64)
+
+
+def cor49(*, manifold: str = "circle", D: int = 16, E: int | None = None, m: int | None = None,
+          embedding: str = "pad", seed: int = 0) -> Built:
+    """Cor 4.9 on Experiment I's target sin(5 x_1) + cos(3 x_2) on ``manifold`` in R^D."""
+    task = _manifold_task(manifold, D, E, embedding, seed)
+    return build_manifold_moe(task, _width(m, manifold), seed=seed, linear_baseline=True)
+
+
+def thm48(*, manifold: str = "circle", D: int = 16, E: int | None = None, m: int | None = None,
+          embedding: str = "pad", seed: int = 0) -> Built:
+    """Thm 4.8's shape (three-layer experts) on the same target as :func:`cor49`."""
+    task = _manifold_task(manifold, D, E, embedding, seed)
+    return build_manifold_moe(task, _width(m, manifold), expert_depth=3, seed=seed)
+
+
+def thm52(*, manifold: str = "circle", L: int = 2, E: int = 4, D: int = 2, m: int | None = None,
+          embedding: str = "pad", seed: int = 0) -> Built:
+    """Thm 5.2 on an Eq. (5) target over L copies of ``manifold``."""
+    task = build_product_task(E=E, D=D, manifolds=manifold, L=L, embedding=embedding, seed=seed,
+                              dtype=torch.float64)
+    return build_product_moe(task, _width(m, manifold), seed=seed)
+
+
+def nonlinear_router(*, target: str = "manifold", manifold: str = "circle", D: int = 16,
+                     E: int | None = None, L: int = 2, m: int | None = None, embedding: str = "pad",
+                     seed: int = 0) -> Built:
+    """MLP routers: depth 1 for a manifold target, depth L for Eq. (4)."""
+    one_of("target", target, ("manifold", "piecewise"))
+    if target == "piecewise":
+        return build_nonlinear_piecewise_moe(3 if E is None else E, L, m=16 if m is None else m, seed=seed)
+    task = _manifold_task(manifold, D, E, embedding, seed)
+    return build_nonlinear_manifold_moe(task, _width(m, manifold), seed=seed)
+
+
+#: name -> function of keyword arguments returning (model, summary); see the module docstring.
+CONSTRUCTIONS: dict[str, Callable[..., Built]] = {
+    "thm5.3": thm53,
+    "cor4.9": cor49,
+    "thm4.8": thm48,
+    "thm5.2": thm52,
+    "nonlinear-router": nonlinear_router,
+}
