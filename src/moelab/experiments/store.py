@@ -93,8 +93,10 @@ class ResultStore:
             if not create:
                 raise StoreError(f"no results database at {self.path}")
             self.directory.mkdir(parents=True, exist_ok=True)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            self._check_existing()  # read-only: a foreign file is never modified
         try:
-            with self._connect() as conn:
+            with self._connect() as conn, conn:
                 conn.executescript(_SCHEMA)
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                              (str(SCHEMA_VERSION),))
@@ -104,6 +106,21 @@ class ResultStore:
         if schema is None or schema[0] != str(SCHEMA_VERSION):
             raise StoreError(f"{self.path} has results schema {schema and schema[0]!r}; "
                              f"this moelab reads schema {SCHEMA_VERSION}")
+
+    def _check_existing(self) -> None:
+        """Raise StoreError unless the existing file is a moelab results database."""
+        try:
+            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
+            try:
+                tables = {r[0] for r in conn.execute(
+                    "SELECT name FROM sqlite_master WHERE type='table'")}
+            finally:
+                conn.close()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a moelab results database ({exc})") from None
+        if not {"meta", "runs", "history", "evals"} <= tables:
+            raise StoreError(f"{self.path} is an SQLite database but not a moelab results "
+                             f"database (tables: {sorted(tables)})")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
