@@ -85,10 +85,12 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _construct(args: argparse.Namespace) -> int:
     from moelab.constructions import CONSTRUCTIONS
+    from moelab.experiments.runner import single_thread
 
     if args.name not in CONSTRUCTIONS:
         raise ValueError(f"unknown construction {args.name!r}; known: {sorted(CONSTRUCTIONS)}")
-    _, summary = CONSTRUCTIONS[args.name](**_overrides(args.set))
+    with single_thread():
+        _, summary = CONSTRUCTIONS[args.name](**_overrides(args.set))
     print(summary)
     return 0
 
@@ -105,9 +107,11 @@ def _export(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from moelab.experiments.demo import circle_demo
+    from moelab.experiments.runner import single_thread
 
-    r = circle_demo(D=args.D, steps=args.steps, lr=args.lr, seed=args.seed,
-                    progress=not args.quiet)
+    with single_thread():
+        r = circle_demo(D=args.D, steps=args.steps, lr=args.lr, seed=args.seed,
+                        progress=not args.quiet)
     print(f"1-4-MoE on the unit circle in R^{r.D}: f(x) = sin(5 x1) + cos(3 x2), "
           f"{r.steps} Adam steps, batch 128, cosine lr from {args.lr:g}")
     print(f"  parameters: {r.parameters} total, {r.active_parameters:.0f} active per token")

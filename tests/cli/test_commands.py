@@ -65,3 +65,23 @@ def test_every_command_has_complete_help():
             if action.dest != "help" and action.option_strings:
                 assert action.help, f"{name} {action.option_strings}"
         assert "usage:" in text
+
+
+@pytest.mark.parametrize("name", ["thm5.3", "cor4.9", "thm4.8", "thm5.2", "nonlinear-router"])
+def test_construct_prints_a_summary(name, capsys):
+    assert main(["construct", name]) == 0
+    out = capsys.readouterr().out
+    assert "expert paths" in out and "sup error" in out and "bound" in out
+
+
+def test_construct_reports_pieces_and_all_paths(capsys):
+    assert main(["construct", "thm5.3", "--set", "E=2", "--set", "L=3", "--set", "m=8"]) == 0
+    out = capsys.readouterr().out
+    assert "8 seen / 8 possible" in out and "linear pieces on the diagonal 16" in out
+
+
+def test_construct_bad_arguments(capsys):
+    assert main(["construct", "thm9"]) == 2
+    assert "unknown construction 'thm9'" in capsys.readouterr().err
+    assert main(["construct", "thm5.3", "--set", "E=0"]) == 2
+    assert "E must be >= 1, got 0" in capsys.readouterr().err

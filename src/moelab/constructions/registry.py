@@ -20,12 +20,14 @@ name                keyword arguments (defaults)
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from moelab._validation import one_of
+from moelab.analysis import count_pieces
 from moelab.constructions.manifold import build_manifold_moe
 from moelab.constructions.nonlinear import build_nonlinear_manifold_moe, build_nonlinear_piecewise_moe
 from moelab.constructions.piecewise import build_piecewise_moe
@@ -40,9 +42,19 @@ def _width(m: int | None, manifold: str) -> int:
     return m if m is not None else (16 if make_manifold(manifold).d == 1 else 64)
 
 
+def _with_diagonal_pieces(built: Built, E: int, L: int) -> Built:
+    """Add the exact count of linear pieces and expert paths along the diagonal 0 -> (E, ..., E)."""
+    model, summary = built
+    dtype = next(model.parameters()).dtype
+    pieces = count_pieces(model, torch.zeros(L, dtype=dtype), torch.full((L,), float(E), dtype=dtype))
+    extra = {**summary.extra, "linear pieces on the diagonal": pieces.num_pieces,
+             "expert paths on the diagonal": pieces.num_paths}
+    return model, dataclasses.replace(summary, extra=extra)
+
+
 def thm53(*, E: int = 3, L: int = 2, m: int = 16, seed: int = 0) -> Built:
     """Thm 5.3 on the paper's Eq. (4) target (Experiment II's for E=3, L=2)."""
-    return build_piecewise_moe(E, L, m=m, seed=seed)
+    return _with_diagonal_pieces(build_piecewise_moe(E, L, m=m, seed=seed), E, L)
 
 
 def _manifold_task(manifold: str, D: int, E: int | None, embedding: str, seed: int):
@@ -78,7 +90,9 @@ def nonlinear_router(*, target: str = "manifold", manifold: str = "circle", D: i
     """MLP routers: depth 1 for a manifold target, depth L for Eq. (4)."""
     one_of("target", target, ("manifold", "piecewise"))
     if target == "piecewise":
-        return build_nonlinear_piecewise_moe(3 if E is None else E, L, m=16 if m is None else m, seed=seed)
+        E = 3 if E is None else E
+        built = build_nonlinear_piecewise_moe(E, L, m=16 if m is None else m, seed=seed)
+        return _with_diagonal_pieces(built, E, L)
     task = _manifold_task(manifold, D, E, embedding, seed)
     return build_nonlinear_manifold_moe(task, _width(m, manifold), seed=seed)
 
