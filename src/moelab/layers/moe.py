@@ -20,13 +20,20 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from moelab import losses
-from moelab._validation import check_features, one_of, positive_int
+from moelab._validation import check_features, one_of, positive_float, positive_int
 from moelab.layers.activations import get_activation
 from moelab.layers.dispatch import DISPATCH_MODES, dispatch_and_combine
 from moelab.layers.experts import Experts, LowDimExperts
 from moelab.layers.mlp import MLP
 from moelab.layers.outputs import LazyLosses, MoEOutput, Routing
-from moelab.layers.routers import Router
+from moelab.layers.routers import (
+    CAPACITY_PRIORITIES,
+    NOISES,
+    ROUTINGS,
+    SCORERS,
+    WEIGHTINGS,
+    Router,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +92,14 @@ class MoEConfig:
         get_activation(self.activation)
         positive_int("router_hidden", self.router_hidden)
         positive_int("router_depth", self.router_depth)
+        one_of("router", self.router, SCORERS)
+        one_of("weighting", self.weighting, WEIGHTINGS)
+        one_of("routing", self.routing, ROUTINGS)
+        one_of("noise", self.noise, NOISES)
+        one_of("capacity_priority", self.capacity_priority, CAPACITY_PRIORITIES)
+        positive_float("jitter_eps", self.jitter_eps, allow_zero=True)
+        if self.capacity_factor is not None:
+            positive_float("capacity_factor", self.capacity_factor)
         if self.latent_dim is not None:
             positive_int("latent_dim", self.latent_dim)
             if self.gated:

@@ -1,0 +1,231 @@
+"""The bad-input catalogue of docs/errors.md, executed: every case raises the documented error with a
+message naming what was wrong, and nothing already stored (results, checkpoints) changes.
+
+The table in docs/errors.md and the CASES below must list the same case ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from moelab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
+from moelab.cli import main
+from moelab.constructions import CONSTRUCTIONS
+from moelab.experiments.config import RunConfig, apply_overrides, parse_override
+from moelab.experiments.registry import get_experiment
+from moelab.experiments.store import ResultStore, StoreError
+from moelab.layers import DeepMoE, MoEConfig, MoELayer
+from moelab.tasks import make_manifold_task, make_piecewise_task
+from moelab.training import TrainConfig, train
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    call: Callable[[Path], object]  # receives a directory holding a stored run and a checkpoint
+    error: type[BaseException]
+    pattern: str
+
+
+def _layer():
+    return MoELayer(4, 2, MoEConfig(num_experts=3))
+
+
+def _x(*shape, value=None, dtype=torch.float32):
+    x = torch.randn(*shape).to(dtype)
+    if value is not None:
+        x[0, 0] = value
+    return x
+
+
+def _cli(argv):
+    def call(_):
+        if main(argv) != 2:
+            raise AssertionError("the CLI did not fail")
+        raise SystemExit("cli-error")
+    return call
+
+
+def _corrupt(name, mutate):
+    def call(d: Path):
+        ck = d / "ck_copy"
+        ck.mkdir(exist_ok=True)
+        for f in (d / "ck").iterdir():
+            (ck / f.name).write_bytes(f.read_bytes())
+        mutate(ck / name)
+        return load_checkpoint(ck)
+    return call
+
+
+def _truncate(p: Path):
+    p.write_bytes(p.read_bytes()[:-100])
+
+
+def _flip(p: Path):
+    b = bytearray(p.read_bytes())
+    b[-10] ^= 0xFF
+    p.write_bytes(bytes(b))
+
+
+def _foreign_db(d: Path):
+    other = d / "foreign"
+    other.mkdir(exist_ok=True)
+    conn = sqlite3.connect(other / "results.sqlite")
+    conn.execute("CREATE TABLE IF NOT EXISTS notes(a)")
+    conn.commit()
+    conn.close()
+    return ResultStore(other)
+
+
+def _not_sqlite(d: Path):
+    other = d / "garbage"
+    other.mkdir(exist_ok=True)
+    (other / "results.sqlite").write_bytes(b"not a database at all" * 20)
+    return ResultStore(other)
+
+
+def _diverge(_):
+    def sampler(n, gen):
+        return torch.rand(n, 4, generator=gen), torch.full((n, 2), float("nan"))
+    return train(_layer(), sampler, TrainConfig(steps=2, test_size=4), progress=False)
+
+
+CASES = [
+    # layers
+    Case("layer-trailing-dim", lambda d: _layer()(_x(3, 5)), ValueError,
+         r"x must have shape \(\.\.\., 4\), got \(3, 5\)"),
+    Case("layer-int-dtype", lambda d: _layer()(torch.ones(3, 4, dtype=torch.long)), TypeError,
+         r"x must have a floating dtype, got torch.int64"),
+    Case("layer-nan", lambda d: _layer()(_x(3, 4, value=float("nan"))), ValueError,
+         r"x contains 1 non-finite value"),
+    Case("layer-inf", lambda d: _layer()(_x(3, 4, value=float("inf"))), ValueError,
+         r"x contains 1 non-finite value"),
+    Case("layer-not-tensor", lambda d: _layer()([[1.0] * 4]), TypeError,
+         r"x must be a torch.Tensor, got list"),
+    Case("config-k-gt-e", lambda d: MoEConfig(num_experts=4, top_k=5), ValueError,
+         r"top_k=5 must be <= num_experts=4"),
+    Case("config-k-zero", lambda d: MoEConfig(top_k=0), ValueError, r"top_k must be >= 1, got 0"),
+    Case("config-e-zero", lambda d: MoEConfig(num_experts=0), ValueError,
+         r"num_experts must be >= 1, got 0"),
+    Case("config-width", lambda d: MoEConfig(expert_hidden=-3), ValueError,
+         r"expert_hidden must be >= 1, got -3"),
+    Case("config-depth", lambda d: MoEConfig(expert_depth=0), ValueError,
+         r"expert_depth must be >= 1, got 0"),
+    Case("config-router", lambda d: MoEConfig(router="attention"), ValueError,
+         r"router='attention' is unknown; expected one of \['linear', 'mlp'\]"),
+    Case("config-weighting", lambda d: MoEConfig(weighting="softmax"), ValueError,
+         r"weighting='softmax' is unknown; expected one of"),
+    Case("config-activation", lambda d: MoEConfig(activation="swish"), ValueError,
+         r"activation='swish' is unknown; expected one of"),
+    Case("stack-widths", lambda d: DeepMoE([3, 0, 1]), ValueError,
+         r"widths\[1\] must be >= 1, got 0"),
+    # tasks
+    Case("task-d-ge-D", lambda d: make_manifold_task("sphere", 10, D=3, d=3), ValueError,
+         r"D=3 must exceed the intrinsic dimension d=3"),
+    Case("task-manifold", lambda d: make_manifold_task("klein", 10, D=4), ValueError,
+         r"manifold='klein' is unknown"),
+    Case("task-n", lambda d: make_manifold_task("circle", 0, D=4), ValueError,
+         r"n must be >= 1, got 0"),
+    Case("task-E", lambda d: make_piecewise_task(10, E=0, L=2), ValueError,
+         r"E must be >= 1, got 0"),
+    Case("task-L", lambda d: make_piecewise_task(10, E=3, L=0), ValueError,
+         r"L must be >= 1, got 0"),
+    Case("task-noise", lambda d: make_manifold_task("circle", 10, D=4, noise=-1.0), ValueError,
+         r"noise must be a finite number >= 0, got -1.0"),
+    # constructions
+    Case("construct-m", lambda d: CONSTRUCTIONS["thm5.3"](m=0), ValueError,
+         r"m must be >= 1, got 0"),
+    Case("construct-manifold", lambda d: CONSTRUCTIONS["cor4.9"](manifold="klein"), ValueError,
+         r"manifold='klein' is unknown"),
+    Case("construct-D", lambda d: CONSTRUCTIONS["cor4.9"](D=1), ValueError,
+         r"D=1 must exceed the intrinsic dimension d=1"),
+    # config overrides and the CLI
+    Case("override-unknown-key", lambda d: apply_overrides(RunConfig(experiment="x"),
+                                                            {"train.stepz": 3}),
+         ValueError, r"unknown config key 'train.stepz'"),
+    Case("override-wrong-type", lambda d: apply_overrides(RunConfig(experiment="x"),
+                                                           {"train.steps": "many"}),
+         TypeError, r"train.steps must be int, got 'many'"),
+    Case("override-range", lambda d: apply_overrides(RunConfig(experiment="x"),
+                                                      {"train.steps": 0}),
+         ValueError, r"steps must be >= 1, got 0"),
+    Case("override-malformed", lambda d: parse_override("train.steps"), ValueError,
+         r"override 'train.steps' must have the form key=value"),
+    Case("config-unknown-field", lambda d: RunConfig.from_dict({"experiment": "x", "tain": {}}),
+         ValueError, r"unknown config key\(s\) \['tain'\]"),
+    Case("experiment-unknown", lambda d: get_experiment("table5"), ValueError,
+         r"unknown experiment 'table5'"),
+    Case("cli-run-bad-set", _cli(["run", "table3", "--set", "train.lr=fast", "--out", "/tmp/x"]),
+         SystemExit, "cli-error"),
+    Case("cli-report-no-db", _cli(["report", "/nonexistent/moelab"]), SystemExit, "cli-error"),
+    Case("cli-construct-unknown", _cli(["construct", "thm9"]), SystemExit, "cli-error"),
+    # training
+    Case("train-optimizer", lambda d: TrainConfig(optimizer="lbfgs"), ValueError,
+         r"optimizer='lbfgs' is unknown"),
+    Case("train-aux-name", lambda d: TrainConfig(aux_weights={"balance": 1.0}), ValueError,
+         r"aux_weights key='balance' is unknown"),
+    Case("train-diverges", _diverge, FloatingPointError, r"training loss became nan at step 0"),
+    # checkpoints
+    Case("checkpoint-missing", lambda d: load_checkpoint(d / "nothing"), CheckpointError,
+         r"nothing"),
+    Case("checkpoint-truncated", _corrupt("model.safetensors", _truncate), CheckpointError,
+         r"model.safetensors"),
+    Case("checkpoint-tampered", _corrupt("model.safetensors", _flip), CheckpointError,
+         r"model.safetensors"),
+    Case("checkpoint-bad-json", _corrupt("config.json", lambda p: p.write_text("{not json")),
+         CheckpointError, r"config.json"),
+    Case("checkpoint-wrong-width",
+         _corrupt("config.json", lambda p: p.write_text(p.read_text().replace('"d_in": 4',
+                                                                              '"d_in": 5'))),
+         CheckpointError, r"config.json"),
+    # results store
+    Case("store-not-sqlite", _not_sqlite, StoreError, r"is not a moelab results database"),
+    Case("store-foreign-sqlite", _foreign_db, StoreError,
+         r"is an SQLite database but not a moelab results database"),
+    Case("store-missing", lambda d: ResultStore(d / "none", create=False), StoreError,
+         r"no results database"),
+]
+
+
+@pytest.fixture(scope="module")
+def stored(tmp_path_factory):
+    """A directory with one stored run and one checkpoint, whose bytes must never change."""
+    d = tmp_path_factory.mktemp("stored")
+    store = ResultStore(d)
+    store.add(run_id="r", experiment="e", labels={}, seed=0, config={}, test_mse=1.0,
+              test_sup=1.0, metrics={}, routing={}, seconds=0.0, history=[], evals=[])
+    torch.manual_seed(0)
+    save_checkpoint(_layer(), d / "ck")
+    return d
+
+
+def _fingerprint(d: Path) -> dict[str, str]:
+    files = [d / "results.sqlite", *sorted((d / "ck").iterdir())]
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_case(case, stored, capsys):
+    before = _fingerprint(stored)
+    with pytest.raises(case.error, match=case.pattern):
+        case.call(stored)
+    assert _fingerprint(stored) == before
+    if case.id.startswith("cli-"):
+        err = capsys.readouterr().err
+        assert err.startswith("moelab: error: ") and len(err.strip()) > len("moelab: error: ")
+
+
+def test_catalogue_document_lists_exactly_these_cases():
+    ids = re.findall(r"^\| `([a-z0-9-]+)` \|", DOC.read_text(), flags=re.M)
+    assert sorted(ids) == sorted(c.id for c in CASES)
+    assert len(ids) >= 30
