@@ -23,7 +23,7 @@ from moelab.training.loop import TrainConfig
 
 TASK_KINDS = ("manifold", "piecewise")
 MODEL_KINDS = ("moe", "dense")
-ROUTER_INITS = ("default", "kmeans")
+INITS = ("default", "data")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,8 +59,9 @@ class ModelSpec:
     """The model. ``kind="moe"``: ``layers`` MoE layers (a :class:`~moelab.layers.DeepMoE`, plain
     composition unless ``residual``), inner width ``width`` (None: the input width), each layer
     configured by ``moe``. ``kind="dense"``: a :class:`~moelab.layers.DenseMLP` of ``dense_depth``
-    affine maps and hidden width ``dense_hidden``. ``router_init="kmeans"`` initialises every
-    router of a one-layer model from k-means centroids of a batch of inputs (balanced start)."""
+    affine maps and hidden width ``dense_hidden``. ``init="data"`` applies
+    :func:`moelab.training.init.data_init` (Voronoi routers, experts with kinks on their data)
+    before training; ``"default"`` keeps PyTorch's initialisation."""
 
     kind: str = "moe"
     layers: int = 1
@@ -70,11 +71,11 @@ class ModelSpec:
     moe_every: int = 1
     dense_hidden: int = 40
     dense_depth: int = 2
-    router_init: str = "default"
+    init: str = "default"
 
     def __post_init__(self) -> None:
         one_of("model.kind", self.kind, MODEL_KINDS)
-        one_of("model.router_init", self.router_init, ROUTER_INITS)
+        one_of("model.init", self.init, INITS)
         positive_int("model.layers", self.layers)
         if self.width is not None:
             positive_int("model.width", self.width)

@@ -26,7 +26,7 @@ from moelab.experiments.store import ResultStore
 from moelab.layers import DeepMoE, DenseMLP
 from moelab.tasks import build_manifold_task, build_piecewise_task
 from moelab.training import train
-from moelab.training.init import init_routers_kmeans
+from moelab.training.init import data_init
 
 
 @dataclass(frozen=True)
@@ -128,10 +128,10 @@ def _execute(run: RunConfig, *, progress: bool) -> RunOutcome:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)
         model = build_model(run, task.d_in, task.d_out)
-        if run.model.router_init == "kmeans" and run.model.kind == "moe":
-            gen = torch.Generator().manual_seed(run.seed + 17)
+        if run.model.init == "data":
+            gen = torch.Generator().manual_seed(run.seed + 12345)
             x_init, _ = task.sampler(4096, gen)
-            init_routers_kmeans(model, x_init, generator=gen)
+            data_init(model, x_init, generator=gen)
     result = train(model, task.sampler, run.train, seed=run.seed, progress=progress,
                    description=_describe(run))
     counts = count_parameters(model)
