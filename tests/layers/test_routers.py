@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from moelab.layers import Router
+from moelab.layers import MoEConfig, MoELayer, Router
 
 
 def _router(**kw):
@@ -18,8 +18,11 @@ def test_paper_weighting_top1_is_hard_routing_without_router_gradient():
     x = torch.randn(20, 6)
     routing = r(x)
     assert torch.equal(routing.weights, torch.ones(20, 1))
-    routing.weights.sum().backward()
-    assert r.scorer.weight.grad is None or torch.all(r.scorer.weight.grad == 0)
+    assert not routing.weights.requires_grad
+    layer = MoELayer(6, 1, MoEConfig(num_experts=4, weighting="paper"))
+    layer(torch.randn(20, 6)).square().sum().backward()
+    assert layer.router.scorer.weight.grad is None
+    assert layer.experts.weights[0].grad is not None
 
 
 def test_paper_weighting_is_softmax_over_selected_logits():

@@ -42,8 +42,12 @@ class Dispatched:
 
 
 def expert_macs_per_token(experts) -> int:
-    """Multiply-adds one expert spends on one token (weights only)."""
-    return sum(w[0].numel() for w in experts.parameters() if w.dim() == 3)
+    """Multiply-adds one expert spends on one token (weights only; cached on the bank)."""
+    cached = getattr(experts, "_macs_per_token", None)
+    if cached is None:
+        cached = sum(w[0].numel() for w in experts.parameters() if w.dim() == 3)
+        experts._macs_per_token = cached
+    return cached
 
 
 def choose_path(mode: str, num_tokens: int, experts, routing: Routing) -> str:

@@ -127,9 +127,10 @@ class Experts(nn.Module):
         This is the plain reference computation (no sorting, no grouping).
         """
         def affine(h, k):  # h: (T, I) or (E, T, I)
-            b = self._bias(k)
-            h_ETO = torch.matmul(h, self.weights[k])
-            return h_ETO if b is None else h_ETO + b[:, None, :]
+            w, b = self.weights[k], self._bias(k)
+            if h.dim() == 2:
+                h = h.expand(w.shape[0], *h.shape)
+            return torch.bmm(h, w) if b is None else torch.baddbmm(b[:, None, :], h, w)
 
         if self.gated:
             h = self._act(affine(x_TI, 0)) * affine(x_TI, 2)

@@ -172,6 +172,8 @@ class Router(nn.Module):
             weights_TK = torch.ones_like(picked_TK)
         elif self.weighting == "sigmoid":
             weights_TK = picked_TK / picked_TK.sum(-1, keepdim=True)
+        elif self.top_k == 1:  # paper, K = 1: the softmax over one logit is exactly 1
+            weights_TK = torch.ones_like(picked_TK)
         else:  # paper: softmax over the selected logits
             weights_TK = logits_TE.gather(1, ids_TK).softmax(dim=-1)
 
@@ -180,8 +182,11 @@ class Router(nn.Module):
         if capacity is not None and capacity < T * self.top_k:
             kept_TK = self._within_capacity(ids_TK, weights_TK.detach(), capacity)
             weights_TK = weights_TK * kept_TK
-        counts_E = torch.bincount(ids_TK[kept_TK], minlength=E)
-        dropped = _fraction(~kept_TK)
+            counts_E = torch.bincount(ids_TK[kept_TK], minlength=E)
+            dropped = _fraction(~kept_TK)
+        else:
+            counts_E = torch.bincount(ids_TK.reshape(-1), minlength=E)
+            dropped = torch.zeros((), device=ids_TK.device)
         return Routing(ids_TK, weights_TK, kept_TK, logits_TE, probs_TE, counts_E, dropped,
                        clean_TE, std_TE)
 
