@@ -89,10 +89,42 @@ def _construct(args: argparse.Namespace) -> int:
 
     if args.name not in CONSTRUCTIONS:
         raise ValueError(f"unknown construction {args.name!r}; known: {sorted(CONSTRUCTIONS)}")
+    build = CONSTRUCTIONS[args.name]
+    kwargs = _overrides(args.set)
     with single_thread():
-        _, summary = CONSTRUCTIONS[args.name](**_overrides(args.set))
-    print(summary)
+        if args.sweep is None:
+            print(build(**kwargs)[1])
+            return 0
+        key, values = _sweep(args.sweep)
+        _print_sweep(args.name, key, values, [build(**{**kwargs, key: v})[1] for v in values])
     return 0
+
+
+def _sweep(text: str) -> tuple[str, list]:
+    from moelab.experiments.config import parse_value
+
+    key, sep, rest = text.partition("=")
+    values = [parse_value(v) for v in rest.split(",") if v.strip()]
+    if not sep or not key.isidentifier() or len(values) < 2:
+        raise ValueError(f"--sweep {text!r} must have the form KEY=v1,v2[,...] with two or more "
+                         "values")
+    return key, values
+
+
+def _print_sweep(name: str, key: str, values: list, summaries: list) -> None:
+    from moelab.analysis import fit_rate
+
+    print(f"{name}: sup error and MSE against {key}")
+    for v, s in zip(values, summaries, strict=True):
+        print(f"  {key}={v!s:<6} sup {s.sup_error:.4g}   MSE {s.mse:.4g}   bound {s.bound:.4g}   "
+              f"paths {s.paths_seen}/{s.paths_possible}   misrouted {s.misrouted:g}")
+    sups = [s.sup_error for s in summaries]
+    if key == "m":
+        print(f"  fit of sup error ~ m^slope: {fit_rate(values, sups, predicted=-0.5)}")
+        print("  (-0.5 is the theorems' worst-case exponent for C^kappa targets, kappa/d >= 1/2; "
+              "exact interpolation of C^2 pieces gives -2)")
+    else:
+        print(f"  max/min of the sup error over {key}: {max(sups) / min(sups):.6f}")
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -174,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="construction name, e.g. thm5.3, cor4.9, thm4.8, thm5.2")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="keyword argument of the construction, e.g. E=3, L=2, m=32")
+    p.add_argument("--sweep", metavar="KEY=V1,V2,...",
+                   help="build at each value of one argument and compare, e.g. m=4,8,16,32,64 "
+                        "(fits the rate in m) or D=3,16,128,1024 (error against D)")
     p.set_defaults(func=_construct)
 
     p = sub.add_parser("export", help="export a results database to CSV or JSON",
