@@ -22,7 +22,7 @@ from moelab.layers.moe import MoEConfig
 from moelab.training.loop import TrainConfig
 
 TASK_KINDS = ("manifold", "piecewise")
-MODEL_KINDS = ("moe", "dense")
+MODEL_KINDS = ("moe", "dense", "construction")
 INITS = ("default", "data")
 
 
@@ -61,7 +61,9 @@ class ModelSpec:
     configured by ``moe``. ``kind="dense"``: a :class:`~moelab.layers.DenseMLP` of ``dense_depth``
     affine maps and hidden width ``dense_hidden``. ``init="data"`` applies
     :func:`moelab.training.init.data_init` (Voronoi routers, experts with kinks on their data)
-    before training; ``"default"`` keeps PyTorch's initialisation."""
+    before training; ``"default"`` keeps PyTorch's initialisation. ``kind="construction"``: no
+    training; the hand-built network ``moelab.constructions.CONSTRUCTIONS[construction]`` called
+    with ``construction_args`` (and the run's seed), measured as built."""
 
     kind: str = "moe"
     layers: int = 1
@@ -72,6 +74,8 @@ class ModelSpec:
     dense_hidden: int = 40
     dense_depth: int = 2
     init: str = "default"
+    construction: str = "thm5.3"
+    construction_args: dict[str, int | str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         one_of("model.kind", self.kind, MODEL_KINDS)

@@ -123,6 +123,8 @@ def execute(run: RunConfig, *, progress: bool = False) -> RunOutcome:
 
 
 def _execute(run: RunConfig, *, progress: bool) -> RunOutcome:
+    if run.model.kind == "construction":
+        return _construct(run)
     start = time.perf_counter()
     task = build_task(run.task)
     with torch.random.fork_rng(devices=[]):
@@ -142,6 +144,28 @@ def _execute(run: RunConfig, *, progress: bool) -> RunOutcome:
     metrics.update({k: v for k, v in routing.items() if isinstance(v, (int, float))})
     return RunOutcome(run, result.final.mse, result.final.sup_error, metrics, routing,
                       result.history, result.evals, time.perf_counter() - start)
+
+
+def _construct(run: RunConfig) -> RunOutcome:
+    """A hand-built construction, measured as built (no training, no history); its expert width m
+    is ``model.moe.expert_hidden`` unless ``construction_args`` sets it."""
+    from moelab.constructions import CONSTRUCTIONS
+
+    start = time.perf_counter()
+    name = run.model.construction
+    if name not in CONSTRUCTIONS:
+        raise ValueError(f"model.construction={name!r} is unknown; known: {sorted(CONSTRUCTIONS)}")
+    args = {"m": run.model.moe.expert_hidden, **run.model.construction_args, "seed": run.seed}
+    _, summary = CONSTRUCTIONS[name](**args)
+    metrics: dict[str, Any] = {
+        "test_mse": summary.mse, "test_sup": summary.sup_error, "bound": summary.bound,
+        "parameters": summary.params_total, "active_parameters": summary.params_active,
+        "num_paths": summary.paths_seen, "paths_possible": summary.paths_possible,
+        "misrouted": summary.misrouted, "depth": summary.depth,
+    }
+    routing = {"paths_seen": summary.paths_seen, "paths_possible": summary.paths_possible}
+    return RunOutcome(run, summary.mse, summary.sup_error, metrics, routing, [], [],
+                      time.perf_counter() - start)
 
 
 def _describe(run: RunConfig) -> str:

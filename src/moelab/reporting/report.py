@@ -20,6 +20,7 @@ from pathlib import Path
 from moelab import __version__
 from moelab.experiments.registry import EXPERIMENTS
 from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
+from moelab.reporting.construction_sections import constructions_section
 from moelab.reporting.paper_sections import table3_section, table4_section
 from moelab.reporting.section import Section, duration
 from moelab.reporting.study_sections import (
@@ -42,6 +43,7 @@ SECTION_BUILDERS: dict[str, Callable[[Sequence[StoredRun]], Section]] = {
     "gating": gating_section,
     "lowdim-experts": lowdim_section,
     "intrinsic": intrinsic_section,
+    "constructions": constructions_section,
 }
 
 # Errors a section builder or figure may raise on runs it was not written for (labels or metrics
