@@ -90,7 +90,7 @@ class Routing:
     def combine_weights(self) -> Tensor:
         """The (T, E) matrix of combine weights: row t holds token t's weight for each expert."""
         w_TE = torch.zeros_like(self.logits, dtype=self.weights.dtype)
-        return w_TE.scatter(1, self.expert_ids, self.weights * self.kept)
+        return w_TE.scatter(1, self.expert_ids, self.weights)  # weights are 0 where not kept
 
     def top1(self) -> Tensor:
         """(T,) the first-choice expert of every token (expert choice: the highest-weight one)."""
