@@ -50,6 +50,14 @@ SECTION_BUILDERS: dict[str, Callable[[Sequence[StoredRun]], Section]] = {
 # of another shape); the report then falls back to the generic table and says why.
 _DATA_ERRORS = (KeyError, ValueError, IndexError, TypeError, ZeroDivisionError)
 
+DETERMINISM = (
+    "*Determinism:* every run here is bit-reproducible from its seed on CPU (same config and "
+    "seed: identical weights, metrics and history; `tests/training/test_loop.py`). On a GPU the "
+    "forward pass stays deterministic (each output cell is written once, no atomic adds), but the "
+    "backward pass of the token gather (an index_add) and cuBLAS reductions may differ in the "
+    "last bits between runs unless `torch.use_deterministic_algorithms(True)` is set."
+)
+
 HOW_TO_READ = (
     "*How to read:* a cell `a [b, c]` is the median over seeds `a` with the smallest and largest "
     "seed `[b, c]`; \"paper\" columns hold the paper's published values and ratios are "
@@ -142,6 +150,7 @@ def render_markdown(sections: Sequence[Section], skipped: Sequence[str],
         "All runs: [results.csv](results.csv) (one row per run), [results.json](results.json) "
         "(with training histories).",
         HOW_TO_READ,
+        DETERMINISM,
     ]
     contents = []
     for s in sections:
