@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from moelab._validation import check_features, one_of
 from moelab.distributed.comm import all_to_all_rows, exchange_counts
-from moelab.layers.dispatch import DISPATCH_MODES
+from moelab.layers.dispatch import DISPATCH_MODES, combine_cells, sort_by_expert
 from moelab.layers.moe import MoELayer
 from moelab.layers.outputs import MoEOutput, Routing
 
@@ -131,22 +131,15 @@ class ExpertParallelMoE(MoELayer):
         return result
 
     def _dispatch(self, x_TI: Tensor, routing: Routing) -> tuple[Tensor, Tensor | None]:
-        T, S = routing.expert_ids.shape
+        S = routing.expert_ids.shape[1]
         W, L = self.world_size, self.num_local_experts
-        # This rank's kept (token, slot) cells sorted by expert, as in layers.dispatch._grouped.
-        ids_N = routing.expert_ids.reshape(-1)
-        if bool(routing.kept.all()):
-            cell_N = torch.arange(T * S, device=x_TI.device)
-        else:
-            cell_N = routing.kept.reshape(-1).nonzero().squeeze(1)
-            ids_N = ids_N[cell_N]
-        order_N = torch.argsort(ids_N, stable=True)
-        cell_N = cell_N[order_N]
+        # This rank's kept (token, slot) cells sorted by expert, as in the single-process path.
+        cell_N, ids_N = sort_by_expert(routing)
         # Expert e lives on rank e // L, so rows sorted by expert are already grouped by rank.
         send_WL = torch.bincount(ids_N, minlength=W * L).view(W, L)
         recv_WL = exchange_counts(send_WL, self.group)
         send_sizes, recv_sizes = send_WL.sum(1).tolist(), recv_WL.sum(1).tolist()
-        x_MI = all_to_all_rows(x_TI[cell_N // S], recv_sizes, send_sizes, self.group)
+        x_MI = all_to_all_rows(x_TI.index_select(0, cell_N // S), recv_sizes, send_sizes, self.group)
 
         # Received rows come in blocks by source rank, each sorted by local expert: regroup them by
         # local expert for the grouped matmuls, then restore the received order.
@@ -157,10 +150,7 @@ class ExpertParallelMoE(MoELayer):
         y_MF = y_MF.new_zeros(y_MF.shape).index_copy(0, order_M, y_MF)
         y_NF = all_to_all_rows(y_MF, send_sizes, recv_sizes, self.group)
 
-        y_NO = y_NF[:, : self.d_out] * routing.weights.reshape(-1)[cell_N][:, None]
-        # Each (token, slot) cell is written exactly once, then slots are summed in order.
-        cells = y_NO.new_zeros(T * S, self.d_out).index_copy(0, cell_N, y_NO)
-        y_TO = cells.view(T, S, self.d_out).sum(1)
+        y_TO = combine_cells(y_NF[:, : self.d_out], cell_N, routing)
         recon = None
         if self._has_recon:
             recon_N = y_NF[:, self.d_out]

@@ -79,26 +79,38 @@ def _dense(x_TI: Tensor, routing: Routing, experts) -> Dispatched:
     return Dispatched(y_TO, recon)
 
 
-def _grouped(x_TI: Tensor, routing: Routing, experts) -> Dispatched:
+def sort_by_expert(routing: Routing) -> tuple[Tensor, Tensor]:
+    """The kept (token, slot) cells as flat indices t * S + s, sorted by expert (stable, so cells of
+    one expert stay in token order), and the expert of each: two (N,) long tensors."""
     T, S = routing.expert_ids.shape
     ids_N = routing.expert_ids.reshape(-1)
     if bool(routing.kept.all()):
-        cell_N = torch.arange(T * S, device=x_TI.device)
+        cell_N = torch.arange(T * S, device=ids_N.device)
     else:
         cell_N = routing.kept.reshape(-1).nonzero().squeeze(1)
         ids_N = ids_N[cell_N]
     order_N = torch.argsort(ids_N, stable=True)
-    cell_N = cell_N[order_N]  # (token, slot) cells, sorted by expert
-    counts_E = torch.bincount(ids_N, minlength=routing.num_experts)
-    x_NI = x_TI[cell_N // S]
-    out = experts.forward_grouped(x_NI, counts_E)
-    w_N = routing.weights.reshape(-1)[cell_N]
-    y_NO = out.y * w_N[:, None]
-    # Each (token, slot) cell is written exactly once, then slots are summed in order.
+    return cell_N[order_N], ids_N[order_N]
+
+
+def combine_cells(y_NO: Tensor, cell_N: Tensor, routing: Routing) -> Tensor:
+    """Weight each routed row and sum a token's slots: (N, O) rows of the cells ``cell_N`` ->
+    (T, O). Each (token, slot) cell is written exactly once, then the slots are summed in order,
+    so the result is deterministic (no atomic scatter-add)."""
+    T, S = routing.expert_ids.shape
+    y_NO = y_NO * routing.weights.reshape(-1)[cell_N][:, None]
     cells = y_NO.new_zeros(T * S, y_NO.shape[1]).index_copy(0, cell_N, y_NO)
-    y_TO = cells.view(T, S, y_NO.shape[1]).sum(1)
+    return cells.view(T, S, y_NO.shape[1]).sum(1)
+
+
+def _grouped(x_TI: Tensor, routing: Routing, experts) -> Dispatched:
+    S = routing.expert_ids.shape[1]
+    cell_N, ids_N = sort_by_expert(routing)
+    counts_E = torch.bincount(ids_N, minlength=routing.num_experts)
+    # index_select: its backward is a plain index_add (the [] gather's is a slower index_put).
+    out = experts.forward_grouped(x_TI.index_select(0, cell_N // S), counts_E)
     recon = None if out.recon_error is None else _mean_or_zero(out.recon_error, x_TI)
-    return Dispatched(y_TO, recon)
+    return Dispatched(combine_cells(out.y, cell_N, routing), recon)
 
 
 def _mean_or_zero(values: Tensor, like: Tensor) -> Tensor:
