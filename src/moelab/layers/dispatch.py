@@ -68,8 +68,12 @@ def dispatch_and_combine(x_TI: Tensor, routing: Routing, experts, *, mode: str =
 
 
 def _dense(x_TI: Tensor, routing: Routing, experts) -> Dispatched:
-    out = experts.forward_all(x_TI)
     w_TE = routing.combine_weights()
+    mixed = getattr(experts, "forward_mixed", None)
+    y_TO = mixed(x_TI, w_TE) if mixed is not None else None
+    if y_TO is not None:  # two-layer experts: every expert and the mix in two flat matmuls
+        return Dispatched(y_TO, None)
+    out = experts.forward_all(x_TI)
     y_TO = torch.einsum("te,eto->to", w_TE, out.y)
     recon = None
     if out.recon_error is not None:

@@ -142,6 +142,24 @@ class Experts(nn.Module):
                 h = self._act(h)
         return ExpertResult(h)
 
+    def forward_mixed(self, x_TI: Tensor, w_TE: Tensor) -> Tensor | None:
+        """sum_e w_TE[:, e] * expert_e(x) for two-layer, ungated experts as two flat matmuls,
+        (T, I) -> (T, O); None for other shapes (use :meth:`forward_all`).
+
+        The first layers of all experts are one (I, E*H) matmul; the weighted mix of the second
+        layers is one (E*H, O) matmul of the weighted hidden units, since the mix is linear.
+        """
+        if self.depth != 2 or self.gated:
+            return None
+        T, E, H = x_TI.shape[0], self.num_experts, self.hidden
+        w1_IF = self.weights[0].transpose(0, 1).reshape(self.d_in, E * H)
+        b1 = self._bias(0)
+        h_TF = x_TI @ w1_IF if b1 is None else torch.addmm(b1.reshape(-1), x_TI, w1_IF)
+        h_TF = (self._act(h_TF).view(T, E, H) * w_TE[:, :, None]).view(T, E * H)
+        w2_FO = self.weights[1].reshape(E * H, self.d_out)
+        b2 = self._bias(1)
+        return h_TF @ w2_FO if b2 is None else torch.addmm(w_TE @ b2, h_TF, w2_FO)
+
     def forward_grouped(self, x_NI: Tensor, counts_E: Tensor) -> ExpertResult:
         """Expert e on its own rows: x (N, I) sorted by expert, ``counts_E`` rows each -> y (N, O)."""
         offsets_E = counts_E.cumsum(0).to(torch.int32)
