@@ -215,10 +215,29 @@ def table4_section(runs: Sequence[StoredRun]) -> Section:
             "table4-routing", f"Expert paths on [0, 3]^2 ({out} output, {rec} recipe, seed 0, "
             "largest m); black lines: the 9 unit pieces, each labelled by its majority path",
             partial(F.grid_routing_figure, pictures)))
+    tables.append(_construction_table([int(x) for _, x in m_x]))
     notes = ["The paper does not say whether its target is the vector of Eq. (4) or a scalar; "
-             "each output form below is set beside the same Table 4 column."]
+             "each output form below is set beside the same Table 4 column.",
+             "Contrast (last table): the hand-built deep network of Thm 5.3 for the same target, "
+             "built without training (`moelab construct thm5.3`), uses all 9 expert paths."]
     return make_section("table4", runs, verdicts=verdicts, tables=tables, figures=figs,
                         notes=notes)
+
+
+def _construction_table(widths: Sequence[int]) -> Table:
+    """The Thm 5.3 construction (E = 3, L = 2, vector target) at the table's widths, as built."""
+    from moelab.constructions import build_piecewise_moe
+
+    rows = []
+    for m in widths:
+        _, summary = build_piecewise_moe(3, 2, m=m)
+        rows.append((str(m), sci(summary.mse), sci(summary.sup_error),
+                     f"{summary.paths_seen} / {summary.paths_possible}",
+                     f"{summary.params_active:,.0f}"))
+    return Table("Hand-built deep construction (Thm 5.3: 4 layers, 3 experts in the routed layers, "
+                 "vector target; no training): test MSE, sup error, expert paths, active "
+                 "parameters", ("m", "test MSE", "sup error", "paths", "active parameters"),
+                 tuple(rows))
 
 
 def _points(groups, model: str, m_x, out: str, rec: str) -> tuple[list[float], list[float | None]]:
