@@ -145,7 +145,7 @@ def _demo(args: argparse.Namespace) -> int:
         r = circle_demo(D=args.D, steps=args.steps, lr=args.lr, seed=args.seed,
                         progress=not args.quiet)
     print(f"1-4-MoE on the unit circle in R^{r.D}: f(x) = sin(5 x1) + cos(3 x2), "
-          f"{r.steps} Adam steps, batch 128, cosine lr from {args.lr:g}")
+          f"{r.steps} Adam steps, batch 128, cosine lr from {args.lr:g}, data-dependent init")
     print(f"  parameters: {r.parameters} total, {r.active_parameters:.0f} active per token")
     print(f"  test MSE  {r.test_mse:.3e}   (paper, Table 3, 2000 steps: ~3.4e-4)")
     print(f"  test sup  {r.test_sup:.3e}")
@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="train a 1-4-MoE on the circle task and print its error",
                        description="Train the paper's 1-4-MoE on Experiment I's circle task.")
     p.add_argument("--D", type=int, default=16, help="ambient dimension (default 16)")
-    p.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

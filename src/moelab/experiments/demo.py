@@ -10,6 +10,7 @@ from moelab.analysis import count_parameters
 from moelab.layers import MoEConfig, MoELayer
 from moelab.tasks import build_manifold_task
 from moelab.training import TrainConfig, TrainResult, train
+from moelab.training.init import data_init
 
 
 @dataclass(frozen=True)
@@ -28,9 +29,9 @@ def circle_demo(
     *, D: int = 16, steps: int = 500, lr: float = 1e-2, seed: int = 0, progress: bool = True
 ) -> DemoResult:
     """Train a 1-4-MoE (one MoE layer, 4 two-layer ReLU experts of width 10, top-1) on
-    f(x) = sin(5 x_1) + cos(3 x_2) on the unit circle in R^D (PAPER.md Sec. 5, Experiment I).
-
-    The learning rate is cosine-decayed from ``lr``; batch 128 of fresh samples per step.
+    f(x) = sin(5 x_1) + cos(3 x_2) on the unit circle in R^D (PAPER.md Sec. 5, Experiment I), with
+    moelab's best recipe: data-dependent initialisation, hard top-1 routing, 100 warm-up steps and a
+    cosine-decayed learning rate from ``lr``; batch 128 of fresh samples per step.
     """
     task = build_manifold_task("circle", D=D, n_charts=4)
 
@@ -40,8 +41,12 @@ def circle_demo(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = MoELayer(D, 1, MoEConfig(num_experts=4, top_k=1, expert_hidden=10))
-    config = TrainConfig(steps=steps, lr=lr, schedule="cosine", test_size=10_000)
+        model = MoELayer(D, 1, MoEConfig(num_experts=4, top_k=1, expert_hidden=10,
+                                         weighting="paper"))
+    gen = torch.Generator().manual_seed(seed + 12345)
+    data_init(model, sampler(4096, gen)[0], generator=gen)
+    config = TrainConfig(steps=steps, lr=lr, schedule="cosine", warmup_steps=min(100, steps // 5),
+                         test_size=10_000)
     result = train(model, sampler, config, seed=seed, progress=progress, description="1-4-MoE")
     test = task.sample(4096, seed=seed + 7)
     with torch.no_grad():
