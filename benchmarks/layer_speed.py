@@ -11,7 +11,8 @@ Regimes (T tokens, D width, E experts, K experts per token):
   ReLU MLP 256 -> 1024 -> 256 on T*K = 4096 tokens, the compute of the active experts alone.
 * ``gated``: the same tokens with Mixtral-shaped experts (SiLU-gated, hidden 512, no biases, softmax
   over the top-2 logits) against Hugging Face's ``MixtralSparseMoeBlock`` with
-  ``experts_implementation="grouped_mm"`` and ``"eager"``, given moelab's weights.
+  ``experts_implementation="grouped_mm"`` and ``"eager"``, given moelab's weights, and against the
+  compute floor ``gated_dense_active``: one SwiGLU MLP of the experts' shape on the T*K active rows.
 * ``paper_w10`` / ``paper_w128``: the paper's layer, T=128, D=64, E=4, K=1, two-layer ReLU experts of
   width 10 or 128, d_out=1, against the common eager loop over experts.
 
@@ -138,6 +139,20 @@ def dense_active_mlp(d: int, hidden: int) -> nn.Module:
     return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
 
 
+class GatedMLP(nn.Module):
+    """The gated regime's floor: one SwiGLU MLP of the experts' shape, W2 (silu(W1 x) * W3 x), no
+    biases, run on all T*K assignments."""
+
+    def __init__(self, d: int, hidden: int) -> None:
+        super().__init__()
+        self.w1 = nn.Linear(d, hidden, bias=False)
+        self.w3 = nn.Linear(d, hidden, bias=False)
+        self.w2 = nn.Linear(hidden, d, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(torch.nn.functional.silu(self.w1(x)) * self.w3(x))
+
+
 class LoopMoE(nn.Module):
     """The common eager MoE: a linear softmax router, top-1, a Python loop over nn.Linear experts.
 
@@ -232,9 +247,11 @@ def run_gated(budget: Budget, gen: torch.Generator) -> tuple[dict[str, Timing], 
     layer = MoELayer(D, D, config)
     init_normal_(layer, 0.02, gen)
     x = leaf_input(T, D, generator=gen)
-    contenders = moelab_contenders(layer, x)
-    modules: list[nn.Module] = [layer]
-    inputs = [x]
+    floor = GatedMLP(D, H)
+    x_active = leaf_input(T * K, D, generator=gen)
+    contenders = {**moelab_contenders(layer, x), "gated_dense_active": lambda: floor(x_active)}
+    modules: list[nn.Module] = [layer, floor]
+    inputs = [x, x_active]
     info: dict = {"auto_path": auto_path(layer, x)}
     if transformers is None:
         print("transformers is not installed: skipping the Hugging Face Mixtral contenders "
@@ -295,6 +312,7 @@ def print_table(results: dict[str, tuple[dict[str, Timing], dict]]) -> None:
 RATIOS = (
     ("big_vs_dense_active", "big", "dense_active"),
     ("gated_vs_hf_grouped_mm", "gated", "hf_grouped_mm"),
+    ("gated_vs_dense_active", "gated", "gated_dense_active"),
     ("gated_vs_hf_eager", "gated", "hf_eager"),
     ("paper_w10_vs_loop", "paper_w10", "loop"),
     ("paper_w128_vs_loop", "paper_w128", "loop"),
