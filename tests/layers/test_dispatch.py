@@ -22,15 +22,21 @@ def _grads(layer, x, mode):
 
 
 def _assert_paths_agree(layer, x, atol=1e-5):
-    ref, ref_g, ref_gx = _grads(layer, x, "dense")
-    fast, fast_g, fast_gx = _grads(layer, x, "grouped")
-    torch.testing.assert_close(fast.y, ref.y, atol=atol, rtol=1e-5)
-    for name in ref_g:
-        torch.testing.assert_close(fast_g[name], ref_g[name], atol=atol, rtol=1e-5, msg=name)
-    torch.testing.assert_close(fast_gx, ref_gx, atol=atol, rtol=1e-5)
-    for key in ref.aux_losses:
-        torch.testing.assert_close(fast.aux_losses[key], ref.aux_losses[key])
-    return ref, fast
+    """The grouped and dense paths equal the plain reference path in outputs, aux losses and the
+    gradients of every parameter and of the input; returns (dense, grouped) outputs."""
+    ref, ref_g, ref_gx = _grads(layer, x, "reference")
+    outs = []
+    for mode in ("dense", "grouped"):
+        fast, fast_g, fast_gx = _grads(layer, x, mode)
+        torch.testing.assert_close(fast.y, ref.y, atol=atol, rtol=1e-5, msg=mode)
+        for name in ref_g:
+            torch.testing.assert_close(fast_g[name], ref_g[name], atol=atol, rtol=1e-5,
+                                       msg=f"{mode}: {name}")
+        torch.testing.assert_close(fast_gx, ref_gx, atol=atol, rtol=1e-5, msg=mode)
+        for key in ref.aux_losses:
+            torch.testing.assert_close(fast.aux_losses[key], ref.aux_losses[key], msg=mode)
+        outs.append(fast)
+    return outs[0], outs[1]
 
 
 @pytest.mark.parametrize(
@@ -111,11 +117,11 @@ def test_both_paths_equal_a_per_token_loop(routing):
     layer = MoELayer(4, 2, cfg)
     x = torch.randn(15, 4)
     expected = _loop_reference(layer, x)
-    for mode in ("dense", "grouped"):
+    for mode in ("reference", "dense", "grouped"):
         torch.testing.assert_close(layer.run(x, dispatch_mode=mode).y, expected)
 
 
-@pytest.mark.parametrize("mode", ["dense", "grouped"])
+@pytest.mark.parametrize("mode", ["reference", "dense", "grouped"])
 @pytest.mark.parametrize("K", [1, 2])
 def test_gradcheck_float64(mode, K):
     torch.manual_seed(5)
@@ -175,18 +181,16 @@ def test_grouped_mm_needs_aligned_widths():
     assert not _grouped_mm_ok(x.double(), torch.randn(2, 10, 8).double())
 
 
-def test_auto_picks_dense_for_tiny_experts_and_grouped_for_big(monkeypatch):
-    calls = []
-    for name in ("_dense", "_grouped"):
-        real = getattr(dispatch_mod, name)
-        monkeypatch.setattr(dispatch_mod, name,
-                            lambda *a, _n=name, _r=real: calls.append(_n) or _r(*a))
+def test_auto_picks_dense_for_tiny_experts_and_grouped_for_big():
     tiny = MoELayer(64, 1, MoEConfig(num_experts=4, expert_hidden=10))
-    tiny(torch.randn(128, 64))
     big = MoELayer(256, 256, MoEConfig(num_experts=8, top_k=2, expert_hidden=1024))
+    x_tiny, x_big = torch.randn(128, 64), torch.randn(512, 256)
     with torch.no_grad():
-        big(torch.randn(512, 256))
-    assert calls == ["_dense", "_grouped"]
+        r_tiny, r_big = tiny.router(x_tiny), big.router(x_big)
+    assert dispatch_mod.choose_path("auto", 128, tiny.experts, r_tiny) == "dense"
+    assert dispatch_mod.choose_path("auto", 512, big.experts, r_big) == "grouped"
+    for mode in ("dense", "grouped", "reference"):
+        assert dispatch_mod.choose_path(mode, 512, big.experts, r_big) == mode
 
 
 def test_experts_forward_all_matches_grouped_per_expert():

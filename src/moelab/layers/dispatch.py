@@ -1,13 +1,16 @@
 """Token dispatch: run the routed experts on their tokens and combine the weighted outputs.
 
-Two paths compute the same function:
+Three paths compute the same function:
 
 * ``"grouped"``: gather each kept (token, slot) assignment, sort the rows by expert, run every
   expert on its contiguous group through grouped matmuls, weight the rows, and write each row to its
   own (token, slot) cell before summing over slots. Work is proportional to T*K.
 * ``"dense"``: every expert on every token (batched matmul), then a (T, E) matrix of combine weights
-  masks and mixes them. Work is proportional to T*E. This is the plain reference path, and for tiny
-  experts (the paper's regime) it is also the faster one: it launches a handful of kernels.
+  masks and mixes them. Work is proportional to T*E. For tiny experts (the paper's regime) this is
+  the faster path: it launches a handful of kernels; for two-layer experts the mix is folded into
+  the second matmul.
+* ``"reference"``: the plain version of ``"dense"`` — :meth:`forward_all` (every expert's output on
+  every token), then the weighted sum. Never chosen by ``"auto"``; the tests' yardstick.
 
 Both combines are deterministic: every output cell is written once and then reduced in a fixed
 order (no atomic scatter-add), so a re-run gives the same bits.
@@ -25,7 +28,7 @@ from torch import Tensor
 from moelab._validation import one_of
 from moelab.layers.outputs import Routing
 
-DISPATCH_MODES = ("auto", "grouped", "dense")
+DISPATCH_MODES = ("auto", "grouped", "dense", "reference")
 
 #: ``"auto"`` takes the dense path when computing every expert on every token costs at most this
 #: many multiply-adds. Below it, the dense path's few large kernels beat sorting and grouping.
@@ -62,14 +65,14 @@ def choose_path(mode: str, num_tokens: int, experts, routing: Routing) -> str:
 def dispatch_and_combine(x_TI: Tensor, routing: Routing, experts, *, mode: str = "auto") -> Dispatched:
     """Run ``experts`` on the assignments of ``routing`` and combine: x (T, I) -> y (T, O)."""
     path = choose_path(mode, x_TI.shape[0], experts, routing)
-    if path == "dense":
-        return _dense(x_TI, routing, experts)
-    return _grouped(x_TI, routing, experts)
+    if path == "grouped":
+        return _grouped(x_TI, routing, experts)
+    return _dense(x_TI, routing, experts, fused=path == "dense")
 
 
-def _dense(x_TI: Tensor, routing: Routing, experts) -> Dispatched:
+def _dense(x_TI: Tensor, routing: Routing, experts, *, fused: bool) -> Dispatched:
     w_TE = routing.combine_weights()
-    mixed = getattr(experts, "forward_mixed", None)
+    mixed = getattr(experts, "forward_mixed", None) if fused else None
     y_TO = mixed(x_TI, w_TE) if mixed is not None else None
     if y_TO is not None:  # two-layer experts: every expert and the mix in two flat matmuls
         return Dispatched(y_TO, None)
