@@ -250,7 +250,9 @@ def run_all(runs: Sequence[RunConfig], store: ResultStore, *, workers: int = 1,
     """Run every configuration not yet in ``store``; return the run ids executed now.
 
     Each finished run is written to the store at once (atomically), so an interrupted sweep
-    resumes where it stopped. ``workers`` > 1 runs independent runs in parallel processes.
+    resumes where it stopped. ``workers`` > 1 runs independent runs in parallel processes, started
+    with the "spawn" method: a script that calls this must guard its entry point with
+    ``if __name__ == "__main__":`` (the workers re-import the main module).
     """
     pending, seen = [], set()
     for run in runs:
