@@ -58,6 +58,8 @@ def test_report_has_the_paper_tables_beside_ours(full_report):
         for rec in ("paper", "best"):
             assert f"**Test MSE, {out} output, {rec} recipe" in t4
     assert "| 2-3-MoE | 128 | 9 | 9 [9, 9] | 9 [9, 9] |" in t4  # the routing-paths table
+    # the hand-built Thm 5.3 network beside the trained ones: all 9 paths, MSE 1.43e-06 at m = 16
+    assert "Hand-built deep construction" in t4 and "| 16 | 1.43e-06 | 2.93e-03 | 9 / 9 |" in t4
 
 
 def test_verdicts_state_status_check_and_numbers(full_report):
