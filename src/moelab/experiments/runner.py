@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from moelab.analysis import count_parameters
+from moelab.analysis import count_parameters, expert_paths
 from moelab.experiments.config import RunConfig, TaskSpec
 from moelab.experiments.store import ResultStore
 from moelab.layers import DeepMoE, DenseMLP
@@ -186,7 +186,10 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
     """
     model.eval()
     x, _ = task.sampler(n, torch.Generator().manual_seed(seed + 2_000_003))
-    paths = _paths(model, x)
+    paths = expert_paths(model, x).paths
+    # That forward pass left each layer's routing of x on its last_output.
+    load = [(r.tokens_per_expert.float() / r.tokens_per_expert.sum()).tolist()
+            for r in (layer.last_output.routing for layer in model.moe_layers)]
     truth = task.truth(x)
     path_ids, inverse = torch.unique(paths, dim=0, return_inverse=True)
     joint = torch.zeros(task.n_truth, len(path_ids), dtype=torch.long)
@@ -196,9 +199,6 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
     unique_major, major_counts = torch.unique(majority, return_counts=True)
     separated = int((major_counts == 1).sum())
     purity = float(joint.max(1).values.sum() / n)
-    out = model.run(x)
-    load = [(r.tokens_per_expert.float() / r.tokens_per_expert.sum()).tolist()
-            for r in out.routings]
     summary: dict[str, Any] = {
         "num_paths": len(path_ids),
         "pieces_separated": separated,
@@ -211,13 +211,9 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
         summary["picture"] = {
             "kind": task.picture_kind,
             "coords": task.picture_coords.tolist(),
-            "paths": _path_codes(_paths(model, task.picture_points), model),
+            "paths": _path_codes(expert_paths(model, task.picture_points).paths, model),
         }
     return summary
-
-
-def _paths(model: nn.Module, x: Tensor) -> Tensor:
-    return torch.stack([r.top1() for r in model.run(x).routings], dim=1)
 
 
 def _path_codes(paths: Tensor, model: nn.Module) -> list[int]:
