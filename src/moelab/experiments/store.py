@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import sqlite3
 from collections.abc import Iterator
@@ -212,14 +213,11 @@ class ResultStore:
         columns: list[str] = []
         for row in flat:
             columns.extend(k for k in row if k not in columns)
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(flat)
-        tmp.replace(path)
-        return path
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(flat)
+        return _atomic_write(Path(path), text.getvalue())
 
 
 def _stored(row: tuple) -> StoredRun:
@@ -252,6 +250,6 @@ def _atomic_write(path: Path, text: str) -> Path:
     """Write via a temporary file and rename, so a crash never leaves a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+    tmp.write_text(text, newline="")
     tmp.replace(path)
     return path
