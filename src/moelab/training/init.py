@@ -104,9 +104,10 @@ def _pass_through(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, width: int) ->
         w2[2 * i, i], w2[2 * i + 1, i] = 1.0, -1.0
 
 
-def _two_layer(bank: nn.Module) -> bool:
-    return isinstance(bank, Experts) and bank.depth == 2 and not bank.gated and (
-        bank.biases is not None)
+def _two_layer_relu(bank: nn.Module) -> bool:
+    """Whether ``bank`` is a bank of two-layer, ungated ReLU experts with biases."""
+    return (isinstance(bank, Experts) and bank.depth == 2 and not bank.gated
+            and bank.biases is not None and bank.activation == "relu")
 
 
 @torch.no_grad()
@@ -148,7 +149,7 @@ def data_init(model: nn.Module, x: Tensor, *, generator: torch.Generator,
         else:
             labels = layer.router(h).top1()
         bank = layer.experts
-        if not (_two_layer(bank) and bank.activation == "relu"):
+        if not _two_layer_relu(bank):
             continue
         carry = pass_through and layer is not moe_layers[-1]
         for e in range(bank.num_experts):
