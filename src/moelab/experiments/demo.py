@@ -7,8 +7,9 @@ from dataclasses import dataclass
 import torch
 
 from moelab.analysis import count_parameters
+from moelab.experiments.config import TaskSpec
+from moelab.experiments.runner import build_task
 from moelab.layers import MoEConfig, MoELayer
-from moelab.tasks import build_manifold_task
 from moelab.training import TrainConfig, TrainResult, train
 from moelab.training.init import data_init
 
@@ -33,11 +34,7 @@ def circle_demo(
     moelab's best recipe: data-dependent initialisation, hard top-1 routing, 100 warm-up steps and a
     cosine-decayed learning rate from ``lr``; batch 128 of fresh samples per step.
     """
-    task = build_manifold_task("circle", D=D, n_charts=4)
-
-    def sampler(n: int, gen: torch.Generator):
-        s = task.sample(n, generator=gen)
-        return s.x, s.y
+    sampler = build_task(TaskSpec(kind="manifold", manifold="circle", D=D, n_charts=4)).sampler
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -48,10 +45,10 @@ def circle_demo(
     config = TrainConfig(steps=steps, lr=lr, schedule="cosine", warmup_steps=min(100, steps // 5),
                          test_size=10_000)
     result = train(model, sampler, config, seed=seed, progress=progress, description="1-4-MoE")
-    test = task.sample(4096, seed=seed + 7)
+    x_test, _ = sampler(4096, torch.Generator().manual_seed(seed + 7))
     with torch.no_grad():
         model.eval()
-        load = model.run(test.x).routing.tokens_per_expert.tolist()
+        load = model.run(x_test).routing.tokens_per_expert.tolist()
     counts = count_parameters(model)
     return DemoResult(D=D, steps=steps, test_mse=result.final.mse, test_sup=result.final.sup_error,
                       parameters=counts.total, active_parameters=counts.active,
