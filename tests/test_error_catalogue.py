@@ -214,15 +214,37 @@ def _fingerprint(d: Path) -> dict[str, str]:
     return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
 
+def _documented_messages() -> dict[str, str]:
+    """Case id -> the message column of its row in docs/errors.md."""
+    rows = re.findall(r"^\| `([A-Za-z0-9.-]+)` \|.*\| ([^|]*) \|$", DOC.read_text(), flags=re.M)
+    return dict(rows)
+
+
+def _matches_doc(documented: str, actual: str, directory: Path) -> bool:
+    """The documented message is the actual one, with ``DIR`` for the directory given, ``<...>``
+    for a part that varies (a hash), and a trailing '...' where the doc shortens it."""
+    documented = documented.replace("\\|", "|").strip()
+    actual = actual.replace(str(directory), "DIR")
+    prefix = documented.endswith("...")
+    parts = re.split(r"<[^<>]+>", documented[:-3] if prefix else documented)
+    pattern = ".+?".join(re.escape(part) for part in parts)
+    return re.search(pattern if prefix else pattern + r"\s*$", actual) is not None
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_case(case, stored, capsys):
     before = _fingerprint(stored)
-    with pytest.raises(case.error, match=case.pattern):
+    with pytest.raises(case.error, match=case.pattern) as excinfo:
         case.call(stored)
     assert _fingerprint(stored) == before
+    actual = str(excinfo.value)
     if case.id.startswith("cli-"):
         err = capsys.readouterr().err
         assert err.startswith("moelab: error: ") and len(err.strip()) > len("moelab: error: ")
+        actual = err
+    documented = _documented_messages()[case.id]
+    assert _matches_doc(documented, actual, stored), (
+        f"docs/errors.md documents {documented!r} for {case.id}, the error says {actual!r}")
 
 
 def test_catalogue_document_lists_exactly_these_cases():
