@@ -2,29 +2,23 @@
 
 One training step is: forward, loss = mean(y ** 2), backward (parameters and the input, as inside a
 network), then the gradients are cleared with ``set_to_none``. Each contender is warmed up and then
-timed over several steps; the median is reported. All contenders run in this one process, one after
-another, at torch's default thread count.
+timed over several steps; the median and the minimum are reported. All contenders run in this one
+process, taking turns, at torch's default thread count.
 
-Regimes (T tokens, D width, E experts, K experts per token):
+The regimes are the rows of :data:`REGIMES`; each times moelab's layer with ``dispatch="auto"`` and
+with the explicit ``"grouped"`` and ``"dense"`` paths (to show whether ``"auto"`` picks the faster
+one), and its baselines from :data:`BASELINES` (built in baselines.py; that each computes the same
+function as moelab's layer is tested in tests/layers/test_peer_parity.py, not here). The final JSON
+line gives moelab (auto) time / baseline time as ``<regime>_vs_<baseline>``.
 
-* ``big``: T=2048, D=256, E=8, K=2, ReLU experts of hidden width 1024. Baseline ``dense_active``: one
-  ReLU MLP 256 -> 1024 -> 256 on T*K = 4096 tokens, the compute of the active experts alone.
-* ``gated``: the same tokens with Mixtral-shaped experts (SiLU-gated, hidden 512, no biases, softmax
-  over the top-2 logits) against Hugging Face's ``MixtralSparseMoeBlock`` with
-  ``experts_implementation="grouped_mm"`` and ``"eager"``, given moelab's weights, and against the
-  compute floor ``gated_dense_active``: one SwiGLU MLP of the experts' shape on the T*K active rows.
-* ``paper_w10`` / ``paper_w128``: the paper's layer, T=128, D=64, E=4, K=1, two-layer ReLU experts of
-  width 10 or 128, d_out=1, against the common eager loop over experts.
-
-In every regime moelab's ``"grouped"`` and ``"dense"`` dispatch paths are also timed, to show whether
-``"auto"`` picks the faster one. Ratios in the final JSON line are moelab (auto) time / other time.
-
-Usage: python benchmarks/layer_speed.py [--quick] [--json-out PATH]
+Usage: python benchmarks/layer_speed.py [--quick] [--json-out PATH] [--seed N]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import importlib.util
 import json
 import os
 import platform
@@ -36,27 +30,158 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from baselines import LoopMoE, dense_active, hf_mixtral_block
 from moelab.layers import MoEConfig, MoELayer
 
-try:
-    import transformers
-    from transformers.models.mixtral.modeling_mixtral import MixtralConfig, MixtralSparseMoeBlock
-except ImportError:  # the HF contenders are skipped
-    transformers = None
+# -- what is timed ------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, kw_only=True)
 class Budget:
-    """Warm-up and timed steps for the big (T=2048) and the tiny (T=128) regimes."""
+    """Untimed warm-up steps, timed steps, and timed steps per contender per turn."""
 
-    big_warmup: int = 3
-    big_steps: int = 15
-    tiny_warmup: int = 20
-    tiny_steps: int = 50
+    warmup: int
+    steps: int
+    block: int
 
 
-FULL = Budget()
-QUICK = Budget(big_warmup=2, big_steps=5, tiny_warmup=5, tiny_steps=20)
+@dataclass(frozen=True, kw_only=True)
+class Regime:
+    """moelab's layer ``d_in -> d_out`` with config ``moe`` on ``tokens`` tokens, and its baselines
+    (keys of :data:`BASELINES`). ``init_std``: every layer parameter ~ N(0, init_std^2) instead of
+    moelab's default initialisation (None)."""
+
+    name: str
+    tokens: int
+    d_in: int
+    d_out: int
+    moe: MoEConfig
+    baselines: tuple[str, ...]
+    budget: Budget
+    quick: Budget
+    init_std: float | None = None
+
+
+LARGE, LARGE_QUICK = Budget(warmup=3, steps=15, block=1), Budget(warmup=2, steps=5, block=1)
+SMALL, SMALL_QUICK = Budget(warmup=20, steps=50, block=10), Budget(warmup=5, steps=20, block=10)
+
+REGIMES = (
+    # Large ReLU experts against the compute of the active experts alone.
+    Regime(
+        name="big", tokens=2048, d_in=256, d_out=256,
+        moe=MoEConfig(num_experts=8, top_k=2, expert_hidden=1024),
+        baselines=("dense_active",), budget=LARGE, quick=LARGE_QUICK,
+    ),
+    # Mixtral-shaped experts (SiLU-gated, no biases, softmax over the top-2 logits) against Hugging
+    # Face's Mixtral block with both of its expert implementations, and the compute floor.
+    Regime(
+        name="gated", tokens=2048, d_in=256, d_out=256,
+        moe=MoEConfig(
+            num_experts=8, top_k=2, expert_hidden=512, gated=True, activation="silu",
+            expert_bias=False, router_bias=False, weighting="paper",
+        ),
+        baselines=("hf_grouped_mm", "dense_active", "hf_eager"), budget=LARGE, quick=LARGE_QUICK,
+        init_std=0.02,
+    ),
+    # The paper's layer (top-1, two-layer ReLU experts of width m, d_out = 1) against the common
+    # eager loop over experts.
+    Regime(
+        name="paper_w10", tokens=128, d_in=64, d_out=1,
+        moe=MoEConfig(num_experts=4, expert_hidden=10),
+        baselines=("loop",), budget=SMALL, quick=SMALL_QUICK,
+    ),
+    Regime(
+        name="paper_w128", tokens=128, d_in=64, d_out=1,
+        moe=MoEConfig(num_experts=4, expert_hidden=128),
+        baselines=("loop",), budget=SMALL, quick=SMALL_QUICK,
+    ),
+)
+
+#: moelab's dispatch paths timed in every regime; the ratios divide the first one's time.
+MOELAB_MODES = ("auto", "grouped", "dense")
+
+
+# -- contenders ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Contender:
+    """``forward`` runs ``module`` on its leaf inputs ``inputs``; ``kernels`` are aten ops whose
+    counts in one forward call show which implementation ran (reported, not timed)."""
+
+    forward: Callable[[], Tensor]
+    module: nn.Module
+    inputs: tuple[Tensor, ...]
+    kernels: tuple[str, ...] = ()
+
+    def step(self) -> None:
+        """One training step: forward, loss = mean(y^2), backward, clear every gradient."""
+        self.forward().square().mean().backward()
+        self.module.zero_grad(set_to_none=True)
+        for x in self.inputs:
+            x.grad = None
+
+
+def leaf_input(*shape: int, generator: torch.Generator) -> Tensor:
+    return torch.randn(*shape, generator=generator).requires_grad_(True)
+
+
+def moelab_contender(layer: MoELayer, x: Tensor, mode: str) -> Contender:
+    if mode == "auto":
+        return Contender(lambda: layer(x), layer, (x,))
+    return Contender(lambda: layer.run(x, dispatch_mode=mode).y, layer, (x,))
+
+
+def dense_active_contender(layer: MoELayer, x: Tensor, gen: torch.Generator) -> Contender:
+    """One MLP of the experts' shape on T*K rows: the compute of the active experts alone."""
+    mlp = dense_active(layer)
+    x_active = leaf_input(x.shape[0] * layer.config.top_k, layer.d_in, generator=gen)
+    return Contender(lambda: mlp(x_active), mlp, (x_active,))
+
+
+def hf_contender(layer: MoELayer, x: Tensor, gen: torch.Generator, *, implementation: str) -> Contender:
+    """HF's MixtralSparseMoeBlock with ``layer``'s weights, on the same tokens as (1, T, D).
+
+    ``grouped_mm`` runs aten::_grouped_mm; ``eager`` a loop of per-expert F.linear (aten::mm) with
+    aten::index_add_.
+    """
+    block = hf_mixtral_block(layer, implementation=implementation)
+    x_BSD = x.detach().view(1, *x.shape).clone().requires_grad_(True)
+    kernels = ("aten::_grouped_mm", "aten::index_add_", "aten::mm")
+    return Contender(lambda: block(x_BSD), block, (x_BSD,), kernels)
+
+
+def loop_contender(layer: MoELayer, x: Tensor, gen: torch.Generator) -> Contender:
+    loop = LoopMoE.like(layer)
+    return Contender(lambda: loop(x), loop, (x,))
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """How to build a baseline next to moelab's layer and its input, and the package it needs."""
+
+    build: Callable[[MoELayer, Tensor, torch.Generator], Contender]
+    needs: str | None = None
+
+
+BASELINES = {
+    "dense_active": Baseline(dense_active_contender),
+    "hf_grouped_mm": Baseline(
+        functools.partial(hf_contender, implementation="grouped_mm"), needs="transformers"
+    ),
+    "hf_eager": Baseline(functools.partial(hf_contender, implementation="eager"), needs="transformers"),
+    "loop": Baseline(loop_contender),
+}
+
+
+def init_normal_(module: nn.Module, std: float, generator: torch.Generator) -> None:
+    """Every parameter of ``module`` ~ N(0, std^2)."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+
+
+# -- timing -------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -66,59 +191,23 @@ class Timing:
     steps: int
 
 
-def training_step(
-    forward: Callable[[], Tensor], modules: list[nn.Module], inputs: list[Tensor]
-) -> Callable[[], None]:
-    """One step: forward, loss = mean(y^2), backward, then clear every gradient (set to None)."""
+def time_steps(steps_by_name: dict[str, Callable[[], None]], budget: Budget) -> dict[str, Timing]:
+    """Wall time per call of each step function over ``budget.steps`` calls, after the warm-up.
 
-    def step() -> None:
-        forward().square().mean().backward()
-        for module in modules:
-            module.zero_grad(set_to_none=True)
-        for x in inputs:
-            x.grad = None
-
-    return step
-
-
-def time_steps(
-    steps_by_name: dict[str, Callable[[], None]], *, warmup: int, steps: int, block: int
-) -> dict[str, Timing]:
-    """Median wall time of ``steps`` calls of each step function, after ``warmup`` untimed calls.
-
-    The contenders take turns, ``block`` timed steps at a time, so that a burst of load from
+    The contenders take turns, ``budget.block`` timed steps at a time, so that a burst of load from
     elsewhere on the machine falls on all of them rather than on whichever was running.
     """
     for step in steps_by_name.values():
-        for _ in range(warmup):
+        for _ in range(budget.warmup):
             step()
     times: dict[str, list[float]] = {name: [] for name in steps_by_name}
-    while len(next(iter(times.values()))) < steps:
+    while len(next(iter(times.values()))) < budget.steps:
         for name, step in steps_by_name.items():
-            for _ in range(min(block, steps - len(times[name]))):
+            for _ in range(min(budget.block, budget.steps - len(times[name]))):
                 start = time.perf_counter()
                 step()
                 times[name].append((time.perf_counter() - start) * 1e3)
     return {name: Timing(statistics.median(t), min(t), len(t)) for name, t in times.items()}
-
-
-def leaf_input(*shape: int, generator: torch.Generator) -> Tensor:
-    return torch.randn(*shape, generator=generator).requires_grad_(True)
-
-
-def init_normal_(module: nn.Module, std: float, generator: torch.Generator) -> None:
-    """Every parameter of ``module`` ~ N(0, std^2) (HF's parameters start uninitialised)."""
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(torch.randn(p.shape, generator=generator) * std)
-
-
-def moelab_contenders(layer: MoELayer, x: Tensor) -> dict[str, Callable[[], Tensor]]:
-    return {
-        "moelab_auto": lambda: layer(x),
-        "moelab_grouped": lambda: layer.run(x, dispatch_mode="grouped").y,
-        "moelab_dense": lambda: layer.run(x, dispatch_mode="dense").y,
-    }
 
 
 @torch.no_grad()
@@ -131,89 +220,6 @@ def auto_path(layer: MoELayer, x: Tensor) -> str:
     return "unknown"
 
 
-# -- baselines ---------------------------------------------------------------------------------------
-
-
-def dense_active_mlp(d: int, hidden: int) -> nn.Module:
-    """The big regime's floor: one ReLU MLP of the experts' shape, run on all T*K assignments."""
-    return nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, d))
-
-
-class GatedMLP(nn.Module):
-    """The gated regime's floor: one SwiGLU MLP of the experts' shape, W2 (silu(W1 x) * W3 x), no
-    biases, run on all T*K assignments."""
-
-    def __init__(self, d: int, hidden: int) -> None:
-        super().__init__()
-        self.w1 = nn.Linear(d, hidden, bias=False)
-        self.w3 = nn.Linear(d, hidden, bias=False)
-        self.w2 = nn.Linear(hidden, d, bias=False)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.w2(torch.nn.functional.silu(self.w1(x)) * self.w3(x))
-
-
-class LoopMoE(nn.Module):
-    """The common eager MoE: a linear softmax router, top-1, a Python loop over nn.Linear experts.
-
-    Weighting is Switch's (the selected expert's full softmax probability), as moelab's default.
-    """
-
-    def __init__(self, d_in: int, d_out: int, *, num_experts: int, hidden: int) -> None:
-        super().__init__()
-        self.router = nn.Linear(d_in, num_experts)
-        self.experts = nn.ModuleList(
-            nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
-            for _ in range(num_experts)
-        )
-        self.d_out = d_out
-
-    def forward(self, x_TI: Tensor) -> Tensor:
-        probs_TE = self.router(x_TI).softmax(-1)
-        weight_T, top1_T = probs_TE.max(-1)
-        y_TO = x_TI.new_zeros(x_TI.shape[0], self.d_out)
-        for e, expert in enumerate(self.experts):
-            idx = torch.where(top1_T == e)[0]
-            y_TO = y_TO.index_add(0, idx, weight_T[idx, None] * expert(x_TI[idx]))
-        return y_TO
-
-    @torch.no_grad()
-    def copy_from(self, layer: MoELayer) -> None:
-        """Take ``layer``'s router and expert weights (moelab holds expert weights as (E, in, out))."""
-        self.router.weight.copy_(layer.router.scorer.weight)
-        self.router.bias.copy_(layer.router.scorer.bias)
-        w, b = layer.experts.weights, layer.experts.biases
-        for e, expert in enumerate(self.experts):
-            for k, linear in enumerate((expert[0], expert[2])):
-                linear.weight.copy_(w[k][e].t())
-                linear.bias.copy_(b[k][e])
-
-
-def hf_mixtral_block(layer: MoELayer, *, hidden: int, implementation: str) -> nn.Module:
-    """HF's MixtralSparseMoeBlock holding ``layer``'s weights (gated moelab experts, no biases)."""
-    d = layer.d_in
-    config = MixtralConfig(
-        hidden_size=d, intermediate_size=hidden, num_local_experts=layer.num_experts,
-        num_experts_per_tok=layer.config.top_k, experts_implementation=implementation,
-    )
-    block = MixtralSparseMoeBlock(config)
-    w = layer.experts.weights  # gate W1 (E, D, H), down W2 (E, H, D), value W3 (E, D, H)
-    with torch.no_grad():
-        block.gate.weight.copy_(layer.router.scorer.weight)
-        # gate_up_proj is (E, 2H, D): the gate's rows first, then the value's ("up"), as F.linear reads.
-        block.experts.gate_up_proj.copy_(torch.cat([w[0], w[2]], dim=2).transpose(1, 2))
-        block.experts.down_proj.copy_(w[1].transpose(1, 2))
-    return block
-
-
-HF_KERNELS = ("aten::_grouped_mm", "aten::index_add_", "aten::mm")
-
-
-def hf_output(block: nn.Module, x_BSD: Tensor) -> Tensor:
-    out = block(x_BSD)
-    return out[0] if isinstance(out, tuple) else out
-
-
 def kernels_called(fn: Callable[[], Tensor], names: tuple[str, ...]) -> str:
     """How often one forward call of ``fn`` runs each of the aten ops ``names`` (profiler count)."""
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -223,79 +229,34 @@ def kernels_called(fn: Callable[[], Tensor], names: tuple[str, ...]) -> str:
     return ", ".join(f"{name} x{counts.get(name, 0)}" for name in names)
 
 
-# -- regimes -----------------------------------------------------------------------------------------
+def run_regime(regime: Regime, budget: Budget, gen: torch.Generator) -> tuple[dict[str, Timing], dict]:
+    """Time moelab's paths and the regime's available baselines; also say what ``"auto"`` ran."""
+    layer = MoELayer(regime.d_in, regime.d_out, regime.moe)
+    if regime.init_std is not None:
+        init_normal_(layer, regime.init_std, gen)
+    x = leaf_input(regime.tokens, regime.d_in, generator=gen)
+    contenders = {f"moelab_{mode}": moelab_contender(layer, x, mode) for mode in MOELAB_MODES}
+    for name in regime.baselines:
+        baseline = BASELINES[name]
+        if baseline.needs is not None and importlib.util.find_spec(baseline.needs) is None:
+            print(f"{baseline.needs} is not installed: skipping {regime.name}/{name} "
+                  "(pip install -c constraints.txt -e '.[bench]')")
+            continue
+        contenders[name] = baseline.build(layer, x, gen)
+    info = {"auto_path": auto_path(layer, x)}
+    for name, contender in contenders.items():
+        if contender.kernels:
+            info[f"{name}_ops"] = kernels_called(contender.forward, contender.kernels)
+    steps = {name: contender.step for name, contender in contenders.items()}
+    return time_steps(steps, budget), info
 
 
-def run_big(budget: Budget, gen: torch.Generator) -> tuple[dict[str, Timing], dict]:
-    T, D, E, K, H = 2048, 256, 8, 2, 1024
-    layer = MoELayer(D, D, MoEConfig(num_experts=E, top_k=K, expert_hidden=H))
-    x = leaf_input(T, D, generator=gen)
-    mlp = dense_active_mlp(D, H)
-    x_active = leaf_input(T * K, D, generator=gen)
-    contenders = {**moelab_contenders(layer, x), "dense_active": lambda: mlp(x_active)}
-    steps = {name: training_step(fn, [layer, mlp], [x, x_active]) for name, fn in contenders.items()}
-    timings = time_steps(steps, warmup=budget.big_warmup, steps=budget.big_steps, block=1)
-    return timings, {"auto_path": auto_path(layer, x)}
+# -- report -------------------------------------------------------------------------------------------
+
+Results = dict[str, tuple[dict[str, Timing], dict]]
 
 
-def run_gated(budget: Budget, gen: torch.Generator) -> tuple[dict[str, Timing], dict]:
-    T, D, E, K, H = 2048, 256, 8, 2, 512
-    config = MoEConfig(
-        num_experts=E, top_k=K, expert_hidden=H, gated=True, activation="silu",
-        expert_bias=False, router_bias=False, weighting="paper",
-    )
-    layer = MoELayer(D, D, config)
-    init_normal_(layer, 0.02, gen)
-    x = leaf_input(T, D, generator=gen)
-    floor = GatedMLP(D, H)
-    x_active = leaf_input(T * K, D, generator=gen)
-    contenders = {**moelab_contenders(layer, x), "gated_dense_active": lambda: floor(x_active)}
-    modules: list[nn.Module] = [layer, floor]
-    inputs = [x, x_active]
-    info: dict = {"auto_path": auto_path(layer, x)}
-    if transformers is None:
-        print("transformers is not installed: skipping the Hugging Face Mixtral contenders "
-              "(pip install -c constraints.txt 'transformers==5.23.0', or the 'bench' extra)")
-    else:
-        x_BSD = x.detach().view(1, T, D).clone().requires_grad_(True)
-        with torch.no_grad():
-            y_ref = layer(x)
-        for impl in ("grouped_mm", "eager"):
-            block = hf_mixtral_block(layer, hidden=H, implementation=impl)
-            modules.append(block)
-            contenders[f"hf_{impl}"] = lambda block=block: hf_output(block, x_BSD)
-            with torch.no_grad():
-                diff = (hf_output(block, x_BSD).view(T, D) - y_ref).abs().max().item()
-            info[f"max_abs_diff_vs_hf_{impl}"] = diff
-            # Evidence of the path taken: grouped_mm runs aten::_grouped_mm, eager a loop of
-            # per-expert F.linear (aten::mm) with aten::index_add_.
-            info[f"hf_{impl}_ops"] = kernels_called(
-                lambda block=block: hf_output(block, x_BSD), HF_KERNELS
-            )
-        info["output_max_abs"] = y_ref.abs().max().item()
-        inputs.append(x_BSD)
-    steps = {name: training_step(fn, modules, inputs) for name, fn in contenders.items()}
-    timings = time_steps(steps, warmup=budget.big_warmup, steps=budget.big_steps, block=1)
-    return timings, info
-
-
-def run_paper(width: int, budget: Budget, gen: torch.Generator) -> tuple[dict[str, Timing], dict]:
-    T, D, E = 128, 64, 4
-    layer = MoELayer(D, 1, MoEConfig(num_experts=E, expert_hidden=width))
-    loop = LoopMoE(D, 1, num_experts=E, hidden=width)
-    loop.copy_from(layer)
-    x = leaf_input(T, D, generator=gen)
-    with torch.no_grad():
-        diff = (loop(x) - layer(x)).abs().max().item()
-    contenders = {**moelab_contenders(layer, x), "loop": lambda: loop(x)}
-    steps = {name: training_step(fn, [layer, loop], [x]) for name, fn in contenders.items()}
-    timings = time_steps(steps, warmup=budget.tiny_warmup, steps=budget.tiny_steps, block=10)
-    return timings, {"auto_path": auto_path(layer, x), "max_abs_diff_vs_loop": diff}
-
-
-# -- report ------------------------------------------------------------------------------------------
-
-def print_table(results: dict[str, tuple[dict[str, Timing], dict]]) -> None:
+def print_table(results: Results) -> None:
     print(f"{'regime':<11} {'contender':<15} {'median ms':>10} {'min ms':>9} {'steps':>6} "
           f"{'auto/this':>10}")
     for regime, (timings, info) in results.items():
@@ -304,50 +265,48 @@ def print_table(results: dict[str, tuple[dict[str, Timing], dict]]) -> None:
             print(f"{regime:<11} {name:<15} {t.median_ms:>10.3f} {t.min_ms:>9.3f} {t.steps:>6} "
                   f"{auto / t.median_ms:>10.2f}")
         for key, value in info.items():
-            shown = f"{value:.3g}" if isinstance(value, float) else value
-            print(f"{'':<11} {key}: {shown}")
+            print(f"{'':<11} {key}: {value}")
 
 
-#: (key in the summary, regime, the contender moelab's "auto" layer is divided by)
-RATIOS = (
-    ("big_vs_dense_active", "big", "dense_active"),
-    ("gated_vs_hf_grouped_mm", "gated", "hf_grouped_mm"),
-    ("gated_vs_dense_active", "gated", "gated_dense_active"),
-    ("gated_vs_hf_eager", "gated", "hf_eager"),
-    ("paper_w10_vs_loop", "paper_w10", "loop"),
-    ("paper_w128_vs_loop", "paper_w128", "loop"),
-)
-
-
-def ratio(results, regime: str, other: str, stat: str = "median_ms") -> float | None:
-    timings = results[regime][0]
+def ratio(timings: dict[str, Timing], other: str, stat: str) -> float | None:
+    """moelab (auto) time / ``other``'s, by ``stat``; None where ``other`` was skipped."""
     if other not in timings:
         return None
     return round(getattr(timings["moelab_auto"], stat) / getattr(timings[other], stat), 4)
 
 
-def summary(results: dict[str, tuple[dict[str, Timing], dict]], quick: bool) -> dict:
+def summary(results: Results, quick: bool) -> dict:
     """The JSON summary: ratios of medians (and, less sensitive to load, of minima) and raw times."""
+
+    def ratios(stat: str) -> dict[str, float | None]:
+        return {
+            f"{regime.name}_vs_{other}": ratio(results[regime.name][0], other, stat)
+            for regime in REGIMES for other in regime.baselines
+        }
+
+    def times(stat: str) -> dict[str, float]:
+        return {
+            f"{regime}/{name}": round(getattr(t, stat), 4)
+            for regime, (timings, _) in results.items() for name, t in timings.items()
+        }
+
     return {
-        **{key: ratio(results, regime, other) for key, regime, other in RATIOS},
-        "ratios_of_min": {
-            key: ratio(results, regime, other, "min_ms") for key, regime, other in RATIOS
-        },
-        "median_ms": {
-            f"{regime}/{name}": round(t.median_ms, 4)
-            for regime, (timings, _) in results.items() for name, t in timings.items()
-        },
-        "min_ms": {
-            f"{regime}/{name}": round(t.min_ms, 4)
-            for regime, (timings, _) in results.items() for name, t in timings.items()
-        },
+        **ratios("median_ms"),
+        "ratios_of_min": ratios("min_ms"),
+        "median_ms": times("median_ms"),
+        "min_ms": times("min_ms"),
         "auto_path": {regime: info["auto_path"] for regime, (_, info) in results.items()},
-        "gated_max_abs_diff_vs_hf": results["gated"][1].get("max_abs_diff_vs_hf_grouped_mm"),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "transformers": None if transformers is None else transformers.__version__,
+        "transformers": package_version("transformers"),
         "quick": quick,
     }
+
+
+def package_version(name: str) -> str | None:
+    if importlib.util.find_spec(name) is None:
+        return None
+    return importlib.import_module(name).__version__
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -356,20 +315,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json-out", metavar="PATH", help="also write the summary JSON here")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    budget = QUICK if args.quick else FULL
 
     torch.manual_seed(args.seed)  # moelab's and nn.Linear's initialisers use the default generator
     gen = torch.Generator().manual_seed(args.seed)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (default), "
           f"{platform.processor() or platform.machine()}, "
-          f"transformers {None if transformers is None else transformers.__version__}, fp32")
+          f"transformers {package_version('transformers')}, fp32")
     load_before = os.getloadavg()[0]
     print(f"1-minute load average before: {load_before:.2f} (other work on these cores adds noise)")
     results = {
-        "big": run_big(budget, gen),
-        "gated": run_gated(budget, gen),
-        "paper_w10": run_paper(10, budget, gen),
-        "paper_w128": run_paper(128, budget, gen),
+        regime.name: run_regime(regime, regime.quick if args.quick else regime.budget, gen)
+        for regime in REGIMES
     }
     print_table(results)
     load_after = os.getloadavg()[0]
