@@ -194,6 +194,10 @@ CASES = [
          r"is an SQLite database but not a moelab results database"),
     Case("store-missing", lambda d: ResultStore(d / "none", create=False), StoreError,
          r"no results database"),
+    Case("task-subfunction-shape",
+         lambda _: make_piecewise_task(10, E=2, L=1, subfunctions=[[torch.atleast_2d] * 2], seed=0),
+         ValueError, r"subfunctions\[0\]\[0\]=atleast_2d must return one value per point, "
+         r"shape \(4,\) for 4 points, got shape \(1, 4\)"),
 ]
 
 

@@ -44,6 +44,22 @@ def as_float64(x: torch.Tensor, width: int, name: str = "x") -> torch.Tensor:
     return x.to(torch.float64)
 
 
+def checked_values(fn: Callable[[Tensor], Tensor], arg: Tensor, name: str) -> Tensor:
+    """fn(arg) as float64 (m,), m = len(arg), or an error naming ``name``: a user's subfunction or
+    target that returns another shape would otherwise be broadcast into wrong targets silently."""
+    values = fn(arg)
+    shown = getattr(fn, "__qualname__", None) or repr(fn)
+    if not isinstance(values, Tensor):
+        raise TypeError(f"{name}={shown} must return a torch.Tensor, got {type(values).__name__}")
+    m = arg.shape[0]
+    if values.shape != (m,):
+        raise ValueError(
+            f"{name}={shown} must return one value per point, shape ({m},) for {m} points, "
+            f"got shape {tuple(values.shape)}"
+        )
+    return values.to(torch.float64)
+
+
 def add_noise(y: Tensor, noise: float, rng: torch.Generator) -> Tensor:
     """y as float64 plus N(0, noise^2) noise drawn from ``rng`` in y's shape (nothing drawn at 0)."""
     y = y.to(torch.float64)

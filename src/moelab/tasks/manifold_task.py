@@ -21,6 +21,7 @@ from moelab.tasks._common import (
     add_noise,
     as_float64,
     check_dtype,
+    checked_values,
     resolve_generator,
     with_n,
 )
@@ -109,7 +110,7 @@ class ManifoldTask(Sampling):
 
     def _target(self, p: Tensor) -> Tensor:
         """(n, k) float64 pre-embedding coordinates -> (n, 1) float64 f."""
-        return self.target_fn(p)[:, None]
+        return checked_values(self.target_fn, p, "target")[:, None]
 
     def chart_of(self, x: Tensor) -> Tensor:
         """(n, D) -> (n,) long chart index argmax_i rho_i(x)."""

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor
 
 from moelab._validation import one_of, positive_float, positive_int
-from moelab.tasks._common import add_noise, as_float64, check_dtype, with_n
+from moelab.tasks._common import add_noise, as_float64, check_dtype, checked_values, with_n
 from moelab.tasks.base import Sampling
 
 if TYPE_CHECKING:
@@ -106,13 +106,13 @@ def evaluate_components(
     subfunctions: Sequence[Sequence[Callable[[Tensor], Tensor]]], piece: Tensor, inputs: Sequence[Tensor]
 ) -> Tensor:
     """(n, L) float64 values f_{l, piece[:, l]} of each row of ``inputs[l]`` (n, ...), the argument
-    of coordinate or block l."""
+    of coordinate or block l; every subfunction must return one value per row it is given."""
     out = torch.zeros(piece.shape, dtype=torch.float64)
     for l, row in enumerate(subfunctions):
         for j, f in enumerate(row):
             hit = piece[:, l] == j
             if hit.any():
-                out[hit, l] = f(inputs[l][hit]).to(torch.float64)
+                out[hit, l] = checked_values(f, inputs[l][hit], f"subfunctions[{l}][{j}]")
     return out
 
 
@@ -251,7 +251,8 @@ def build_piecewise_task(
     Args:
         E: pieces per coordinate (experts per layer); L: coordinates (the depth is 2L).
         subfunctions: None or ``"paper"`` (the built-in set, see the module docstring), or L
-            sequences of E callables, ``subfunctions[l][j]`` applied to x_l on piece j (0-based).
+            sequences of E callables, ``subfunctions[l][j]`` applied to x_l on piece j (0-based);
+            each must return one value per point it is given.
         output: ``"vector"`` (n, L), ``"sum"`` or ``"product"`` (n, 1).
         noise: standard deviation of the Gaussian noise added to y.
         dtype: floating dtype of x and y.
