@@ -198,6 +198,9 @@ CASES = [
          lambda _: make_piecewise_task(10, E=2, L=1, subfunctions=[[torch.atleast_2d] * 2], seed=0),
          ValueError, r"subfunctions\[0\]\[0\]=atleast_2d must return one value per point, "
          r"shape \(4,\) for 4 points, got shape \(1, 4\)"),
+    Case("task-piece-id-overflow", lambda _: make_piecewise_task(3, E=100, L=20, seed=0).piece_id,
+         ValueError, r"E=100 pieces per coordinate and L=20 coordinates make E\^L = 1e\+40 pieces, "
+         r"more than int64 piece ids can number \(at most 2\^63"),
 ]
 
 

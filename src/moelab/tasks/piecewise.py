@@ -6,7 +6,8 @@ The cube [0, E]^L is cut into E^L unit cubes and
 
 moelab indexes pieces from 0: ``piece[:, l] = min(floor(x_l), E - 1)``, so piece j is [j, j + 1)
 (the last one closed, [E - 1, E]), and points outside [0, E] get the nearest piece. The flat piece id
-is row-major, sum_l piece[:, l] * E^(L - 1 - l), in [0, E^L).
+is row-major, sum_l piece[:, l] * E^(L - 1 - l), in [0, E^L); it is int64, so asking for flat ids of
+a task with E^L > 2^63 pieces is a ValueError (the per-coordinate pieces remain).
 
 Subfunctions: ``subfunctions[l][j]`` (0-based) maps the raw coordinate z = x_l of points in piece j,
 an (m,) float64 tensor, to (m,) values. The built-in ``"paper"`` set (PAPER.md Sec. 5, 6) alternates
@@ -116,9 +117,20 @@ def evaluate_components(
     return out
 
 
+#: Flat piece ids are int64: E^L pieces need E^L - 1 <= 2^63 - 1.
+MAX_FLAT_PIECES = 2**63
+
+
 def flat_piece_id(piece: Tensor, E: int) -> Tensor:
-    """(n, L) 0-based piece indices -> (n,) row-major id sum_l piece_l E^(L - 1 - l)."""
+    """(n, L) 0-based piece indices -> (n,) row-major id sum_l piece_l E^(L - 1 - l), or a ValueError
+    when E^L ids do not fit in int64 (they would wrap around to negative numbers)."""
     L = piece.shape[1]
+    if E**L > MAX_FLAT_PIECES:
+        raise ValueError(
+            f"E={E} pieces per coordinate and L={L} coordinates make E^L = {float(E**L):.3g} pieces, "
+            f"more than int64 piece ids can number (at most 2^63 = {float(MAX_FLAT_PIECES):.3g}); "
+            "use the per-coordinate piece indices (n, L) instead"
+        )
     weights = E ** torch.arange(L - 1, -1, -1, dtype=torch.long)
     return (piece * weights).sum(dim=1)
 
@@ -131,7 +143,8 @@ class PieceIds:
 
     @property
     def piece_id(self) -> Tensor:
-        """(n,) long, row-major flat id sum_l piece_l E^(L - 1 - l) in [0, E^L)."""
+        """(n,) long, row-major flat id sum_l piece_l E^(L - 1 - l) in [0, E^L) (a ValueError
+        beyond int64)."""
         return flat_piece_id(self.piece, self.task.E)
 
     @property
@@ -198,7 +211,7 @@ class PieceTask(Sampling):
     d_out, n_regions = out_dim, n_pieces
 
     def piece_id(self, x: Tensor) -> Tensor:
-        """(n, d_in) -> (n,) long row-major flat piece id."""
+        """(n, d_in) -> (n,) long row-major flat piece id (a ValueError beyond int64)."""
         return flat_piece_id(self.pieces(x), self.E)
 
     region = piece_id
