@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from moelab.analysis import intrinsic_dimension
 from moelab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from moelab.cli import main
 from moelab.constructions import CONSTRUCTIONS
@@ -201,6 +202,8 @@ CASES = [
     Case("task-piece-id-overflow", lambda _: make_piecewise_task(3, E=100, L=20, seed=0).piece_id,
          ValueError, r"E=100 pieces per coordinate and L=20 coordinates make E\^L = 1e\+40 pieces, "
          r"more than int64 piece ids can number \(at most 2\^63"),
+    Case("intrinsic-twonn-k", lambda _: intrinsic_dimension(torch.rand(50, 2), "twonn", k=5),
+         ValueError, r"k=5 applies to the MLE methods; method='twonn' uses the two nearest neighbours"),
 ]
 
 
