@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from moelab.analysis import intrinsic_dimension
 from moelab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
 from moelab.cli import main
 from moelab.constructions import CONSTRUCTIONS
@@ -194,6 +195,15 @@ CASES = [
          r"is an SQLite database but not a moelab results database"),
     Case("store-missing", lambda d: ResultStore(d / "none", create=False), StoreError,
          r"no results database"),
+    Case("task-subfunction-shape",
+         lambda _: make_piecewise_task(10, E=2, L=1, subfunctions=[[torch.atleast_2d] * 2], seed=0),
+         ValueError, r"subfunctions\[0\]\[0\]=atleast_2d must return one value per point, "
+         r"shape \(4,\) for 4 points, got shape \(1, 4\)"),
+    Case("task-piece-id-overflow", lambda _: make_piecewise_task(3, E=100, L=20, seed=0).piece_id,
+         ValueError, r"E=100 pieces per coordinate and L=20 coordinates make E\^L = 1e\+40 pieces, "
+         r"more than int64 piece ids can number \(at most 2\^63"),
+    Case("intrinsic-twonn-k", lambda _: intrinsic_dimension(torch.rand(50, 2), "twonn", k=5),
+         ValueError, r"k=5 applies to the MLE methods; method='twonn' uses the two nearest neighbours"),
 ]
 
 

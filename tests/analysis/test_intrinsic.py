@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -72,3 +73,60 @@ def test_duplicates_are_dropped_and_bad_input_raises():
         intrinsic_dimension(x[:, 0])
     with pytest.raises(TypeError, match="torch.Tensor"):
         intrinsic_dimension(x.tolist())
+
+
+def two_far_circles(offset: float, g: torch.Generator, n: int = 1000) -> torch.Tensor:
+    """Two unit circles centred at (+-offset, 0)."""
+    theta = torch.rand(2 * n, generator=g, dtype=torch.float64) * 2 * math.pi
+    x = torch.stack([theta.cos(), theta.sin()], 1)
+    x[:n, 0] += offset
+    x[n:, 0] -= offset
+    return x
+
+
+@pytest.mark.parametrize("method", ["mle", "mle_mg", "twonn"])
+def test_clusters_far_from_the_centroid_get_their_true_neighbours(method):
+    far = two_far_circles(1000.0, torch.Generator().manual_seed(0))
+    near = far.clone()
+    near[:1000, 0] -= 990.0  # the same two circles, 20 apart instead of 2000
+    near[1000:, 0] += 990.0
+    assert intrinsic_dimension(far, method) == pytest.approx(intrinsic_dimension(near, method), rel=1e-6)
+    assert intrinsic_dimension(far, method) == pytest.approx(1.0, abs=0.1)
+
+
+def test_knn_distances_are_exact_far_from_the_origin():
+    x = two_far_circles(1000.0, torch.Generator().manual_seed(1), n=300)
+    d = torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+    d.fill_diagonal_(float("inf"))
+    torch.testing.assert_close(knn_distances(x, 6), d.topk(6, largest=False).values, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("scale", [1e-200, 1e30, 3e38, 1e300])
+def test_estimates_do_not_change_when_the_points_are_scaled(scale):
+    x = circle(torch.Generator().manual_seed(2))
+    for method in ("mle", "twonn"):
+        expected = intrinsic_dimension(x, method)
+        assert intrinsic_dimension(x * scale, method) == pytest.approx(expected, rel=1e-9)
+
+
+def test_numpy_arrays_are_accepted():
+    x = circle(torch.Generator().manual_seed(3))
+    assert intrinsic_dimension(x.numpy(), "mle_mg") == intrinsic_dimension(x, "mle_mg")
+    assert intrinsic_dimension(x.float().numpy(), "twonn") == intrinsic_dimension(x.float(), "twonn")
+    with pytest.raises(ValueError, match="floating"):
+        intrinsic_dimension(np.zeros((50, 3), dtype=np.int64))
+
+
+def test_twonn_discard_fraction_is_used_and_k_is_refused():
+    x = sphere(torch.Generator().manual_seed(4))
+    default = intrinsic_dimension(x, "twonn")
+    assert intrinsic_dimension(x, "twonn", discard=0.1) == default
+    assert intrinsic_dimension(x, "twonn", discard=0.3) != default
+    assert intrinsic_dimension(x, "twonn", discard=0.0) == pytest.approx(2, abs=0.3)
+    with pytest.raises(ValueError, match="k=5 applies to the MLE methods"):
+        intrinsic_dimension(x, "twonn", k=5)
+    with pytest.raises(ValueError, match="discard=0.2 applies to method='twonn' only"):
+        intrinsic_dimension(x, "mle", discard=0.2)
+    for bad in (1.0, -0.1, "0.1"):
+        with pytest.raises(ValueError, match="discard must be a fraction in"):
+            intrinsic_dimension(x, "twonn", discard=bad)

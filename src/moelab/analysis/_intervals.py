@@ -90,7 +90,9 @@ class Track:
         self.check_affine(where)
         p, q = self.p[:, cols], self.q[:, cols]
         self.split(torch.where(q != 0, -p / q, torch.full_like(p, float("nan"))))
-        factor = torch.where(self.at_mid(cols) > 0, 1.0, slope).to(F64)
+        # the factors as float64 tensors: two Python scalars would make a float32 result
+        one, leak = torch.ones((), dtype=F64), torch.tensor(slope, dtype=F64)
+        factor = torch.where(self.at_mid(cols) > 0, one, leak)
         self.p[:, cols] *= factor
         self.q[:, cols] *= factor
 

@@ -297,10 +297,20 @@ def _trace(module: nn.Module, tr: Track, x: slice, where: str, routing_only: boo
 
 
 def _endpoint(name: str, value: object) -> Tensor:
-    v = torch.as_tensor(value).detach()
-    if not v.is_floating_point() and v.dtype not in (torch.int32, torch.int64):
-        raise TypeError(f"{name} must be a real vector, got dtype {v.dtype}")
-    v = v.to(_F64).cpu()
+    """``value`` as a float64 (d_in,) vector. Python numbers go to float64 directly (through numpy),
+    never through torch's default float32, which would move the segment before it is traced."""
+    if isinstance(value, Tensor):
+        if not value.is_floating_point() and value.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name} must be a real vector, got dtype {value.dtype}")
+        v = value.detach().to(_F64).cpu()
+    else:
+        try:
+            array = np.asarray(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"{name} must be a real vector, got {value!r}") from None
+        if array.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must be a real vector, got dtype {array.dtype}")
+        v = torch.as_tensor(array, dtype=_F64)
     if v.dim() == 2 and v.shape[0] == 1:
         v = v[0]
     if v.dim() != 1 or v.numel() == 0:
@@ -339,7 +349,8 @@ def count_pieces(
 
     Args:
         model: the model; weights of any dtype (converted to float64).
-        a, b: endpoints, shape (d_in,) (or (1, d_in)).
+        a, b: endpoints, shape (d_in,) (or (1, d_in)): tensors, numpy arrays or sequences of
+            numbers (Python floats are read in float64, as the tracing computes).
         rtol: neighbouring intervals are one piece when their affine maps agree to within ``rtol``
             times the output scale max|offset| + max|slope| (value jump at the boundary and slope
             difference both).

@@ -6,11 +6,14 @@
 * :func:`make_product_task`: the Eq. (5) target on a product of manifolds.
 
 Each returns a frozen sample dataclass whose ``task`` evaluates the ground truth on new points and
-draws further samples (``sample.task.sample(n, seed=...)`` for a test set). Randomness comes only
-from an explicit ``seed`` or ``generator``.
+draws further samples (``sample.task.sample(n, seed=...)`` for a test set); ``build_*`` returns the
+task alone. Every task class implements the :class:`Task` protocol (``d_in``, ``d_out``,
+``n_regions``, ``region(x)``, ``sample(n)``) and is a training sampler, ``task(n, generator) ->
+(x, y)``. Randomness comes only from an explicit ``seed`` or ``generator``.
 """
 
 from moelab.tasks.atlas import Atlas, CapAtlas, SpiralAtlas, TorusAtlas, make_atlas, smooth_bump
+from moelab.tasks.base import Sample, Task
 from moelab.tasks.manifold_task import (
     ManifoldSample,
     ManifoldTask,
@@ -69,11 +72,13 @@ __all__ = [
     "ProductTask",
     "QuarticPiece",
     "RidgeTarget",
+    "Sample",
     "Sinusoid",
     "Sphere",
     "Spiral",
     "SpiralAtlas",
     "SwissRoll",
+    "Task",
     "Torus",
     "TorusAtlas",
     "build_manifold_task",

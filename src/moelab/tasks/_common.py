@@ -1,8 +1,12 @@
-"""Argument handling shared by the task generators: random state, dtypes, manifold names."""
+"""Argument handling shared by the task generators: random state, dtypes, checked callables."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
+
 import torch
+from torch import Tensor
 
 
 def resolve_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -38,3 +42,39 @@ def as_float64(x: torch.Tensor, width: int, name: str = "x") -> torch.Tensor:
     if x.dim() != 2 or x.shape[1] != width:
         raise ValueError(f"{name} must have shape (n, {width}), got {tuple(x.shape)}")
     return x.to(torch.float64)
+
+
+def checked_values(fn: Callable[[Tensor], Tensor], arg: Tensor, name: str) -> Tensor:
+    """fn(arg) as float64 (m,), m = len(arg), or an error naming ``name``: a user's subfunction or
+    target that returns another shape would otherwise be broadcast into wrong targets silently."""
+    values = fn(arg)
+    shown = getattr(fn, "__qualname__", None) or repr(fn)
+    if not isinstance(values, Tensor):
+        raise TypeError(f"{name}={shown} must return a torch.Tensor, got {type(values).__name__}")
+    m = arg.shape[0]
+    if values.shape != (m,):
+        raise ValueError(
+            f"{name}={shown} must return one value per point, shape ({m},) for {m} points, "
+            f"got shape {tuple(values.shape)}"
+        )
+    return values.to(torch.float64)
+
+
+def add_noise(y: Tensor, noise: float, rng: torch.Generator) -> Tensor:
+    """y as float64 plus N(0, noise^2) noise drawn from ``rng`` in y's shape (nothing drawn at 0)."""
+    y = y.to(torch.float64)
+    if noise > 0:
+        y = y + noise * torch.randn(y.shape, generator=rng, dtype=torch.float64)
+    return y
+
+
+def with_n(build: Callable, make: Callable) -> inspect.Signature:
+    """The full signature of ``make(..., n, *, seed, generator, **params)``, which passes ``params``
+    on to ``build``: ``build``'s parameters with ``n`` after the positional ones, plus ``make``'s own
+    keywords. The keyword list is written once, on ``build``; this shows it on ``make`` too."""
+    own = inspect.signature(make).parameters
+    params = list(inspect.signature(build).parameters.values())
+    lead = [p for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+    names = {p.name for p in params}
+    extra = [p for p in own.values() if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names]
+    return inspect.signature(make).replace(parameters=[*lead, own["n"], *params[len(lead):], *extra])

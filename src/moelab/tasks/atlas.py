@@ -289,83 +289,94 @@ def make_atlas(
     if P.dim() != 2 or P.shape[1] != k:
         raise ValueError(f"embedding must have shape (D, {k}), got {tuple(P.shape)}")
     common = {"manifold": manifold, "embedding": P, "dtype": dtype}
-
     if isinstance(manifold, (Circle, Torus)):
-        d = manifold.d
-        per = round(E ** (1 / d))  # arcs per circle factor
-        if per**d != E or per < 3:
-            what = "n_charts must be >= 3" if d == 1 else f"n_charts must be k^{d} with k >= 3"
-            raise ValueError(
-                f"n_charts={E} is impossible for the {manifold.name}: charts are arcs shorter "
-                f"than pi (products of such arcs on the torus), so {what}"
-            )
-        h = math.pi / per * (1 + overlap)
-        if h >= math.pi / 2:
-            raise _too_wide(E, overlap, manifold.name, math.degrees(h))
-        angles = 2 * math.pi * torch.arange(per, dtype=_F64) / per
-        grid = torch.cartesian_prod(*[angles] * d).view(E, d)  # row-major multi-index
-        centres = torch.stack([torch.cos(grid), torch.sin(grid)], dim=2)  # (E, d, 2)
-        tangents = torch.zeros(E, d, d, 2, dtype=_F64)  # row j: circle factor j's tangent
-        for j in range(d):
-            tangents[:, j, j] = torch.stack([-centres[:, j, 1], centres[:, j, 0]], dim=1)
-        bound = torch.full((E, d), math.sin(h), dtype=_F64)
-        cls = CapAtlas if d == 1 else TorusAtlas
-        return cls(
-            native_centers=centres.flatten(1),
-            native_tangents=tangents.flatten(2),
-            lo=-bound,
-            hi=bound,
-            half_width=h,
-            **common,
-        )
-
+        return _arc_atlas(manifold, E, overlap, common)
     if isinstance(manifold, Sphere):
-        d = manifold.d
-        if E < d + 2:
-            raise ValueError(f"n_charts={E} is too few for S^{d}: caps inside hemispheres need >= {d + 2}")
-        centres, cover = _sphere_centres(d, E)
-        h = cover * (1 + overlap)
-        if h >= math.pi / 2:
-            raise _too_wide(E, overlap, f"{d}-sphere", math.degrees(h))
-        bound = torch.full((E, d), math.sin(h), dtype=_F64)
-        tangents = torch.stack([_householder_tangents(c) for c in centres])
-        return CapAtlas(
-            native_centers=centres,
-            native_tangents=tangents,
-            lo=-bound,
-            hi=bound,
-            half_width=h,
-            **common,
-        )
-
+        return _cap_atlas(manifold, E, overlap, common)
     if isinstance(manifold, _SpiralFamily):
-        profile = manifold.profile
-        span = manifold.t_max - manifold.t_min
-        t_c = manifold.t_min + (torch.arange(E, dtype=_F64) + 0.5) * span / E
-        h = span / (2 * E) * (1 + overlap)
-        t_lo, t_hi = (t_c - h).clamp_min(manifold.t_min), (t_c + h).clamp_max(manifold.t_max)
-        psi = profile.tangent_angle
-        turn = torch.maximum(psi(t_hi) - psi(t_c), psi(t_c) - psi(t_lo)).max()
-        if turn >= math.pi / 2:
-            raise _too_wide(E, overlap, manifold.name, math.degrees(float(turn)))
-        tangent = profile.unit_tangent(t_c)  # (E, 2)
-        centre = profile.curve(t_c)
-        zero = torch.zeros(E, dtype=_F64)
-        rows = [manifold.join(tangent, zero)]
-        lo = [((profile.curve(t_lo) - centre) * tangent).sum(1)]
-        hi = [((profile.curve(t_hi) - centre) * tangent).sum(1)]
-        if manifold.d == 2:  # the roll's height direction
-            rows.append(manifold.join(torch.zeros(E, 2, dtype=_F64), torch.ones(E, dtype=_F64)))
-            lo.append(torch.full((E,), -manifold.height, dtype=_F64))
-            hi.append(torch.full((E,), manifold.height, dtype=_F64))
-        return SpiralAtlas(
-            native_centers=manifold.join(centre, zero),
-            native_tangents=torch.stack(rows, dim=1),
-            lo=torch.stack(lo, dim=1),
-            hi=torch.stack(hi, dim=1),
-            half_width=h,
-            t_centers=t_c,
-            **common,
-        )
-
+        return _spiral_atlas(manifold, E, overlap, common)
     raise TypeError(f"make_atlas has no atlas for manifold {type(manifold).__name__}")
+
+
+def _arc_atlas(manifold: Circle | Torus, E: int, overlap: float, common: dict) -> Atlas:
+    """Circle: E arcs; torus: products of k arcs per circle factor, E = k^d (row-major)."""
+    d = manifold.d
+    per = round(E ** (1 / d))  # arcs per circle factor
+    if per**d != E or per < 3:
+        what = "n_charts must be >= 3" if d == 1 else f"n_charts must be k^{d} with k >= 3"
+        raise ValueError(
+            f"n_charts={E} is impossible for the {manifold.name}: charts are arcs shorter "
+            f"than pi (products of such arcs on the torus), so {what}"
+        )
+    h = math.pi / per * (1 + overlap)
+    if h >= math.pi / 2:
+        raise _too_wide(E, overlap, manifold.name, math.degrees(h))
+    angles = 2 * math.pi * torch.arange(per, dtype=_F64) / per
+    grid = torch.cartesian_prod(*[angles] * d).view(E, d)  # row-major multi-index
+    centres = torch.stack([torch.cos(grid), torch.sin(grid)], dim=2)  # (E, d, 2)
+    tangents = torch.zeros(E, d, d, 2, dtype=_F64)  # row j: circle factor j's tangent
+    for j in range(d):
+        tangents[:, j, j] = torch.stack([-centres[:, j, 1], centres[:, j, 0]], dim=1)
+    bound = torch.full((E, d), math.sin(h), dtype=_F64)
+    cls = CapAtlas if d == 1 else TorusAtlas
+    return cls(
+        native_centers=centres.flatten(1),
+        native_tangents=tangents.flatten(2),
+        lo=-bound,
+        hi=bound,
+        half_width=h,
+        **common,
+    )
+
+
+def _cap_atlas(manifold: Sphere, E: int, overlap: float, common: dict) -> Atlas:
+    """Geodesic caps around the centres of :func:`_sphere_centres`."""
+    d = manifold.d
+    if E < d + 2:
+        raise ValueError(f"n_charts={E} is too few for S^{d}: caps inside hemispheres need >= {d + 2}")
+    centres, cover = _sphere_centres(d, E)
+    h = cover * (1 + overlap)
+    if h >= math.pi / 2:
+        raise _too_wide(E, overlap, f"{d}-sphere", math.degrees(h))
+    bound = torch.full((E, d), math.sin(h), dtype=_F64)
+    tangents = torch.stack([_householder_tangents(c) for c in centres])
+    return CapAtlas(
+        native_centers=centres,
+        native_tangents=tangents,
+        lo=-bound,
+        hi=bound,
+        half_width=h,
+        **common,
+    )
+
+
+def _spiral_atlas(manifold: _SpiralFamily, E: int, overlap: float, common: dict) -> Atlas:
+    """E intervals of equal span of the curve parameter t (the roll's charts span its height)."""
+    profile = manifold.profile
+    span = manifold.t_max - manifold.t_min
+    t_c = manifold.t_min + (torch.arange(E, dtype=_F64) + 0.5) * span / E
+    h = span / (2 * E) * (1 + overlap)
+    t_lo, t_hi = (t_c - h).clamp_min(manifold.t_min), (t_c + h).clamp_max(manifold.t_max)
+    psi = profile.tangent_angle
+    turn = torch.maximum(psi(t_hi) - psi(t_c), psi(t_c) - psi(t_lo)).max()
+    if turn >= math.pi / 2:
+        raise _too_wide(E, overlap, manifold.name, math.degrees(float(turn)))
+    tangent = profile.unit_tangent(t_c)  # (E, 2)
+    centre = profile.curve(t_c)
+    zero = torch.zeros(E, dtype=_F64)
+    rows = [manifold.join(tangent, zero)]
+    lo = [((profile.curve(t_lo) - centre) * tangent).sum(1)]
+    hi = [((profile.curve(t_hi) - centre) * tangent).sum(1)]
+    if manifold.d == 2:  # the roll's height direction
+        rows.append(manifold.join(torch.zeros(E, 2, dtype=_F64), torch.ones(E, dtype=_F64)))
+        lo.append(torch.full((E,), -manifold.height, dtype=_F64))
+        hi.append(torch.full((E,), manifold.height, dtype=_F64))
+    return SpiralAtlas(
+        native_centers=manifold.join(centre, zero),
+        native_tangents=torch.stack(rows, dim=1),
+        lo=torch.stack(lo, dim=1),
+        hi=torch.stack(hi, dim=1),
+        half_width=h,
+        t_centers=t_c,
+        **common,
+    )

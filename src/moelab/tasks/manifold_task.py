@@ -11,13 +11,22 @@ Shape legend: n samples, D embedding dim, k native ambient dim, m latent dim.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from moelab._validation import one_of, positive_float, positive_int
-from moelab.tasks._common import as_float64, check_dtype, resolve_generator
+from moelab.tasks._common import (
+    add_noise,
+    as_float64,
+    check_dtype,
+    checked_values,
+    resolve_generator,
+    with_n,
+)
 from moelab.tasks.atlas import Atlas, make_atlas
+from moelab.tasks.base import Sampling
 from moelab.tasks.manifolds import EMBEDDINGS, Manifold, embedding_matrix, make_manifold
 from moelab.tasks.targets import Target, make_target
 
@@ -42,12 +51,18 @@ class ManifoldSample:
     chart: Tensor
     task: ManifoldTask
 
+    @property
+    def region(self) -> Tensor:
+        """(n,) long, the ground-truth region: :attr:`chart`."""
+        return self.chart
+
 
 @dataclass(frozen=True, eq=False)
-class ManifoldTask:
+class ManifoldTask(Sampling):
     """A target f on a manifold M in R^D with an E-chart atlas (Sec. 4).
 
     ``target_fn`` reads pre-embedding coordinates p = P^T x; :meth:`target` takes x in R^D.
+    A :class:`~moelab.tasks.base.Task`: its regions are the charts.
     """
 
     manifold: Manifold
@@ -56,22 +71,13 @@ class ManifoldTask:
     noise: float
     dtype: torch.dtype
 
-    @property
-    def embedding(self) -> Tensor:
-        """P (D, k) float64, orthonormal columns: x = P p."""
-        return self.atlas.embedding
-
-    @property
-    def D(self) -> int:
-        return self.atlas.D
-
-    @property
-    def d(self) -> int:
-        return self.manifold.d
-
-    @property
-    def n_charts(self) -> int:
-        return self.atlas.n_charts
+    #: P (D, k) float64, orthonormal columns: x = P p
+    embedding = property(lambda self: self.atlas.embedding)
+    D = property(lambda self: self.atlas.D)
+    d = property(lambda self: self.manifold.d)
+    n_charts = property(lambda self: self.atlas.n_charts)
+    # the Task protocol's names
+    d_in, d_out, n_regions = D, property(lambda self: 1), n_charts
 
     def embed(self, p: Tensor) -> Tensor:
         """(n, k) pre-embedding coordinates -> (n, D)."""
@@ -100,28 +106,26 @@ class ManifoldTask:
 
     def target(self, x: Tensor) -> Tensor:
         """(n, D) points on M -> (n, 1) noise-free target f(x)."""
-        return self.target_fn(self.pre_embed(x))[:, None].to(self.dtype)
+        return self._target(self.pre_embed(x)).to(self.dtype)
+
+    def _target(self, p: Tensor) -> Tensor:
+        """(n, k) float64 pre-embedding coordinates -> (n, 1) float64 f."""
+        return checked_values(self.target_fn, p, "target")[:, None]
 
     def chart_of(self, x: Tensor) -> Tensor:
         """(n, D) -> (n,) long chart index argmax_i rho_i(x)."""
         return self.atlas.chart_of(x)
 
-    def sample(
-        self, n: int, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> ManifoldSample:
-        """n points drawn uniformly on M (see :mod:`moelab.tasks.manifolds`), with targets."""
-        n = positive_int("n", n)
-        rng = resolve_generator(seed, generator)
-        return self._sample(n, rng)
+    region = chart_of
 
     def _sample(self, n: int, rng: torch.Generator) -> ManifoldSample:
+        """n points drawn uniformly on M (see :mod:`moelab.tasks.manifolds`), with targets: draws
+        the points, then the noise."""
         latent = self.manifold.sample_latent(n, rng)
         p = self.manifold.to_ambient(latent)
         x = (p @ self.embedding.T).to(self.dtype)
-        y_clean = self.target_fn(p)[:, None]
-        y = y_clean
-        if self.noise > 0:
-            y = y + self.noise * torch.randn(n, 1, generator=rng, dtype=torch.float64)
+        y_clean = self._target(p)
+        y = add_noise(y_clean, self.noise, rng)
         return ManifoldSample(
             x=x,
             y=y.to(self.dtype),
@@ -148,7 +152,29 @@ def build_manifold_task(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> ManifoldTask:
-    """The task of :func:`make_manifold_task` (same arguments) without drawing samples."""
+    """A regression task on a manifold in R^D, with ground truth (Sec. 4).
+
+    Args:
+        manifold: one of ``"circle"`` (Experiment I), ``"sphere"``, ``"torus"``, ``"spiral"``,
+            ``"swiss_roll"``, or a :class:`Manifold` instance.
+        D: embedding dimension; must be >= the native ambient dimension k and > d.
+        d: intrinsic dimension (sphere and torus; default 2; fixed for the others).
+        n_charts: E, the number of charts (= experts); default per manifold
+            (circle 4, sphere 2(d+1), torus 4^d, spiral 10, swiss_roll 6).
+        embedding: ``"pad"`` (zero padding, the paper's) or ``"isometry"`` (random orthonormal map).
+        target: ``"paper"`` (sin(5 p_1) + cos(3 p_2)), ``"ridge"`` (smoothness ``smoothness``,
+            default 1, with ``n_ridges`` ridges) or a callable (n, k) float64 -> (n,) on the
+            pre-embedding coordinates; see :mod:`moelab.tasks.targets`.
+        noise: standard deviation of the Gaussian noise added to y.
+        chart_overlap: relative overlap of neighbouring chart domains; see
+            :mod:`moelab.tasks.atlas`.
+        seed, generator: the random state (at most one). Drawn from it, in order: the isometry,
+            the ridge target (then, by :func:`make_manifold_task`, the samples and the noise).
+        dtype: floating dtype of the returned tensors (geometry is computed in float64).
+
+    Draw samples with ``task.sample(n, seed=...)``, or use the task as a training sampler,
+    ``task(n, generator) -> (x, y)``.
+    """
     M = make_manifold(manifold, d)
     D = positive_int("D", D)
     if M.d >= D:
@@ -170,39 +196,13 @@ def make_manifold_task(
     manifold: str | Manifold,
     n: int,
     *,
-    D: int,
-    d: int | None = None,
-    n_charts: int | None = None,
-    embedding: str = "pad",
-    target: str | Target = "paper",
-    smoothness: int | None = None,
-    n_ridges: int = 8,
-    noise: float = 0.0,
-    chart_overlap: float = 0.25,
     seed: int | None = None,
     generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
+    **params: Any,
 ) -> ManifoldSample:
-    """n samples of a regression task on a manifold in R^D, with ground truth (Sec. 4).
-
-    Args:
-        manifold: one of ``"circle"`` (Experiment I), ``"sphere"``, ``"torus"``, ``"spiral"``,
-            ``"swiss_roll"``, or a :class:`Manifold` instance.
-        n: number of samples.
-        D: embedding dimension; must be >= the native ambient dimension k and > d.
-        d: intrinsic dimension (sphere and torus; default 2; fixed for the others).
-        n_charts: E, the number of charts (= experts); default per manifold
-            (circle 4, sphere 2(d+1), torus 4^d, spiral 10, swiss_roll 6).
-        embedding: ``"pad"`` (zero padding, the paper's) or ``"isometry"`` (random orthonormal map).
-        target: ``"paper"`` (sin(5 p_1) + cos(3 p_2)), ``"ridge"`` (smoothness ``smoothness``,
-            default 1, with ``n_ridges`` ridges) or a callable (n, k) float64 -> (n,) on the
-            pre-embedding coordinates; see :mod:`moelab.tasks.targets`.
-        noise: standard deviation of the Gaussian noise added to y.
-        chart_overlap: relative overlap of neighbouring chart domains; see
-            :mod:`moelab.tasks.atlas`.
-        seed, generator: the random state (at most one). Drawn from it, in order: the isometry,
-            the ridge target, the samples, the noise.
-        dtype: floating dtype of the returned tensors (geometry is computed in float64).
+    """n samples of a regression task on a manifold in R^D, with ground truth (Sec. 4):
+    :func:`build_manifold_task` with ``params`` and the random state, then ``task.sample(n)``
+    continuing from the same random state.
 
     Returns:
         :class:`ManifoldSample` with x (n, D), y and y_clean (n, 1), latent (n, m), chart (n,) and
@@ -210,18 +210,7 @@ def make_manifold_task(
     """
     n = positive_int("n", n)
     rng = resolve_generator(seed, generator)
-    task = build_manifold_task(
-        manifold,
-        D=D,
-        d=d,
-        n_charts=n_charts,
-        embedding=embedding,
-        target=target,
-        smoothness=smoothness,
-        n_ridges=n_ridges,
-        noise=noise,
-        chart_overlap=chart_overlap,
-        generator=rng,
-        dtype=dtype,
-    )
-    return task.sample(n, generator=rng)
+    return build_manifold_task(manifold, generator=rng, **params).sample(n, generator=rng)
+
+
+make_manifold_task.__signature__ = with_n(build_manifold_task, make_manifold_task)

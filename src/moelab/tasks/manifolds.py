@@ -44,30 +44,25 @@ _F64 = torch.float64
 
 
 class Manifold(ABC):
-    """A compact d-dimensional manifold in R^k with a uniform sampler and intrinsic coordinates."""
+    """A compact d-dimensional manifold in R^k with a uniform sampler and intrinsic coordinates.
+
+    Each subclass sets these attributes (as class attributes, fields or properties):
+
+    Attributes:
+        name: the name in :data:`MANIFOLDS`.
+        d: the intrinsic dimension.
+        ambient_dim: k, the dimension of the native ambient space.
+        latent_dim: m, the number of intrinsic coordinates returned as ``latent``.
+        radius: max |p| over the manifold.
+        default_n_charts: the number of charts (experts) used when none is asked for.
+    """
 
     name: str
     d: int
-
-    @property
-    @abstractmethod
-    def ambient_dim(self) -> int:
-        """k, the dimension of the native ambient space."""
-
-    @property
-    @abstractmethod
-    def latent_dim(self) -> int:
-        """m, the number of intrinsic coordinates returned as ``latent``."""
-
-    @property
-    @abstractmethod
-    def radius(self) -> float:
-        """max |p| over the manifold."""
-
-    @property
-    @abstractmethod
-    def default_n_charts(self) -> int:
-        """The number of charts (experts) used when none is asked for."""
+    ambient_dim: int
+    latent_dim: int
+    radius: float
+    default_n_charts: int
 
     @abstractmethod
     def sample_latent(self, n: int, generator: torch.Generator) -> Tensor:

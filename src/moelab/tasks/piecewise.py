@@ -6,7 +6,8 @@ The cube [0, E]^L is cut into E^L unit cubes and
 
 moelab indexes pieces from 0: ``piece[:, l] = min(floor(x_l), E - 1)``, so piece j is [j, j + 1)
 (the last one closed, [E - 1, E]), and points outside [0, E] get the nearest piece. The flat piece id
-is row-major, sum_l piece[:, l] * E^(L - 1 - l), in [0, E^L).
+is row-major, sum_l piece[:, l] * E^(L - 1 - l), in [0, E^L); it is int64, so asking for flat ids of
+a task with E^L > 2^63 pieces is a ValueError (the per-coordinate pieces remain).
 
 Subfunctions: ``subfunctions[l][j]`` (0-based) maps the raw coordinate z = x_l of points in piece j,
 an (m,) float64 tensor, to (m,) values. The built-in ``"paper"`` set (PAPER.md Sec. 5, 6) alternates
@@ -26,14 +27,20 @@ Shape legend: n samples, L coordinates (levels), E pieces per coordinate.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from moelab._validation import one_of, positive_float, positive_int
-from moelab.tasks._common import as_float64, check_dtype, resolve_generator
+from moelab.tasks._common import add_noise, as_float64, check_dtype, checked_values, with_n
+from moelab.tasks.base import Sampling
+
+if TYPE_CHECKING:
+    from moelab.tasks.product import ProductTask
 
 OUTPUTS = ("vector", "sum", "product")
 #: (m,) float64 coordinate values -> (m,) values
@@ -96,15 +103,58 @@ def combine(components: Tensor, output: str) -> Tensor:
     return components.prod(dim=1, keepdim=True)
 
 
+def evaluate_components(
+    subfunctions: Sequence[Sequence[Callable[[Tensor], Tensor]]], piece: Tensor, inputs: Sequence[Tensor]
+) -> Tensor:
+    """(n, L) float64 values f_{l, piece[:, l]} of each row of ``inputs[l]`` (n, ...), the argument
+    of coordinate or block l; every subfunction must return one value per row it is given."""
+    out = torch.zeros(piece.shape, dtype=torch.float64)
+    for l, row in enumerate(subfunctions):
+        for j, f in enumerate(row):
+            hit = piece[:, l] == j
+            if hit.any():
+                out[hit, l] = checked_values(f, inputs[l][hit], f"subfunctions[{l}][{j}]")
+    return out
+
+
+#: Flat piece ids are int64: E^L pieces need E^L - 1 <= 2^63 - 1.
+MAX_FLAT_PIECES = 2**63
+
+
 def flat_piece_id(piece: Tensor, E: int) -> Tensor:
-    """(n, L) 0-based piece indices -> (n,) row-major id sum_l piece_l E^(L - 1 - l)."""
+    """(n, L) 0-based piece indices -> (n,) row-major id sum_l piece_l E^(L - 1 - l), or a ValueError
+    when E^L ids do not fit in int64 (they would wrap around to negative numbers)."""
     L = piece.shape[1]
+    if E**L > MAX_FLAT_PIECES:
+        raise ValueError(
+            f"E={E} pieces per coordinate and L={L} coordinates make E^L = {float(E**L):.3g} pieces, "
+            f"more than int64 piece ids can number (at most 2^63 = {float(MAX_FLAT_PIECES):.3g}); "
+            "use the per-coordinate piece indices (n, L) instead"
+        )
     weights = E ** torch.arange(L - 1, -1, -1, dtype=torch.long)
     return (piece * weights).sum(dim=1)
 
 
+class PieceIds:
+    """The flat piece id of a sample with per-coordinate pieces ``piece`` (n, L) of a ``task``."""
+
+    piece: Tensor
+    task: PiecewiseTask | ProductTask
+
+    @property
+    def piece_id(self) -> Tensor:
+        """(n,) long, row-major flat id sum_l piece_l E^(L - 1 - l) in [0, E^L) (a ValueError
+        beyond int64)."""
+        return flat_piece_id(self.piece, self.task.E)
+
+    @property
+    def region(self) -> Tensor:
+        """(n,) long, the ground-truth region: :attr:`piece_id`."""
+        return self.piece_id
+
+
 @dataclass(frozen=True, eq=False)
-class PiecewiseSample:
+class PiecewiseSample(PieceIds):
     """n labelled points of a :class:`PiecewiseTask`.
 
     Attributes:
@@ -112,28 +162,42 @@ class PiecewiseSample:
         y: (n, L) for output "vector", else (n, 1); y_clean plus N(0, noise^2) noise.
         y_clean: noise-free target, same shape as y.
         piece: (n, L) long, 0-based piece index i_l - 1 of each coordinate.
-        piece_id: (n,) long, row-major flat piece id in [0, E^L).
         task: the task, for ground truth on new points and further samples.
+        piece_id: (n,) long, row-major flat piece id in [0, E^L) (a property).
     """
 
     x: Tensor
     y: Tensor
     y_clean: Tensor
     piece: Tensor
-    piece_id: Tensor
     task: PiecewiseTask
 
 
-@dataclass(frozen=True, eq=False)
-class PiecewiseTask:
-    """The Eq. (4) target with E pieces per coordinate and L coordinates (see module docstring)."""
+@dataclass(frozen=True, eq=False, kw_only=True)
+class PieceTask(Sampling):
+    """What the Eq. (4) and Eq. (5) tasks share: L coordinates or blocks with E pieces (or charts)
+    each, the E^L combinations as regions, and the output formed from the L components
+    f_{l,i_l}. Subclasses provide ``E``, ``L``, ``pieces(x)`` and the subfunctions' inputs."""
 
-    E: int
-    L: int
-    subfunctions: tuple[tuple[Subfunction, ...], ...]
+    subfunctions: tuple[tuple[Callable[[Tensor], Tensor], ...], ...]
     output: str
     noise: float
     dtype: torch.dtype
+
+    E: ClassVar[int]
+    L: ClassVar[int]
+
+    @abstractmethod
+    def pieces(self, x: Tensor) -> Tensor:
+        """(n, d_in) -> (n, L) long, the 0-based piece of each coordinate or block."""
+
+    @abstractmethod
+    def _inputs(self, x: Tensor) -> Sequence[Tensor]:
+        """(n, d_in) -> the argument rows of each coordinate's or block's subfunctions."""
+
+    def components(self, x: Tensor) -> Tensor:
+        """(n, d_in) -> (n, L) the values f_{l,i_l} (the vector of Eq. 4 or Eq. 5)."""
+        return evaluate_components(self.subfunctions, self.pieces(x), self._inputs(x)).to(self.dtype)
 
     @property
     def out_dim(self) -> int:
@@ -143,51 +207,47 @@ class PiecewiseTask:
     def n_pieces(self) -> int:
         return self.E**self.L
 
+    # the Task protocol's names
+    d_out, n_regions = out_dim, n_pieces
+
+    def piece_id(self, x: Tensor) -> Tensor:
+        """(n, d_in) -> (n,) long row-major flat piece id (a ValueError beyond int64)."""
+        return flat_piece_id(self.pieces(x), self.E)
+
+    region = piece_id
+
+    def target(self, x: Tensor) -> Tensor:
+        """(n, d_in) -> (n, out_dim) noise-free target in the task's output form."""
+        return combine(self.components(x).to(torch.float64), self.output).to(self.dtype)
+
+
+@dataclass(frozen=True, eq=False)
+class PiecewiseTask(PieceTask):
+    """The Eq. (4) target with E pieces per coordinate and L coordinates (see module docstring).
+    A :class:`~moelab.tasks.base.Task`: its regions are the E^L pieces. Fields: E, L, and
+    :class:`PieceTask`'s subfunctions, output, noise and dtype (keyword-only)."""
+
+    E: int
+    L: int
+
+    @property
+    def d_in(self) -> int:
+        return self.L
+
     def pieces(self, x: Tensor) -> Tensor:
         """(n, L) -> (n, L) long 0-based piece index min(floor(x_l), E - 1), clipped to [0, E-1]."""
         x = as_float64(x, self.L)
         return torch.floor(x).clamp(0, self.E - 1).long()
 
-    def piece_id(self, x: Tensor) -> Tensor:
-        """(n, L) -> (n,) long row-major flat piece id."""
-        return flat_piece_id(self.pieces(x), self.E)
+    def _inputs(self, x: Tensor) -> Tensor:
+        return as_float64(x, self.L).T  # row l: the coordinate x_l
 
-    def components(self, x: Tensor) -> Tensor:
-        """(n, L) -> (n, L) the values f_{l,i_l}(x_l) (the vector of Eq. 4)."""
-        piece = self.pieces(x)
-        x = as_float64(x, self.L)
-        out = torch.zeros_like(x)
-        for l, row in enumerate(self.subfunctions):
-            for j, f in enumerate(row):
-                hit = piece[:, l] == j
-                if hit.any():
-                    out[hit, l] = f(x[hit, l]).to(torch.float64)
-        return out.to(self.dtype)
-
-    def target(self, x: Tensor) -> Tensor:
-        """(n, L) -> (n, out_dim) noise-free target in the task's output form."""
-        return combine(self.components(x).to(torch.float64), self.output).to(self.dtype)
-
-    def sample(
-        self, n: int, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> PiecewiseSample:
-        """n points uniform on [0, E]^L with targets and pieces."""
-        n = positive_int("n", n)
-        rng = resolve_generator(seed, generator)
+    def _sample(self, n: int, rng: torch.Generator) -> PiecewiseSample:
+        """n points uniform on [0, E]^L with targets and pieces: draws the points, then the noise."""
         x = (self.E * torch.rand(n, self.L, generator=rng, dtype=torch.float64)).to(self.dtype)
         y_clean = self.target(x)
-        y = y_clean.to(torch.float64)
-        if self.noise > 0:
-            y = y + self.noise * torch.randn(y.shape, generator=rng, dtype=torch.float64)
-        piece = self.pieces(x)
-        return PiecewiseSample(
-            x=x,
-            y=y.to(self.dtype),
-            y_clean=y_clean,
-            piece=piece,
-            piece_id=flat_piece_id(piece, self.E),
-            task=self,
-        )
+        y = add_noise(y_clean, self.noise, rng)
+        return PiecewiseSample(x=x, y=y.to(self.dtype), y_clean=y_clean, piece=self.pieces(x), task=self)
 
 
 def build_piecewise_task(
@@ -199,7 +259,20 @@ def build_piecewise_task(
     noise: float = 0.0,
     dtype: torch.dtype = torch.float32,
 ) -> PiecewiseTask:
-    """The task of :func:`make_piecewise_task` (same arguments) without drawing samples."""
+    """The Eq. (4) task on [0, E]^L with ground-truth pieces (Thm 5.3, Experiment II).
+
+    Args:
+        E: pieces per coordinate (experts per layer); L: coordinates (the depth is 2L).
+        subfunctions: None or ``"paper"`` (the built-in set, see the module docstring), or L
+            sequences of E callables, ``subfunctions[l][j]`` applied to x_l on piece j (0-based);
+            each must return one value per point it is given.
+        output: ``"vector"`` (n, L), ``"sum"`` or ``"product"`` (n, 1).
+        noise: standard deviation of the Gaussian noise added to y.
+        dtype: floating dtype of x and y.
+
+    Draw samples with ``task.sample(n, seed=...)`` (points, then noise), or use the task as a
+    training sampler, ``task(n, generator) -> (x, y)``.
+    """
     E, L = positive_int("E", E), positive_int("L", L)
     if subfunctions is None or isinstance(subfunctions, str):
         one_of("subfunctions", "paper" if subfunctions is None else subfunctions, ("paper",))
@@ -217,31 +290,15 @@ def build_piecewise_task(
 
 
 def make_piecewise_task(
-    n: int,
-    *,
-    E: int,
-    L: int,
-    subfunctions: str | Sequence[Sequence[Subfunction]] | None = None,
-    output: str = "vector",
-    noise: float = 0.0,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
+    n: int, *, seed: int | None = None, generator: torch.Generator | None = None, **params: Any
 ) -> PiecewiseSample:
-    """n samples of the Eq. (4) task on [0, E]^L with ground-truth pieces (Thm 5.3, Exp. II).
-
-    Args:
-        n: number of samples, uniform on [0, E]^L.
-        E: pieces per coordinate (experts per layer); L: coordinates (the depth is 2L).
-        subfunctions: None or ``"paper"`` (the built-in set, see the module docstring), or L
-            sequences of E callables, ``subfunctions[l][j]`` applied to x_l on piece j (0-based).
-        output: ``"vector"`` (n, L), ``"sum"`` or ``"product"`` (n, 1).
-        noise: standard deviation of the Gaussian noise added to y.
-        seed, generator: the random state (at most one): samples, then noise.
-        dtype: floating dtype of x and y.
+    """n samples of the Eq. (4) task, ``build_piecewise_task(**params).sample(n, seed=seed,
+    generator=generator)``; the parameters are those of :func:`build_piecewise_task`.
 
     Returns:
         :class:`PiecewiseSample` with x, y, y_clean, piece (n, L) 0-based, piece_id (n,), task.
     """
-    task = build_piecewise_task(E=E, L=L, subfunctions=subfunctions, output=output, noise=noise, dtype=dtype)
-    return task.sample(n, seed=seed, generator=generator)
+    return build_piecewise_task(**params).sample(n, seed=seed, generator=generator)
+
+
+make_piecewise_task.__signature__ = with_n(build_piecewise_task, make_piecewise_task)

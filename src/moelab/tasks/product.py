@@ -26,15 +26,21 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from moelab._validation import one_of, positive_float, positive_int
-from moelab.tasks._common import as_float64, check_dtype, resolve_generator
+from moelab.tasks._common import add_noise, as_float64, check_dtype, resolve_generator, with_n
 from moelab.tasks.atlas import Atlas, make_atlas
 from moelab.tasks.manifolds import EMBEDDINGS, Manifold, embedding_matrix, make_manifold
-from moelab.tasks.piecewise import OUTPUTS, check_subfunctions, combine, flat_piece_id
+from moelab.tasks.piecewise import (
+    OUTPUTS,
+    PieceIds,
+    PieceTask,
+    check_subfunctions,
+)
 from moelab.tasks.targets import Target, make_ridge_target
 
 PRODUCT_SUBFUNCTIONS = ("sinusoid", "ridge")
@@ -65,7 +71,7 @@ class OnBlock:
 
 
 @dataclass(frozen=True, eq=False)
-class ProductSample:
+class ProductSample(PieceIds):
     """n labelled points of a :class:`ProductTask`.
 
     Attributes:
@@ -74,8 +80,8 @@ class ProductSample:
         y_clean: noise-free target, same shape as y.
         latent: (n, sum_l m_l) concatenated intrinsic coordinates of the blocks.
         piece: (n, L) long, the chart i_l of each block (0-based).
-        piece_id: (n,) long, row-major flat id sum_l i_l E^(L - 1 - l).
         task: the task.
+        piece_id: (n,) long, row-major flat id sum_l i_l E^(L - 1 - l) (a property).
     """
 
     x: Tensor
@@ -83,19 +89,17 @@ class ProductSample:
     y_clean: Tensor
     latent: Tensor
     piece: Tensor
-    piece_id: Tensor
     task: ProductTask
 
 
 @dataclass(frozen=True, eq=False)
-class ProductTask:
-    """The Eq. (5) target on M_1 x ... x M_L, one atlas of E charts per block."""
+class ProductTask(PieceTask):
+    """The Eq. (5) target on M_1 x ... x M_L, one atlas of E charts per block.
+    A :class:`~moelab.tasks.base.Task`: its regions are the E^L chart combinations. Fields: the
+    atlases, and :class:`~moelab.tasks.piecewise.PieceTask`'s subfunctions, output, noise and dtype
+    (keyword-only)."""
 
     atlases: tuple[Atlas, ...]
-    subfunctions: tuple[tuple[BlockFunction, ...], ...]
-    output: str
-    noise: float
-    dtype: torch.dtype
 
     @property
     def L(self) -> int:
@@ -113,9 +117,7 @@ class ProductTask:
     def D(self) -> int:
         return sum(self.block_dims)
 
-    @property
-    def out_dim(self) -> int:
-        return self.L if self.output == "vector" else 1
+    d_in = D
 
     def split(self, x: Tensor) -> tuple[Tensor, ...]:
         """(n, D) -> the L blocks x_l (n, D_l)."""
@@ -126,32 +128,11 @@ class ProductTask:
         blocks = self.split(x)
         return torch.stack([a.chart_of(b) for a, b in zip(self.atlases, blocks, strict=True)], dim=1)
 
-    def piece_id(self, x: Tensor) -> Tensor:
-        """(n, D) -> (n,) long row-major flat piece id."""
-        return flat_piece_id(self.pieces(x), self.E)
+    _inputs = split
 
-    def components(self, x: Tensor) -> Tensor:
-        """(n, D) -> (n, L) the values f_{l,i_l}(x_l)."""
-        piece = self.pieces(x)
-        blocks = self.split(x)
-        out = torch.zeros(piece.shape, dtype=torch.float64)
-        for l, row in enumerate(self.subfunctions):
-            for i, f in enumerate(row):
-                hit = piece[:, l] == i
-                if hit.any():
-                    out[hit, l] = f(blocks[l][hit]).to(torch.float64)
-        return out.to(self.dtype)
-
-    def target(self, x: Tensor) -> Tensor:
-        """(n, D) -> (n, out_dim) noise-free target."""
-        return combine(self.components(x).to(torch.float64), self.output).to(self.dtype)
-
-    def sample(
-        self, n: int, *, seed: int | None = None, generator: torch.Generator | None = None
-    ) -> ProductSample:
-        """n points, each block drawn independently and uniformly on its manifold."""
-        n = positive_int("n", n)
-        rng = resolve_generator(seed, generator)
+    def _sample(self, n: int, rng: torch.Generator) -> ProductSample:
+        """n points, each block drawn independently and uniformly on its manifold, block by block;
+        then the noise."""
         latents, blocks = [], []
         for atlas in self.atlases:
             latent = atlas.manifold.sample_latent(n, rng)
@@ -159,17 +140,12 @@ class ProductTask:
             blocks.append(atlas.manifold.to_ambient(latent) @ atlas.embedding.T)
         x = torch.cat(blocks, dim=1).to(self.dtype)
         y_clean = self.target(x)
-        y = y_clean.to(torch.float64)
-        if self.noise > 0:
-            y = y + self.noise * torch.randn(y.shape, generator=rng, dtype=torch.float64)
-        piece = self.pieces(x)
         return ProductSample(
             x=x,
-            y=y.to(self.dtype),
+            y=add_noise(y_clean, self.noise, rng).to(self.dtype),
             y_clean=y_clean,
             latent=torch.cat(latents, dim=1).to(self.dtype),
-            piece=piece,
-            piece_id=flat_piece_id(piece, self.E),
+            piece=self.pieces(x),
             task=self,
         )
 
@@ -180,6 +156,47 @@ def _per_block(name: str, value: object, L: int) -> list:
             raise ValueError(f"{name} must have one entry per block (L={L}), got {len(value)}")
         return list(value)
     return [value] * L
+
+
+def _block_atlases(
+    manifolds: list, dims: list, ds: list, E: int, embedding: str, chart_overlap: float,
+    rng: torch.Generator, dtype: torch.dtype,
+) -> tuple[Atlas, ...]:
+    """One E-chart atlas per block, drawing each block's isometry from ``rng`` in turn."""
+    atlases = []
+    for l, (name, D_l, d_l) in enumerate(zip(manifolds, dims, ds, strict=True)):
+        M = make_manifold(name, d_l)
+        D_l = positive_int("D", D_l)
+        if M.d >= D_l or M.ambient_dim > D_l:
+            raise ValueError(
+                f"D={D_l} (block {l}) is too small for the {M.name} with d={M.d}: "
+                f"need D > d and D >= {M.ambient_dim}"
+            )
+        P = embedding_matrix(embedding, M.ambient_dim, D_l, rng)
+        atlases.append(make_atlas(M, E, embedding=P, chart_overlap=chart_overlap, dtype=dtype))
+    return tuple(atlases)
+
+
+def _named_subfunctions(
+    name: str, atlases: tuple[Atlas, ...], smoothness: int | None, n_ridges: int, rng: torch.Generator
+) -> tuple[tuple[BlockFunction, ...], ...]:
+    """The built-in set ``name`` (see the module docstring); ridges are drawn block by block."""
+    one_of("subfunctions", name, PRODUCT_SUBFUNCTIONS)
+    if name == "sinusoid" and smoothness is not None:
+        raise ValueError(f"smoothness={smoothness!r} applies to subfunctions='ridge' only")
+    E, L = atlases[0].n_charts, len(atlases)
+    rows = []
+    for l, atlas in enumerate(atlases):
+        if name == "sinusoid":
+            fns = [Sinusoid(2 * math.pi * i / E, 2 * math.pi * l / L) for i in range(E)]
+        else:
+            kappa = 1 if smoothness is None else smoothness
+            fns = [
+                make_ridge_target(atlas.manifold, smoothness=kappa, n_ridges=n_ridges, generator=rng)
+                for _ in range(E)
+            ]
+        rows.append(tuple(OnBlock(f, atlas.embedding) for f in fns))
+    return tuple(rows)
 
 
 def build_product_task(
@@ -200,79 +217,9 @@ def build_product_task(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> ProductTask:
-    """The task of :func:`make_product_task` (same arguments) without drawing samples."""
-    E = positive_int("E", E)
-    if isinstance(manifolds, Sequence) and not isinstance(manifolds, str):
-        L = len(manifolds) if L is None else positive_int("L", L)
-    else:
-        L = 2 if L is None else positive_int("L", L)
-    names = _per_block("manifolds", manifolds, L)
-    dims, ds = _per_block("D", D, L), _per_block("d", d, L)
-    kind = one_of("embedding", embedding, EMBEDDINGS)
-    dtype = check_dtype(dtype)
-    rng = resolve_generator(seed, generator)
-    atlases = []
-    for l in range(L):
-        M = make_manifold(names[l], ds[l])
-        D_l = positive_int("D", dims[l])
-        if M.d >= D_l or M.ambient_dim > D_l:
-            raise ValueError(
-                f"D={D_l} (block {l}) is too small for the {M.name} with d={M.d}: "
-                f"need D > d and D >= {M.ambient_dim}"
-            )
-        P = embedding_matrix(kind, M.ambient_dim, D_l, rng)
-        atlases.append(make_atlas(M, E, embedding=P, chart_overlap=chart_overlap, dtype=dtype))
-
-    if isinstance(subfunctions, str):
-        one_of("subfunctions", subfunctions, PRODUCT_SUBFUNCTIONS)
-        if subfunctions == "sinusoid" and smoothness is not None:
-            raise ValueError(f"smoothness={smoothness!r} applies to subfunctions='ridge' only")
-        rows = []
-        for l, atlas in enumerate(atlases):
-            if subfunctions == "sinusoid":
-                fns = [Sinusoid(2 * math.pi * i / E, 2 * math.pi * l / L) for i in range(E)]
-            else:
-                kappa = 1 if smoothness is None else smoothness
-                fns = [
-                    make_ridge_target(atlas.manifold, smoothness=kappa, n_ridges=n_ridges, generator=rng)
-                    for _ in range(E)
-                ]
-            rows.append(tuple(OnBlock(f, atlas.embedding) for f in fns))
-        rows = tuple(rows)
-    else:
-        rows = check_subfunctions(subfunctions, E, L)
-    return ProductTask(
-        atlases=tuple(atlases),
-        subfunctions=rows,
-        output=one_of("output", output, OUTPUTS),
-        noise=positive_float("noise", noise, allow_zero=True),
-        dtype=dtype,
-    )
-
-
-def make_product_task(
-    n: int,
-    *,
-    E: int,
-    D: int | Sequence[int],
-    manifolds: str | Manifold | Sequence[str | Manifold] = "circle",
-    L: int | None = None,
-    d: int | Sequence[int | None] | None = None,
-    embedding: str = "pad",
-    subfunctions: str | Sequence[Sequence[BlockFunction]] = "sinusoid",
-    smoothness: int | None = None,
-    n_ridges: int = 8,
-    output: str = "vector",
-    noise: float = 0.0,
-    chart_overlap: float = 0.25,
-    seed: int | None = None,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> ProductSample:
-    """n samples of the Eq. (5) task on M_1 x ... x M_L with ground-truth charts (Thm 5.2).
+    """The Eq. (5) task on M_1 x ... x M_L with ground-truth charts (Thm 5.2).
 
     Args:
-        n: number of samples.
         E: charts per block (experts per layer).
         D: embedding width of each block (an int for all, or one per block).
         manifolds: a manifold name or :class:`Manifold` for all blocks, or one per block.
@@ -285,28 +232,49 @@ def make_product_task(
         noise: standard deviation of the Gaussian noise added to y.
         chart_overlap: relative overlap of chart domains (:mod:`moelab.tasks.atlas`).
         seed, generator: the random state (at most one). Drawn, in order: the blocks' isometries,
-            ridge subfunctions, the samples block by block, the noise.
+            ridge subfunctions (then, by :func:`make_product_task`, the samples block by block and
+            the noise).
         dtype: floating dtype of x and y.
+
+    Draw samples with ``task.sample(n, seed=...)``, or use the task as a training sampler,
+    ``task(n, generator) -> (x, y)``.
+    """
+    E = positive_int("E", E)
+    if isinstance(manifolds, Sequence) and not isinstance(manifolds, str):
+        L = len(manifolds) if L is None else positive_int("L", L)
+    else:
+        L = 2 if L is None else positive_int("L", L)
+    names = _per_block("manifolds", manifolds, L)
+    dims, ds = _per_block("D", D, L), _per_block("d", d, L)
+    kind = one_of("embedding", embedding, EMBEDDINGS)
+    dtype = check_dtype(dtype)
+    rng = resolve_generator(seed, generator)
+    atlases = _block_atlases(names, dims, ds, E, kind, chart_overlap, rng, dtype)
+    if isinstance(subfunctions, str):
+        rows = _named_subfunctions(subfunctions, atlases, smoothness, n_ridges, rng)
+    else:
+        rows = check_subfunctions(subfunctions, E, L)
+    return ProductTask(
+        atlases=atlases,
+        subfunctions=rows,
+        output=one_of("output", output, OUTPUTS),
+        noise=positive_float("noise", noise, allow_zero=True),
+        dtype=dtype,
+    )
+
+
+def make_product_task(
+    n: int, *, seed: int | None = None, generator: torch.Generator | None = None, **params: Any
+) -> ProductSample:
+    """n samples of the Eq. (5) task: :func:`build_product_task` with ``params`` and the random state,
+    then ``task.sample(n)`` continuing from the same random state.
 
     Returns:
         :class:`ProductSample`; draw test sets with ``sample.task.sample(n, seed=...)``.
     """
     n = positive_int("n", n)
     rng = resolve_generator(seed, generator)
-    task = build_product_task(
-        E=E,
-        D=D,
-        manifolds=manifolds,
-        L=L,
-        d=d,
-        embedding=embedding,
-        subfunctions=subfunctions,
-        smoothness=smoothness,
-        n_ridges=n_ridges,
-        output=output,
-        noise=noise,
-        chart_overlap=chart_overlap,
-        generator=rng,
-        dtype=dtype,
-    )
-    return task.sample(n, generator=rng)
+    return build_product_task(generator=rng, **params).sample(n, generator=rng)
+
+
+make_product_task.__signature__ = with_n(build_product_task, make_product_task)
