@@ -14,7 +14,7 @@ from moelab.reporting.aggregate import (
     path_names,
     spread,
 )
-from moelab.reporting.section import Table, cell, ratio, sci, status_of
+from moelab.reporting.text import Table, cell, ratio, sci, status_of
 
 
 def test_spread_is_median_min_max_of_the_finite_values():

@@ -1,17 +1,17 @@
-"""Pure data for the report: runs grouped by their labels, medians and ranges over seeds, fitted
+"""Pure data for the report: config values, medians and ranges over seeds, fitted
 log-log slopes and log-log interpolation. Nothing here draws or formats.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from moelab.analysis import fit_rate
 from moelab.experiments.store import StoredRun
 
 
@@ -63,31 +63,16 @@ def metric_spread(runs: Iterable[StoredRun], name: str) -> Spread:
     return spread(metric(r, name) for r in runs)
 
 
-def config_value(run: StoredRun, dotted: str) -> Any:
-    """The value at a dotted path of the run's stored config (``"task.D"``), or None."""
+def config_value(run: StoredRun, dotted: str, missing: Any = None) -> Any:
+    """The value at a dotted path of the run's stored config (``"task.D"``), or ``missing`` if the
+    config has no such path. The report reads every config value through here, so a renamed key
+    is a change in one place."""
     node: Any = run.config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return None
+            return missing
         node = node[part]
     return node
-
-
-Fallback = str | Callable[[StoredRun], str]
-
-
-def label_of(run: StoredRun, key: str, fallback: Fallback | None = None) -> str:
-    """The run's label ``key``; if the run lacks it (its axis was overridden for the whole sweep),
-    ``fallback(run)`` or the config value at the dotted path ``fallback``; otherwise ``"?"``."""
-    if key in run.labels:
-        return str(run.labels[key])
-    if callable(fallback):
-        return fallback(run)
-    if fallback is not None:
-        value = config_value(run, fallback)
-        if value is not None:
-            return str(value)
-    return "?"
 
 
 def natural_key(label: str) -> tuple[int, float, str]:
@@ -105,17 +90,6 @@ def ordered(labels: Iterable[str], preferred: Sequence[str] = ()) -> list[str]:
     head = [p for p in preferred if p in seen]
     tail = sorted(seen - set(head), key=natural_key)
     return head + tail
-
-
-def group_by(runs: Iterable[StoredRun], keys: Sequence[str],
-             fallbacks: Mapping[str, Fallback] | None = None) -> dict[tuple[str, ...], list[StoredRun]]:
-    """Runs grouped by the tuple of their labels ``keys`` (see :func:`label_of` for fallbacks)."""
-    fallbacks = fallbacks or {}
-    groups: dict[tuple[str, ...], list[StoredRun]] = {}
-    for run in runs:
-        key = tuple(label_of(run, k, fallbacks.get(k)) for k in keys)
-        groups.setdefault(key, []).append(run)
-    return groups
 
 
 def pick_run(runs: Sequence[StoredRun], seed: int = 0) -> StoredRun | None:
@@ -152,12 +126,6 @@ def path_names(load: Sequence[Sequence[float]]) -> dict[int, str]:
     return names
 
 
-def first_number(text: str, name: str) -> int | None:
-    """The integer after ``name=`` in a label such as ``"deep L=3"``, or None."""
-    match = re.search(rf"\b{re.escape(name)}=(\d+)", text)
-    return int(match.group(1)) if match else None
-
-
 @dataclass(frozen=True)
 class Slope:
     """A fitted exponent: error ~ C * size^slope, with its 95% interval (NaN if not available)."""
@@ -185,11 +153,6 @@ def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> Slope |
     if len({s for s, _ in pairs}) < 2:
         return None
     x, y = zip(*pairs, strict=True)
-    try:
-        from moelab.analysis import fit_rate
-    except ImportError:  # analysis without fit_rate: plain polyfit, no interval
-        slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
-        return Slope(float(slope), math.nan, math.nan, float(intercept), len(x))
     fit = fit_rate(x, y)
     return Slope(fit.slope, fit.ci_low, fit.ci_high, fit.intercept, fit.num_points)
 
