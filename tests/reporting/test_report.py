@@ -83,13 +83,13 @@ def test_the_hand_built_network_is_read_from_the_store_not_built(full_report, tm
 def test_verdicts_state_status_check_and_numbers(full_report):
     _, _, md = full_report
     t3 = _section(md, "table3")
-    assert ("- **HELD**: (a) best recipe: median <= 2x the paper at every D: "
+    assert ("- **HELD** (provisional): (a) best recipe: median <= 2x the paper at every D: "
             "D=16: 0.379x") in t3
-    assert "- **HELD**: (b) flat in D (recipe best)" in t3
+    assert "- **HELD** (provisional): (b) flat in D (recipe best)" in t3
     t4 = _section(md, "table4")
-    assert ("- **HELD**: 2-3-MoE beats 1-6-MoE at the largest m (output vector, "
+    assert ("- **HELD** (provisional): 2-3-MoE beats 1-6-MoE at the largest m (output vector, "
             "recipe best): m=128: test MSE 3.09e-06 vs 6.99e-05") in t4
-    assert "- **HELD**: 2-3-MoE keeps improving with m while 1-6-MoE plateaus" in t4
+    assert "- **HELD** (provisional): 2-3-MoE keeps improving with m while 1-6-MoE plateaus" in t4
     assert "2-3-MoE -1.60" in t4 and "1-6-MoE -0.10" in t4
 
 

@@ -65,14 +65,26 @@ def metric_spread(runs: Iterable[StoredRun], name: str) -> Spread:
 
 def config_value(run: StoredRun, dotted: str, missing: Any = None) -> Any:
     """The value at a dotted path of the run's stored config (``"task.D"``), or ``missing`` if the
-    config has no such path. The report reads every config value through here, so a renamed key
-    is a change in one place."""
+    config has no such path. The report reads every config value through here (and
+    :func:`flatten`), so a renamed key is a change in one place."""
     node: Any = run.config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
             return missing
         node = node[part]
     return node
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"train.steps": 5000, ...}`` (dotted paths to leaf values)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
 
 
 def natural_key(label: str) -> tuple[int, float, str]:

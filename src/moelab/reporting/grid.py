@@ -1,5 +1,10 @@
-"""Runs arranged on their experiment's grid: one :class:`Cell` per combination of axis labels, its
-seeds pooled."""
+"""Runs arranged on their experiment's grid: one :class:`Cell` per distinct configuration, its seeds
+pooled. Runs whose configurations differ are never pooled: where two such runs share their labels,
+each setting they differ in becomes an extra axis of the grid (e.g. ``train.steps``).
+
+The grid also says how the runs differ from the registered experiment (settings overridden, fewer
+seeds): verdicts drawn from such runs are provisional.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from moelab.reporting.aggregate import (
     Spread,
     as_number,
     config_value,
+    flatten,
     metric_spread,
     natural_key,
     ordered,
@@ -23,6 +29,7 @@ from moelab.reporting.aggregate import (
 Key = str | Callable[["Cell"], Any]
 #: A selection of cells: key -> wanted label or value, or a predicate on it.
 Select = Mapping[str, Any]
+_NOT_CONFIG = ("seed", "labels", "experiment")
 
 
 class MissingData(LookupError):
@@ -73,7 +80,7 @@ class Grid:
     order: Mapping[str, Sequence[str]]
     keys: Mapping[str, str]  # axis -> the one config path its variants set (numeric axes)
     cells: tuple[Cell, ...]
-    extra: tuple[str, ...] = ()  # axes beyond the registered ones
+    extra: tuple[str, ...] = ()  # settings split off as axes (runs differing only in them)
 
     def select(self, where: Select | None = None) -> list[Cell]:
         return [c for c in self.cells if c.matches(where)]
@@ -112,14 +119,19 @@ def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> 
         axes = ordered({k for r in runs for k in r.labels})
         order, keys = {}, {}
     labelled = [(r, {a: _label(r, a, keys.get(a)) for a in axes}) for r in runs]
+    extras = _differing(labelled)
+    for extra in extras:
+        axes.append(extra)
+        keys[extra] = extra
+        labelled = [(r, {**lab, extra: str(config_value(r, extra))}) for r, lab in labelled]
     cells: dict[str, list] = {}
     for r, lab in labelled:
-        cells.setdefault(json.dumps(lab, sort_keys=True), [lab, []])[1].append(r)
+        cells.setdefault(_identity(r), [lab, []])[1].append(r)
     grid = Grid(name, tuple(axes), order, keys,
                 tuple(Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))))
                       for lab, rs in cells.values()))
     return Grid(name, grid.axes, order, keys,
-                tuple(c for cs in grid.split(grid.cells, axes).values() for c in cs))
+                tuple(c for cs in grid.split(grid.cells, axes).values() for c in cs), tuple(extras))
 
 
 def _one_key(variants) -> str | None:
@@ -133,3 +145,50 @@ def _label(run: StoredRun, axis: str, key: str | None) -> str:
     if axis in run.labels:
         return str(run.labels[axis])
     return str(config_value(run, key)) if key is not None else "custom"
+
+
+def _identity(run: StoredRun) -> str:
+    return json.dumps({k: v for k, v in run.config.items() if k not in _NOT_CONFIG},
+                      sort_keys=True, default=str)
+
+
+def _differing(labelled: Sequence[tuple[StoredRun, dict[str, str]]]) -> list[str]:
+    """The config paths in which runs with the same labels differ (never pooled together)."""
+    configs: dict[tuple, dict[str, dict]] = {}
+    for run, lab in labelled:
+        configs.setdefault(tuple(sorted(lab.items())), {})[_identity(run)] = _flat_config(run.config)
+    differ: set[str] = set()
+    for variants in configs.values():
+        flats = list(variants.values())
+        differ |= {k for f in flats[1:] for k in f.keys() | flats[0].keys()
+                   if f.get(k) != flats[0].get(k)}
+    return sorted(differ)
+
+
+def deviations(runs: Sequence[StoredRun], exp: Experiment) -> list[str]:
+    """Each setting of ``runs`` that differs from the registered experiment, as
+    ``"train.steps = 200 (registered: 5000)"``."""
+    registered = [({k: str(v) for k, v in r.labels.items()}, _flat_config(r.to_dict()))
+                  for r in exp.runs(seeds=1)]
+    used: dict[str, set] = {}
+    allowed: dict[str, set] = {}
+    for run in runs:
+        mine = _flat_config(run.config)
+        peers = [flat for lab, flat in registered
+                 if all(run.labels.get(a, v) == v for a, v in lab.items())] or \
+            [flat for _, flat in registered]
+        for key, value in mine.items():
+            options = {_text(p.get(key)) for p in peers}
+            if _text(value) not in options:
+                used.setdefault(key, set()).add(_text(value))
+                allowed.setdefault(key, set()).update(options)
+    return [f"{k} = {', '.join(sorted(used[k], key=natural_key))} (registered: "
+            f"{', '.join(sorted(allowed[k], key=natural_key))})" for k in sorted(used)]
+
+
+def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flatten(config).items() if k.split(".")[0] not in _NOT_CONFIG}
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value

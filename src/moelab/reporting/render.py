@@ -1,11 +1,15 @@
 """The generic section: an experiment's grid of runs rendered through what its registration
 declares (checks, tables, figures). Experiments that declare nothing, and unregistered ones, get a
 table and a figure of their test error per grid point.
+
+Each section says how its runs differ from the registered experiment (settings, seeds); verdicts
+drawn from such runs are marked provisional.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from functools import partial
 
 from moelab.experiments.registry import EXPERIMENTS
@@ -23,7 +27,7 @@ from moelab.reporting.declare import (
     points,
     where_text,
 )
-from moelab.reporting.grid import Grid, MissingData, build_grid
+from moelab.reporting.grid import Grid, MissingData, build_grid, deviations
 from moelab.reporting.section import FigureSpec, Section
 from moelab.reporting.text import Table
 
@@ -43,10 +47,11 @@ def build_section(experiment: str, runs: Sequence[StoredRun], *,
     ``related(name)`` gives another experiment's runs (for a :class:`Related` table)."""
     exp = registered(experiment)
     grid = build_grid(experiment, runs, exp)
-    notes: list[str] = []
+    notes, provisional = _honesty(grid, runs, exp)
     verdicts, tables, figures = [], [], []
     for spec in (exp.checks if exp else ()):
-        verdicts += _declared(spec, notes, lambda s: s.evaluate(grid))
+        verdicts += _declared(spec, notes, lambda s: [
+            replace(v, provisional=provisional) for v in s.evaluate(grid)])
     for spec in (exp.tables if exp else ()) or (Columns(),):
         tables += _declared(spec, notes, lambda s: _tables(s, grid, related, notes))
     for spec in (exp.figures if exp else ()):
@@ -68,6 +73,29 @@ def _declared(spec, notes: list[str], render: Callable) -> list:
     except MissingData as exc:
         notes.append(f"*Skipped {type(spec).__name__} ({exc}).*")
         return []
+
+
+def _honesty(grid: Grid, runs: Sequence[StoredRun], exp: Experiment | None
+             ) -> tuple[list[str], bool]:
+    """Notes on how the runs differ from the registration, and whether verdicts are provisional."""
+    notes = []
+    if grid.extra:
+        notes.append(f"*Not pooled:* runs with the same labels differ in {', '.join(grid.extra)}; "
+                     "each configuration is its own grid point, reported apart.")
+    if exp is None:
+        return notes, False
+    changed = deviations(runs, exp)
+    if changed:
+        notes.append("*Settings that differ from the registered experiment:* "
+                     + "; ".join(changed) + ".")
+    fewest = min(len({r.seed for r in c.runs}) for c in grid.cells)
+    if fewest < exp.seeds:
+        notes.append(f"*Seeds:* as few as {fewest} per grid point (registered: {exp.seeds}).")
+    provisional = bool(changed) or fewest < exp.seeds
+    if provisional:
+        notes.append("*Verdicts are provisional:* they come from settings or seeds other than "
+                     "the registered ones.")
+    return notes, provisional
 
 
 def _tables(spec, grid: Grid, related: Lookup | None, notes: list[str]) -> list[Table]:

@@ -40,7 +40,8 @@ HOW_TO_READ = (
     "ours / paper (below 1: lower error than the paper). Each verdict names its check, its "
     "threshold and the numbers behind it: HELD (every check passed), PARTLY (some did), "
     "NOT HELD (none did). A slope claimed below 0 (or above 0) also needs its 95% interval "
-    "below 0 (above 0)."
+    "below 0 (above 0). A verdict marked provisional comes from settings or seeds other than "
+    "the registered experiment's (its section lists them)."
 )
 
 
@@ -113,6 +114,7 @@ def render_markdown(sections: Sequence[Section], skipped: Sequence[str],
     for s in sections:
         counts = Counter(v.status for v in s.verdicts)
         tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        tally += " (provisional)" if any(v.provisional for v in s.verdicts) else ""
         contents.append(f"- **{s.experiment}**: {s.num_runs} runs"
                         + (f"; verdicts: {tally}" if tally else ""))
     contents += [f"- **{name}**: no runs in this database, skipped." for name in skipped]

@@ -84,15 +84,18 @@ def status_of(flags: Sequence[bool]) -> str:
 
 @dataclass(frozen=True)
 class Verdict:
-    """One checked claim: a status (HELD / PARTLY / NOT HELD / NO DATA), what was checked, and the
-    numbers behind it."""
+    """One checked claim: a status (HELD / PARTLY / NOT HELD / NO DATA), what was checked, the
+    numbers behind it, and whether it is provisional (settings or seeds differ from the
+    registered experiment)."""
 
     status: str
     check: str
     detail: str
+    provisional: bool = False
 
     def markdown(self) -> str:
-        return f"- **{self.status}**: {self.check}: {self.detail}"
+        mark = " (provisional)" if self.provisional else ""
+        return f"- **{self.status}**{mark}: {self.check}: {self.detail}"
 
 
 @dataclass(frozen=True)
