@@ -4,6 +4,7 @@ log-log slopes and log-log interpolation. Nothing here draws or formats.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from moelab.analysis import fit_rate
+from moelab.analysis import RateFit, fit_rate
 from moelab.experiments.store import StoredRun
 
 
@@ -95,15 +96,6 @@ def natural_key(label: str) -> tuple[int, float, str]:
         return (1, 0.0, label)
 
 
-def ordered(labels: Iterable[str], preferred: Sequence[str] = ()) -> list[str]:
-    """The distinct ``labels``: those in ``preferred`` first, in that order, then the rest sorted
-    naturally (see :func:`natural_key`)."""
-    seen = set(labels)
-    head = [p for p in preferred if p in seen]
-    tail = sorted(seen - set(head), key=natural_key)
-    return head + tail
-
-
 def pick_run(runs: Sequence[StoredRun], seed: int = 0) -> StoredRun | None:
     """The run with ``seed`` (else the lowest seed), ties broken by run id; None if no runs."""
     if not runs:
@@ -126,47 +118,19 @@ def path_names(load: Sequence[Sequence[float]]) -> dict[int, str]:
     radices = [len(layer) for layer in load]
     if not radices or min(radices) < 1:
         return {}
-    names: dict[int, str] = {}
-    for code in range(math.prod(radices)):
-        digits, rest = [], code
-        for radix in reversed(radices):
-            digits.append(rest % radix)
-            rest //= radix
-        digits.reverse()
-        names[code] = (f"expert {digits[0]}" if len(digits) == 1
-                       else "(" + ", ".join(str(d) for d in digits) + ")")
-    return names
+    paths = itertools.product(*(range(r) for r in radices))  # last layer varies fastest
+    return {code: f"expert {p[0]}" if len(p) == 1 else f"({', '.join(map(str, p))})"
+            for code, p in enumerate(paths)}
 
 
-@dataclass(frozen=True)
-class Slope:
-    """A fitted exponent: error ~ C * size^slope, with its 95% interval (NaN if not available)."""
-
-    slope: float
-    ci_low: float
-    ci_high: float
-    intercept: float
-    n: int
-
-    def predict(self, size: float) -> float:
-        return math.exp(self.intercept) * size**self.slope
-
-    @property
-    def clearly_negative(self) -> bool:
-        """The slope is negative and so is its interval's upper end (when there is an interval)."""
-        return self.slope < 0 and (math.isnan(self.ci_high) or self.ci_high < 0)
-
-
-def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> Slope | None:
+def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> RateFit | None:
     """Least-squares slope of log(error) on log(size) over the finite, positive pairs; None with
     fewer than two distinct sizes. Uses :func:`moelab.analysis.fit_rate` (t-based 95% interval)."""
     pairs = [(float(s), float(e)) for s, e in zip(sizes, errors, strict=True)
              if e is not None and s > 0 and math.isfinite(e) and e > 0]
     if len({s for s, _ in pairs}) < 2:
         return None
-    x, y = zip(*pairs, strict=True)
-    fit = fit_rate(x, y)
-    return Slope(fit.slope, fit.ci_low, fit.ci_high, fit.intercept, fit.num_points)
+    return fit_rate(*zip(*pairs, strict=True))
 
 
 def max_over_min(values: Iterable[float]) -> float:

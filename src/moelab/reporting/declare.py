@@ -71,7 +71,7 @@ class Flat:
 
     claim: str
     x: Key
-    tolerance: float = 1.5
+    tolerance: float
     per: tuple[Key, ...] = ()
     where: Select | None = None
     metric: str = "test_mse"

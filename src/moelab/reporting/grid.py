@@ -22,7 +22,6 @@ from moelab.reporting.aggregate import (
     flatten,
     metric_spread,
     natural_key,
-    ordered,
 )
 
 #: A key into a cell: an axis name, a dotted config path, or a function of the cell.
@@ -116,7 +115,7 @@ def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> 
         order = {a.name: [label for label, _ in a.variants] for a in exp.axes}
         keys = {a.name: k for a in exp.axes if (k := _one_key(a.variants)) is not None}
     else:
-        axes = ordered({k for r in runs for k in r.labels})
+        axes = sorted({k for r in runs for k in r.labels}, key=natural_key)
         order, keys = {}, {}
     labelled = [(r, {a: _label(r, a, keys.get(a)) for a in axes}) for r in runs]
     extras = _differing(labelled)

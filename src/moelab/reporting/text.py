@@ -7,7 +7,8 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from moelab.reporting.aggregate import Slope, Spread
+from moelab.analysis.rates import RateFit
+from moelab.reporting.aggregate import Spread
 
 HELD, PARTLY, NOT_HELD, NO_DATA = "HELD", "PARTLY", "NOT HELD", "NO DATA"
 
@@ -52,7 +53,7 @@ def cell(s: Spread, fmt: Callable[[float], str] = sci) -> str:
     return text
 
 
-def slope_text(slope: Slope | None, *, predicted: float | None = None) -> str:
+def slope_text(slope: RateFit | None, *, predicted: float | None = None) -> str:
     """``-1.52 [-1.70, -1.34]`` (the fitted log-log slope and its 95% interval) or ``n/a``."""
     if slope is None:
         return "n/a"
