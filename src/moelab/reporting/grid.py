@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from moelab.experiments.spec import Experiment
@@ -126,11 +126,10 @@ def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> 
     cells: dict[str, list] = {}
     for r, lab in labelled:
         cells.setdefault(_identity(r), [lab, []])[1].append(r)
-    grid = Grid(name, tuple(axes), order, keys,
-                tuple(Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))))
-                      for lab, rs in cells.values()))
-    return Grid(name, grid.axes, order, keys,
-                tuple(c for cs in grid.split(grid.cells, axes).values() for c in cs), tuple(extras))
+    grid = Grid(name, tuple(axes), order, keys, (), tuple(extras))
+    unsorted = [Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))))
+                for lab, rs in cells.values()]
+    return replace(grid, cells=tuple(c for cs in grid.split(unsorted, axes).values() for c in cs))
 
 
 def _one_key(variants) -> str | None:
