@@ -55,3 +55,9 @@ def test_register_refuses_a_function_that_names_itself_otherwise(clean_registry)
 
     with pytest.raises(ValueError, match="registered as 'mine' calls itself 'theirs'"):
         mine()
+
+
+def test_an_unnamed_experiment_has_no_runs():
+    exp = Experiment(title="t", claim="c", base=unnamed())
+    with pytest.raises(ValueError, match="experiment 't' has no name; register it"):
+        exp.runs()

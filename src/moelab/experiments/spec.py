@@ -62,6 +62,9 @@ class Experiment:
     def runs(self, *, seeds: int | None = None, overrides: Mapping[str, Any] | None = None
              ) -> list[RunConfig]:
         """Every run of the grid, for seeds 0 .. seeds - 1, with ``overrides`` applied last."""
+        if not self.name:
+            raise ValueError(f"experiment {self.title!r} has no name; register it with "
+                             "@register(name) or pass name=")
         seeds = positive_int("seeds", self.seeds if seeds is None else seeds)
         overrides = dict(overrides or {})
         # Check the user's overrides once against the base, so a bad key fails before any run.
