@@ -70,6 +70,12 @@ def _fake(run: RunConfig) -> tuple[float, dict, dict]:
         extra.update(parameters=4 * (run.task.D * 16 + 33) if plain else 4 * (2 * run.task.D + 70))
     elif run.experiment == "intrinsic":
         mse = 1e-4 * (10 ** ((run.task.d or 1) - 1)) * wobble
+    elif run.experiment == "constructions":  # as measured: sup error ~ m^-2, within the bound
+        sup = 0.75 * run.model.moe.expert_hidden ** -2.0
+        metrics = {"test_mse": sup**2 / 4, "test_sup": sup, "bound": 2 * sup, "num_paths": 9,
+                   "paths_possible": 9, "misrouted": 0.0, "parameters": 500,
+                   "active_parameters": 300}
+        return sup**2 / 4, metrics, {"paths_seen": 9, "paths_possible": 9}
     else:
         mse = 1e-3 * wobble
     metrics = {"test_mse": mse, "test_sup": 10 * math.sqrt(mse), "train_seconds": 1.0, **extra}
@@ -78,16 +84,22 @@ def _fake(run: RunConfig) -> tuple[float, dict, dict]:
 
 
 def add_runs(store: ResultStore, experiment: str, *, seeds: int = SEEDS,
-             keep: Callable[[RunConfig], bool] | None = None) -> int:
-    """Add fake runs of a registered experiment's grid (those ``keep`` accepts); return how many."""
-    runs = [r for r in get_experiment(experiment).runs(seeds=seeds) if keep is None or keep(r)]
+             keep: Callable[[RunConfig], bool] | None = None,
+             overrides: dict | None = None,
+             mse: Callable[[RunConfig], float] | None = None) -> int:
+    """Add fake runs of a registered experiment's grid (those ``keep`` accepts, with the user's
+    ``overrides``; ``mse(run)`` replaces the fake test MSE); return how many."""
+    runs = [r for r in get_experiment(experiment).runs(seeds=seeds, overrides=overrides)
+            if keep is None or keep(r)]
     for run in runs:
-        mse, metrics, routing = _fake(run)
+        fake_mse, metrics, routing = _fake(run)
+        if mse is not None:
+            fake_mse = metrics["test_mse"] = mse(run)
         store.add(run_id=run.run_id(), experiment=run.experiment, labels=run.labels,
-                  seed=run.seed, config=run.to_dict(), test_mse=mse, test_sup=metrics["test_sup"],
-                  metrics=metrics, routing=routing, seconds=1.5,
+                  seed=run.seed, config=run.to_dict(), test_mse=fake_mse,
+                  test_sup=metrics["test_sup"], metrics=metrics, routing=routing, seconds=1.5,
                   history=[{"step": 0, "loss": 1.0}, {"step": 1, "loss": 0.5}],
-                  evals=[{"step": 1, "test_mse": mse, "test_sup": metrics["test_sup"]}])
+                  evals=[{"step": 1, "test_mse": fake_mse, "test_sup": metrics["test_sup"]}])
     return len(runs)
 
 
@@ -108,11 +120,12 @@ def fake_runs():
 
 @pytest.fixture(scope="session")
 def paper_results(tmp_path_factory):
-    """(directory, number of runs) of a database with the table3 and table4 grids (two seeds)
-    and one unregistered experiment."""
+    """(directory, number of runs) of a database with the table3 and table4 grids (two seeds),
+    the constructions (one seed) and one unregistered experiment."""
     directory = tmp_path_factory.mktemp("paper")
     store = ResultStore(directory)
-    total = add_runs(store, "table3") + add_runs(store, "table4") + add_custom(store)
+    total = (add_runs(store, "table3") + add_runs(store, "table4") + add_custom(store)
+             + add_runs(store, "constructions", seeds=1))
     return directory, total
 
 

@@ -49,29 +49,48 @@ def test_report_has_the_paper_tables_beside_ours(full_report):
         assert paper in row
         # fake best-recipe median 1.2e-4 * median(1, 1.15) = 1.29e-4 with its [min, max]
         assert "1.29e-04 [1.20e-04, 1.38e-04]" in row
-    assert "| max/min over D | 1.08 |" in t3  # the paper's own spread over D
+    assert "| max/min over D | 1.00 | 1.08 |" in t3  # ours (paper recipe), the paper's own
     t4 = _section(md, "table4")
     for value in ("8.32e-05", "1.41e-05", "4.73e-06", "2.59e-06",
                   "7.96e-05", "2.17e-05", "2.65e-05", "4.60e-05"):
         assert value in t4
     for out in ("vector", "sum", "product"):
         for rec in ("paper", "best"):
-            assert f"**Test MSE, {out} output, {rec} recipe" in t4
-    assert "| 2-3-MoE | 128 | 9 | 9 [9, 9] | 9 [9, 9] |" in t4  # the routing-paths table
-    # the hand-built Thm 5.3 network beside the trained ones: all 9 paths, MSE 1.43e-06 at m = 16
-    assert "Hand-built deep construction" in t4 and "| 16 | 1.43e-06 | 2.93e-03 | 9 / 9 |" in t4
+            assert f"(output {out}, recipe {rec})**" in t4
+    assert "| 2-3-MoE | 128 | vector | best | 2 | 9 [9, 9] | 9 [9, 9] | 9 [9, 9] |" in t4
+
+
+def test_the_hand_built_network_is_read_from_the_store_not_built(full_report, tmp_path,
+                                                                  monkeypatch, fake_runs):
+    _, _, md = full_report
+    t4 = _section(md, "table4")
+    # the constructions experiment's stored thm5.3 runs (fake sup error 0.75 m^-2)
+    assert "Contrast: the hand-built deep network of Thm 5.3" in t4
+    assert "| Thm 5.3, Eq. (4), E=3, L=2 | 16 | 1 | 2.15e-06 | 2.93e-03 | 9 / 9 | 300 |" in t4
+    import moelab.constructions as constructions
+
+    def never(*args, **kwargs):
+        raise AssertionError("a construction was built at report time")
+
+    monkeypatch.setattr(constructions, "build_piecewise_moe", never)
+    monkeypatch.setitem(constructions.CONSTRUCTIONS, "thm5.3", never)
+    fake_runs(ResultStore(tmp_path), "table4", seeds=1)
+    t4 = _section(write_report(tmp_path).read_text(), "table4")
+    assert "hand-built Thm 5.3 network is not in this database" in t4
+    assert "`moelab run constructions --out DIR`" in t4
 
 
 def test_verdicts_state_status_check_and_numbers(full_report):
     _, _, md = full_report
     t3 = _section(md, "table3")
-    assert "- **HELD**: (a) best-recipe median <= 2x the paper at every D: D=16: 0.379x" in t3
-    assert "- **HELD**: (b) flat in D, best recipe" in t3
+    assert ("- **HELD** (provisional): (a) best recipe: median <= 2x the paper at every D: "
+            "D=16: 0.379x") in t3
+    assert "- **HELD** (provisional): (b) flat in D (recipe best)" in t3
     t4 = _section(md, "table4")
-    assert ("- **HELD**: 2-3-MoE beats 1-6-MoE at the largest m (vector output, best recipe): "
-            "m=128: 3.09e-06 vs 6.99e-05") in t4
-    assert "- **HELD**: 2-3-MoE keeps improving with m while 1-6-MoE plateaus" in t4
-    assert "slope 2-3-MoE -1.60" in t4 and "1-6-MoE -0.10" in t4
+    assert ("- **HELD** (provisional): 2-3-MoE beats 1-6-MoE at the largest m (output vector, "
+            "recipe best): m=128: test MSE 3.09e-06 vs 6.99e-05") in t4
+    assert "- **HELD** (provisional): 2-3-MoE keeps improving with m while 1-6-MoE plateaus" in t4
+    assert "2-3-MoE -1.60" in t4 and "1-6-MoE -0.10" in t4
 
 
 def test_every_linked_figure_is_a_png(full_report):
@@ -79,7 +98,8 @@ def test_every_linked_figure_is_a_png(full_report):
     links = re.findall(r"\]\((figures/[^)\s]+\.png)\)", md)
     assert {Path(link).stem for link in links} == {
         "table3-mse-vs-D", "table3-routing", "table4-routing", "table4-mse-vs-m-vector",
-        "table4-mse-vs-m-sum", "table4-mse-vs-m-product"}
+        "table4-mse-vs-m-sum", "table4-mse-vs-m-product", "constructions-rate",
+        "custom-sweep-test-mse"}
     for link in links:
         data = (directory / link).read_bytes()
         assert len(data) > 1000 and data.startswith(PNG_MAGIC), link
@@ -103,6 +123,7 @@ def test_header_counts_runs_and_unregistered_experiments_get_the_generic_table(f
     assert "*Claim:* The test error of a shallow MoE does not depend on the ambient dimension" in md
     custom = _section(md, "custom-sweep")
     assert "| 0.01 | 2 | 3.00e-03 [2.00e-03, 4.00e-03] |" in custom
+    assert "(not a registered experiment: no claim to check)" in custom
 
 
 def test_experiments_without_runs_are_skipped_with_a_line(table3_only):

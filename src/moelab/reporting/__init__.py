@@ -1,9 +1,25 @@
 """Reporting: the results report of an output directory (markdown, PNG figures, CSV/JSON exports).
 
-matplotlib is used here and nowhere else in moelab; figures are drawn on the Agg canvas.
+matplotlib is used here and nowhere else in moelab; figures are drawn on the Agg canvas. The
+registry declares each experiment's checks, tables and figures with :mod:`moelab.reporting.declare`
+(no matplotlib); the names below are imported on first use, so declaring stays cheap.
 """
 
-from moelab.reporting.report import build_section, write_report
-from moelab.reporting.section import FigureSpec, Section, Table, Verdict
+from importlib import import_module
 
-__all__ = ["FigureSpec", "Section", "Table", "Verdict", "build_section", "write_report"]
+_EXPORTS = {
+    "write_report": "moelab.reporting.report",
+    "build_section": "moelab.reporting.render",
+    "FigureSpec": "moelab.reporting.section",
+    "Section": "moelab.reporting.section",
+    "Table": "moelab.reporting.text",
+    "Verdict": "moelab.reporting.text",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'moelab.reporting' has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name]), name)

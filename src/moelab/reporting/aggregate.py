@@ -1,17 +1,18 @@
-"""Pure data for the report: runs grouped by their labels, medians and ranges over seeds, fitted
+"""Pure data for the report: config values, medians and ranges over seeds, fitted
 log-log slopes and log-log interpolation. Nothing here draws or formats.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from moelab.analysis import RateFit, fit_rate
 from moelab.experiments.store import StoredRun
 
 
@@ -63,31 +64,28 @@ def metric_spread(runs: Iterable[StoredRun], name: str) -> Spread:
     return spread(metric(r, name) for r in runs)
 
 
-def config_value(run: StoredRun, dotted: str) -> Any:
-    """The value at a dotted path of the run's stored config (``"task.D"``), or None."""
+def config_value(run: StoredRun, dotted: str, missing: Any = None) -> Any:
+    """The value at a dotted path of the run's stored config (``"task.D"``), or ``missing`` if the
+    config has no such path. The report reads every config value through here (and
+    :func:`flatten`), so a renamed key is a change in one place."""
     node: Any = run.config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
-            return None
+            return missing
         node = node[part]
     return node
 
 
-Fallback = str | Callable[[StoredRun], str]
-
-
-def label_of(run: StoredRun, key: str, fallback: Fallback | None = None) -> str:
-    """The run's label ``key``; if the run lacks it (its axis was overridden for the whole sweep),
-    ``fallback(run)`` or the config value at the dotted path ``fallback``; otherwise ``"?"``."""
-    if key in run.labels:
-        return str(run.labels[key])
-    if callable(fallback):
-        return fallback(run)
-    if fallback is not None:
-        value = config_value(run, fallback)
-        if value is not None:
-            return str(value)
-    return "?"
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"train.steps": 5000, ...}`` (dotted paths to leaf values)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
 
 
 def natural_key(label: str) -> tuple[int, float, str]:
@@ -96,26 +94,6 @@ def natural_key(label: str) -> tuple[int, float, str]:
         return (0, float(label), label)
     except ValueError:
         return (1, 0.0, label)
-
-
-def ordered(labels: Iterable[str], preferred: Sequence[str] = ()) -> list[str]:
-    """The distinct ``labels``: those in ``preferred`` first, in that order, then the rest sorted
-    naturally (see :func:`natural_key`)."""
-    seen = set(labels)
-    head = [p for p in preferred if p in seen]
-    tail = sorted(seen - set(head), key=natural_key)
-    return head + tail
-
-
-def group_by(runs: Iterable[StoredRun], keys: Sequence[str],
-             fallbacks: Mapping[str, Fallback] | None = None) -> dict[tuple[str, ...], list[StoredRun]]:
-    """Runs grouped by the tuple of their labels ``keys`` (see :func:`label_of` for fallbacks)."""
-    fallbacks = fallbacks or {}
-    groups: dict[tuple[str, ...], list[StoredRun]] = {}
-    for run in runs:
-        key = tuple(label_of(run, k, fallbacks.get(k)) for k in keys)
-        groups.setdefault(key, []).append(run)
-    return groups
 
 
 def pick_run(runs: Sequence[StoredRun], seed: int = 0) -> StoredRun | None:
@@ -140,58 +118,19 @@ def path_names(load: Sequence[Sequence[float]]) -> dict[int, str]:
     radices = [len(layer) for layer in load]
     if not radices or min(radices) < 1:
         return {}
-    names: dict[int, str] = {}
-    for code in range(math.prod(radices)):
-        digits, rest = [], code
-        for radix in reversed(radices):
-            digits.append(rest % radix)
-            rest //= radix
-        digits.reverse()
-        names[code] = (f"expert {digits[0]}" if len(digits) == 1
-                       else "(" + ", ".join(str(d) for d in digits) + ")")
-    return names
+    paths = itertools.product(*(range(r) for r in radices))  # last layer varies fastest
+    return {code: f"expert {p[0]}" if len(p) == 1 else f"({', '.join(map(str, p))})"
+            for code, p in enumerate(paths)}
 
 
-def first_number(text: str, name: str) -> int | None:
-    """The integer after ``name=`` in a label such as ``"deep L=3"``, or None."""
-    match = re.search(rf"\b{re.escape(name)}=(\d+)", text)
-    return int(match.group(1)) if match else None
-
-
-@dataclass(frozen=True)
-class Slope:
-    """A fitted exponent: error ~ C * size^slope, with its 95% interval (NaN if not available)."""
-
-    slope: float
-    ci_low: float
-    ci_high: float
-    intercept: float
-    n: int
-
-    def predict(self, size: float) -> float:
-        return math.exp(self.intercept) * size**self.slope
-
-    @property
-    def clearly_negative(self) -> bool:
-        """The slope is negative and so is its interval's upper end (when there is an interval)."""
-        return self.slope < 0 and (math.isnan(self.ci_high) or self.ci_high < 0)
-
-
-def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> Slope | None:
+def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> RateFit | None:
     """Least-squares slope of log(error) on log(size) over the finite, positive pairs; None with
     fewer than two distinct sizes. Uses :func:`moelab.analysis.fit_rate` (t-based 95% interval)."""
     pairs = [(float(s), float(e)) for s, e in zip(sizes, errors, strict=True)
              if e is not None and s > 0 and math.isfinite(e) and e > 0]
     if len({s for s, _ in pairs}) < 2:
         return None
-    x, y = zip(*pairs, strict=True)
-    try:
-        from moelab.analysis import fit_rate
-    except ImportError:  # analysis without fit_rate: plain polyfit, no interval
-        slope, intercept = np.polyfit(np.log(x), np.log(y), 1)
-        return Slope(float(slope), math.nan, math.nan, float(intercept), len(x))
-    fit = fit_rate(x, y)
-    return Slope(fit.slope, fit.ci_low, fit.ci_high, fit.intercept, fit.num_points)
+    return fit_rate(*zip(*pairs, strict=True))
 
 
 def max_over_min(values: Iterable[float]) -> float:

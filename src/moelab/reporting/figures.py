@@ -66,10 +66,11 @@ def curves_figure(panels: Sequence[Panel], *, xlabel: str, ylabel: str = "test M
                   logx: bool = True, logy: bool = True, xbase: int = 2, title: str | None = None,
                   xticks: Sequence[float] | None = None) -> Figure:
     """Panels side by side, each with measured curves (median with [min, max] error bars),
-    reference curves and theory lines; log axes by default (x in powers of ``xbase``)."""
+    reference curves and theory lines; log axes by default (x in powers of ``xbase``). Legends
+    stand beside the axes, never over the data."""
     if not panels:
         raise ValueError("curves_figure needs at least one panel, got none")
-    fig = _figure(4.6 * len(panels) + 0.4, 3.9)
+    fig = _figure(6.2 * len(panels) + 0.4, 3.9)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, panel in zip(axes, panels, strict=True):
         for i, c in enumerate(panel.curves):
@@ -77,9 +78,7 @@ def curves_figure(panels: Sequence[Panel], *, xlabel: str, ylabel: str = "test M
         if logx if panel.logx is None else panel.logx:
             ax.set_xscale("log", base=xbase)
             _tidy_log_axis(ax.xaxis, ax.get_xlim())
-        if logy:
-            ax.set_yscale("log")
-            _tidy_log_axis(ax.yaxis, ax.get_ylim())
+        _y_range(ax, panel.curves, logy)
         ticks = panel.xticks if panel.xticks is not None else xticks
         if ticks is not None:
             ax.set_xticks(list(ticks), [f"{t:g}" for t in ticks])
@@ -89,9 +88,56 @@ def curves_figure(panels: Sequence[Panel], *, xlabel: str, ylabel: str = "test M
         ax.set_title(panel.title, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
         if panel.curves:
-            ax.legend(fontsize=7.5, loc="best")
+            ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      borderaxespad=0.0, frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
+    return fig
+
+
+#: The narrowest y range drawn, as a factor (log axes) or a fraction of the value (linear): a
+#: flatter curve is shown flat, not zoomed into rounding noise.
+MIN_LOG_SPAN = 8.0  # under a decade, so matplotlib still labels minor ticks
+MIN_LINEAR_SPAN = 0.5
+
+
+def _y_range(ax, curves: Sequence[Curve], logy: bool) -> None:
+    """Set the y scale; widen a range narrower than the minimum span around its centre."""
+    ys = [v for c in curves for v in (*c.y, *(c.low or ()), *(c.high or ()))
+          if math.isfinite(v) and (v > 0 or not logy)]
+    if logy:
+        ax.set_yscale("log")
+    if not ys:
+        return
+    lo, hi = min(ys), max(ys)
+    if logy and hi / lo < MIN_LOG_SPAN:
+        mid, half = math.sqrt(lo * hi), math.sqrt(MIN_LOG_SPAN)
+        ax.set_ylim(min(lo, mid / half), max(hi, mid * half))
+    elif not logy and hi - lo < MIN_LINEAR_SPAN * max(abs(hi), abs(lo), 1.0):
+        pad = MIN_LINEAR_SPAN * max(abs(hi), abs(lo), 1.0) / 2
+        ax.set_ylim(lo - pad, hi + pad)
+    if logy:
+        _tidy_log_axis(ax.yaxis, ax.get_ylim())
+
+
+def points_figure(labels: Sequence[str], spreads: Sequence[tuple[float, float, float]], *,
+                  ylabel: str = "test MSE", title: str = "") -> Figure:
+    """One point per labelled grid cell (median with [min, max] bars) on a log y axis: the figure
+    of an experiment that declares no curves."""
+    if not labels:
+        raise ValueError("points_figure needs at least one point, got none")
+    fig = _figure(max(4.0, 0.6 * len(labels) + 2.0), 4.4)
+    ax = fig.subplots()
+    x = np.arange(len(labels))
+    med, lo, hi = (np.asarray(v, float) for v in zip(*spreads, strict=True))
+    yerr = np.vstack([np.clip(med - lo, 0, None), np.clip(hi - med, 0, None)])
+    ax.errorbar(x, med, yerr=yerr, ls="none", marker="o", ms=6, capsize=3, color=color(0))
+    _y_range(ax, [Curve("", tuple(x), tuple(med), tuple(lo), tuple(hi))], True)
+    ax.set_xticks(list(x), list(labels), rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="major", axis="y", alpha=0.3)
     return fig
 
 

@@ -13,42 +13,18 @@ import io
 import os
 import secrets
 from collections import Counter
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Sequence
 from pathlib import Path
 
 from moelab import __version__
 from moelab.experiments.registry import EXPERIMENTS
 from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
-from moelab.reporting.construction_sections import constructions_section
-from moelab.reporting.paper_sections import table3_section, table4_section
-from moelab.reporting.section import Section, duration
-from moelab.reporting.study_sections import (
-    dense_vs_moe_section,
-    depth_section,
-    gating_section,
-    generic_section,
-    intrinsic_section,
-    lowdim_section,
-)
+from moelab.reporting.render import build_section
+from moelab.reporting.section import Section
+from moelab.reporting.text import duration
 
 REPORT_NAME = "report.md"
 FIGURE_DIR = "figures"
-
-SECTION_BUILDERS: dict[str, Callable[[Sequence[StoredRun]], Section]] = {
-    "table3": table3_section,
-    "table4": table4_section,
-    "dense-vs-moe": dense_vs_moe_section,
-    "depth": depth_section,
-    "gating": gating_section,
-    "lowdim-experts": lowdim_section,
-    "intrinsic": intrinsic_section,
-    "constructions": constructions_section,
-}
-
-# Errors a section builder or figure may raise on runs it was not written for (labels or metrics
-# of another shape); the report then falls back to the generic table and says why.
-_DATA_ERRORS = (KeyError, ValueError, IndexError, TypeError, ZeroDivisionError)
 
 DETERMINISM = (
     "*Determinism:* every run here is bit-reproducible from its seed on CPU (same config and "
@@ -63,7 +39,9 @@ HOW_TO_READ = (
     "seed `[b, c]`; \"paper\" columns hold the paper's published values and ratios are "
     "ours / paper (below 1: lower error than the paper). Each verdict names its check, its "
     "threshold and the numbers behind it: HELD (every check passed), PARTLY (some did), "
-    "NOT HELD (none did)."
+    "NOT HELD (none did). A slope claimed below 0 (or above 0) also needs its 95% interval "
+    "below 0 (above 0). A verdict marked provisional comes from settings or seeds other than "
+    "the registered experiment's (its section lists them)."
 )
 
 
@@ -91,13 +69,12 @@ def write_report(directory: str | Path, *, experiments: Sequence[str] | None = N
     for name in names:
         runs = store.runs(name)
         if runs:
-            sections.append(build_section(name, runs))
+            sections.append(build_section(name, runs, related=store.runs))
         else:
             skipped.append(name)
     figures: dict[str, bytes] = {}
-    for i, section in enumerate(sections):
-        sections[i], pngs = _draw(section)
-        figures.update(pngs)
+    for section in sections:
+        figures.update(_draw(section))
     markdown = render_markdown(sections, skipped, store.runs())
 
     for name, png in figures.items():
@@ -107,33 +84,14 @@ def write_report(directory: str | Path, *, experiments: Sequence[str] | None = N
     return _atomic_write(directory / REPORT_NAME, markdown.encode())
 
 
-def build_section(experiment: str, runs: Sequence[StoredRun]) -> Section:
-    """The section for ``experiment``'s runs: its dedicated builder, else the generic table."""
-    builder = SECTION_BUILDERS.get(experiment)
-    if builder is None:
-        return generic_section(experiment, runs)
-    try:
-        return builder(runs)
-    except _DATA_ERRORS as exc:
-        note = (f"*The dedicated {experiment} section could not be built from these runs "
-                f"({type(exc).__name__}: {exc}); showing the generic table.*")
-        return generic_section(experiment, runs, notes=[note])
-
-
-def _draw(section: Section) -> tuple[Section, dict[str, bytes]]:
-    """Draw the section's figures to PNG bytes; a figure that fails becomes a note."""
-    drawn, notes, kept = {}, list(section.notes), []
+def _draw(section: Section) -> dict[str, bytes]:
+    """Draw the section's figures to PNG bytes."""
+    drawn = {}
     for spec in section.figures:
-        try:
-            fig = spec.make()
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
-        except _DATA_ERRORS as exc:
-            notes.append(f"*Figure {spec.name} could not be drawn ({type(exc).__name__}: {exc}).*")
-            continue
+        buf = io.BytesIO()
+        spec.make().savefig(buf, format="png", dpi=100, metadata={"Software": None})
         drawn[spec.name] = buf.getvalue()
-        kept.append(spec)
-    return replace(section, figures=tuple(kept), notes=tuple(notes)), drawn
+    return drawn
 
 
 def render_markdown(sections: Sequence[Section], skipped: Sequence[str],
@@ -156,6 +114,7 @@ def render_markdown(sections: Sequence[Section], skipped: Sequence[str],
     for s in sections:
         counts = Counter(v.status for v in s.verdicts)
         tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        tally += " (provisional)" if any(v.provisional for v in s.verdicts) else ""
         contents.append(f"- **{s.experiment}**: {s.num_runs} runs"
                         + (f"; verdicts: {tally}" if tally else ""))
     contents += [f"- **{name}**: no runs in this database, skipped." for name in skipped]

@@ -1,113 +1,13 @@
-"""What a report section is made of: tables, figure specs and verdicts, as frozen dataclasses, with
-their markdown and the number formats the report uses (three significant digits throughout).
-"""
+"""A report section: an experiment's verdicts, tables and figure specs, and its markdown."""
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from matplotlib.figure import Figure
 
-from moelab.experiments.registry import get_experiment
-from moelab.experiments.store import StoredRun
-from moelab.reporting.aggregate import Spread
-
-HELD, PARTLY, NOT_HELD, NO_DATA = "HELD", "PARTLY", "NOT HELD", "NO DATA"
-
-
-# -- numbers ----------------------------------------------------------------------------------------
-
-def sci(x: float | None) -> str:
-    """``3.40e-04``; ``n/a`` for None or NaN."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.2e}"
-
-
-def num(x: float | None) -> str:
-    """Three significant digits in plain notation where short (``1.12``, ``12``, ``0.981``)."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.3g}"
-
-
-def ratio(x: float | None) -> str:
-    """A ratio to three significant digits, trailing zeros kept (``1.00``, ``0.379``, ``22.6``);
-    large ones as whole numbers (``545``, ``2.50e+03``)."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    if 100 <= abs(x) < 1000:
-        return f"{x:.0f}"
-    return f"{x:#.3g}"
-
-
-def count(x: float | None) -> str:
-    """A (median) count such as a parameter number, rounded: ``2,304``."""
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{round(x):,}"
-
-
-def cell(s: Spread, fmt: Callable[[float], str] = sci) -> str:
-    """``median [min, max]`` over seeds; a bare median for one seed; notes diverged runs."""
-    if not s.ok:
-        text = "n/a"
-    elif s.n == 1:
-        text = fmt(s.median)
-    else:
-        text = f"{fmt(s.median)} [{fmt(s.low)}, {fmt(s.high)}]"
-    if s.ok and s.missing:
-        text += f" ({s.missing} run{'s' if s.missing > 1 else ''} without a finite value)"
-    return text
-
-
-def slope_text(slope, *, predicted: float | None = None) -> str:
-    """``-1.52 [-1.70, -1.34]`` (the fitted exponent and its 95% interval) or ``n/a``."""
-    if slope is None:
-        return "n/a"
-    text = f"{slope.slope:+.2f}"
-    if not math.isnan(slope.ci_low):
-        text += f" [{slope.ci_low:+.2f}, {slope.ci_high:+.2f}]"
-    if predicted is not None:
-        text += f" (paper {predicted:+.2f})"
-    return text
-
-
-def status_of(flags: Sequence[bool]) -> str:
-    """HELD if every check passed, NOT HELD if none did, PARTLY otherwise (NO DATA if none ran)."""
-    if not flags:
-        return NO_DATA
-    if all(flags):
-        return HELD
-    return NOT_HELD if not any(flags) else PARTLY
-
-
-# -- parts of a section -----------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Table:
-    """A markdown table: ``caption`` above, ``header`` and ``rows`` of preformatted strings."""
-
-    caption: str
-    header: tuple[str, ...]
-    rows: tuple[tuple[str, ...], ...]
-
-    def __post_init__(self) -> None:
-        for row in self.rows:
-            if len(row) != len(self.header):
-                raise ValueError(f"table {self.caption!r}: row {row!r} has {len(row)} cells, "
-                                 f"header has {len(self.header)}")
-
-    def markdown(self) -> str:
-        def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
-
-        align = ["---"] + ["--:"] * (len(self.header) - 1)
-        body = [line(self.header), "| " + " | ".join(align) + " |"]
-        body += [line(r) for r in self.rows]
-        return f"**{self.caption}**\n\n" + "\n".join(body)
+from moelab.reporting.text import Table, Verdict, duration
 
 
 @dataclass(frozen=True)
@@ -117,19 +17,6 @@ class FigureSpec:
     name: str
     caption: str
     make: Callable[[], Figure] = field(compare=False, repr=False)
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """One checked claim: a status (HELD / PARTLY / NOT HELD / NO DATA), what was checked, and the
-    numbers behind it."""
-
-    status: str
-    check: str
-    detail: str
-
-    def markdown(self) -> str:
-        return f"- **{self.status}**: {self.check}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -163,39 +50,3 @@ class Section:
             parts += [f"![{f.caption}]({figure_dir}/{f.name}.png)\n\n*{f.caption}*"
                       for f in self.figures]
         return "\n\n".join(parts)
-
-
-def duration(seconds: float) -> str:
-    """``45 s``, ``12.3 min`` or ``2.05 h``."""
-    if seconds < 120:
-        return f"{seconds:.3g} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.3g} min"
-    return f"{seconds / 3600:.3g} h"
-
-
-# -- building sections ------------------------------------------------------------------------------
-
-def axis_order(experiment: str) -> dict[str, list[str]]:
-    """The registry's order of each axis's labels (empty for an unregistered experiment)."""
-    try:
-        exp = get_experiment(experiment)
-    except ValueError:
-        return {}
-    return {axis.name: [label for label, _ in axis.variants] for axis in exp.axes}
-
-
-def make_section(experiment: str, runs: Sequence[StoredRun], *, verdicts: Sequence[Verdict] = (),
-                 tables: Sequence[Table] = (), figures: Sequence[FigureSpec] = (),
-                 notes: Sequence[str] = ()) -> Section:
-    """A :class:`Section` with the registry's title and claim and the runs' counts filled in."""
-    try:
-        exp = get_experiment(experiment)
-        title, claim = exp.title, exp.claim
-    except ValueError:
-        title, claim = experiment, "(not a registered experiment: no claim to check)"
-    return Section(
-        experiment=experiment, title=title, claim=claim, num_runs=len(runs),
-        seeds=tuple(sorted({r.seed for r in runs})), seconds=float(sum(r.seconds for r in runs)),
-        verdicts=tuple(verdicts), tables=tuple(tables), figures=tuple(figures), notes=tuple(notes),
-    )

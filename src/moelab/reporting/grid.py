@@ -1,0 +1,192 @@
+"""Runs arranged on their experiment's grid: one :class:`Cell` per distinct configuration, its seeds
+pooled. Runs whose configurations differ are never pooled: where two such runs share their labels,
+each setting they differ in becomes an extra axis of the grid (e.g. ``train.steps``).
+
+The grid also says how the runs differ from the registered experiment (settings overridden, fewer
+seeds): verdicts drawn from such runs are provisional.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from moelab.experiments.spec import Experiment
+from moelab.experiments.store import StoredRun
+from moelab.reporting.aggregate import (
+    Spread,
+    as_number,
+    config_value,
+    flatten,
+    metric_spread,
+    natural_key,
+)
+
+#: A key into a cell: an axis name, a dotted config path, or a function of the cell.
+Key = str | Callable[["Cell"], Any]
+#: A selection of cells: key -> wanted label or value, or a predicate on it.
+Select = Mapping[str, Any]
+_NOT_CONFIG = ("seed", "labels", "experiment")
+
+
+class MissingData(LookupError):
+    """A declaration asks for a config path the stored runs do not have (e.g. a database written
+    before a key was renamed): the report skips that declaration and says so."""
+
+
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Cell:
+    """The runs of one grid point (one configuration, every seed), with their axis labels."""
+
+    labels: Mapping[str, str]
+    runs: tuple[StoredRun, ...]
+
+    def config(self, dotted: str) -> Any:
+        value = config_value(self.runs[0], dotted, _ABSENT)
+        if value is _ABSENT:
+            raise MissingData(f"the runs of this cell have no config value {dotted!r}")
+        return value
+
+    def spread(self, metric: str) -> Spread:
+        return metric_spread(self.runs, metric)
+
+    def get(self, key: Key) -> Any:
+        """The cell's label (axis name), config value (dotted path) or ``key(cell)``."""
+        if callable(key):
+            return key(self)
+        return self.labels[key] if key in self.labels else self.config(key)
+
+    def matches(self, where: Select | None) -> bool:
+        return all(want(self.get(k)) if callable(want) else _same(self.get(k), want)
+                   for k, want in (where or {}).items())
+
+
+def _same(value: Any, want: Any) -> bool:
+    return value == want or str(value) == str(want)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """An experiment's cells, its axes in the registry's order, and each axis's config key."""
+
+    experiment: str
+    axes: tuple[str, ...]
+    order: Mapping[str, Sequence[str]]
+    keys: Mapping[str, str]  # axis -> the one config path its variants set (numeric axes)
+    cells: tuple[Cell, ...]
+    extra: tuple[str, ...] = ()  # settings split off as axes (runs differing only in them)
+
+    def select(self, where: Select | None = None) -> list[Cell]:
+        return [c for c in self.cells if c.matches(where)]
+
+    def x(self, cell: Cell, key: Key) -> float | None:
+        """The numeric position of ``cell`` along ``key`` (None if it has none)."""
+        if isinstance(key, str) and key in self.keys:
+            key = self.keys[key]
+        value = cell.get(key)
+        if isinstance(value, bool) or value is None:
+            return None
+        return float(value) if isinstance(value, (int, float)) else as_number(str(value))
+
+    def label(self, cell: Cell, key: Key) -> str:
+        value = cell.get(key)
+        return value if isinstance(value, str) else str(value)
+
+    def split(self, cells: Sequence[Cell], keys: Sequence[Key]) -> dict[tuple[str, ...], list[Cell]]:
+        """``cells`` grouped by their labels along ``keys``, in the registry's order."""
+        groups: dict[tuple[str, ...], list[Cell]] = {}
+        for c in cells:
+            groups.setdefault(tuple(self.label(c, k) for k in keys), []).append(c)
+        ranks = [self.order.get(k, ()) if isinstance(k, str) else () for k in keys]
+        return dict(sorted(groups.items(), key=lambda item: tuple(
+            (list(r).index(v) if v in r else len(r), natural_key(v))
+            for r, v in zip(ranks, item[0], strict=True))))
+
+
+def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> Grid:
+    """The grid of ``runs`` (all of experiment ``name``; ``exp`` its registration or None)."""
+    if exp is not None:
+        axes = [a.name for a in exp.axes]
+        order = {a.name: [label for label, _ in a.variants] for a in exp.axes}
+        keys = {a.name: k for a in exp.axes if (k := _one_key(a.variants)) is not None}
+    else:
+        axes = sorted({k for r in runs for k in r.labels}, key=natural_key)
+        order, keys = {}, {}
+    labelled = [(r, {a: _label(r, a, keys.get(a)) for a in axes}) for r in runs]
+    extras = _differing(labelled)
+    for extra in extras:
+        axes.append(extra)
+        keys[extra] = extra
+        labelled = [(r, {**lab, extra: str(config_value(r, extra))}) for r, lab in labelled]
+    cells: dict[str, list] = {}
+    for r, lab in labelled:
+        cells.setdefault(_identity(r), [lab, []])[1].append(r)
+    grid = Grid(name, tuple(axes), order, keys, (), tuple(extras))
+    unsorted = [Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))))
+                for lab, rs in cells.values()]
+    return replace(grid, cells=tuple(c for cs in grid.split(unsorted, axes).values() for c in cs))
+
+
+def _one_key(variants) -> str | None:
+    keys = {k for _, sets in variants for k in sets}
+    return next(iter(keys)) if len(keys) == 1 else None
+
+
+def _label(run: StoredRun, axis: str, key: str | None) -> str:
+    """The run's label on ``axis``; an axis the user overrode for the whole sweep has none, then
+    the value of its config key (or ``"custom"``)."""
+    if axis in run.labels:
+        return str(run.labels[axis])
+    return str(config_value(run, key)) if key is not None else "custom"
+
+
+def _identity(run: StoredRun) -> str:
+    return json.dumps({k: v for k, v in run.config.items() if k not in _NOT_CONFIG},
+                      sort_keys=True, default=str)
+
+
+def _differing(labelled: Sequence[tuple[StoredRun, dict[str, str]]]) -> list[str]:
+    """The config paths in which runs with the same labels differ (never pooled together)."""
+    configs: dict[tuple, dict[str, dict]] = {}
+    for run, lab in labelled:
+        configs.setdefault(tuple(sorted(lab.items())), {})[_identity(run)] = _flat_config(run.config)
+    differ: set[str] = set()
+    for variants in configs.values():
+        flats = list(variants.values())
+        differ |= {k for f in flats[1:] for k in f.keys() | flats[0].keys()
+                   if f.get(k) != flats[0].get(k)}
+    return sorted(differ)
+
+
+def deviations(runs: Sequence[StoredRun], exp: Experiment) -> list[str]:
+    """Each setting of ``runs`` that differs from the registered experiment, as
+    ``"train.steps = 200 (registered: 5000)"``."""
+    registered = [({k: str(v) for k, v in r.labels.items()}, _flat_config(r.to_dict()))
+                  for r in exp.runs(seeds=1)]
+    used: dict[str, set] = {}
+    allowed: dict[str, set] = {}
+    for run in runs:
+        mine = _flat_config(run.config)
+        peers = [flat for lab, flat in registered
+                 if all(run.labels.get(a, v) == v for a, v in lab.items())] or \
+            [flat for _, flat in registered]
+        for key, value in mine.items():
+            options = {_text(p.get(key)) for p in peers}
+            if _text(value) not in options:
+                used.setdefault(key, set()).add(_text(value))
+                allowed.setdefault(key, set()).update(options)
+    return [f"{k} = {', '.join(sorted(used[k], key=natural_key))} (registered: "
+            f"{', '.join(sorted(allowed[k], key=natural_key))})" for k in sorted(used)]
+
+
+def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in flatten(config).items() if k.split(".")[0] not in _NOT_CONFIG}
+
+
+def _text(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value

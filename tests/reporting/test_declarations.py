@@ -1,0 +1,59 @@
+"""Declarations meet runs that lack what they ask for: only missing data is forgiven (the
+declaration is skipped with a note); a bug in a declaration is raised, not turned into a note."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from moelab.experiments.config import TaskSpec
+from moelab.experiments.registry import EXPERIMENTS, register, unnamed
+from moelab.experiments.spec import Axis, Experiment
+from moelab.experiments.store import ResultStore
+from moelab.reporting import build_section
+from moelab.reporting.declare import Curves, Flat
+
+
+@dataclass(frozen=True)
+class Broken:
+    claim: str = "a check with a bug"
+
+    def evaluate(self, grid):
+        return [1 / 0]
+
+
+@pytest.fixture
+def toy_runs(tmp_path):
+    """Register experiment ``toy`` with the given checks and figures; return its stored runs."""
+    before = dict(EXPERIMENTS)
+
+    def make(checks=(), figures=()):
+        register("toy")(lambda: Experiment(
+            title="toy", claim="c", base=unnamed(task=TaskSpec(D=8)),
+            axes=(Axis.of("D", "task.D", (8, 16)),), seeds=1, checks=checks, figures=figures))
+        store = ResultStore(tmp_path)
+        for run in EXPERIMENTS["toy"]().runs():
+            store.add(run_id=run.run_id(), experiment="toy", labels=run.labels, seed=run.seed,
+                      config=run.to_dict(), test_mse=1e-3, test_sup=0.1, metrics={},
+                      routing={}, seconds=1.0, history=[], evals=[])
+        return store.runs("toy")
+
+    yield make
+    EXPERIMENTS.clear()
+    EXPERIMENTS.update(before)
+
+
+def test_a_declaration_asking_for_a_config_path_the_runs_lack_is_skipped_with_a_note(toy_runs):
+    runs = toy_runs(checks=(Flat("flat in the renamed key", x="task.renamed", tolerance=1.5),),
+                    figures=(Curves("toy", "t", x="model.moe.gone"),))
+    section = build_section("toy", runs)
+    assert not section.verdicts
+    assert any("Skipped Flat" in n and "'task.renamed'" in n for n in section.notes)
+    assert any("Skipped Curves" in n and "'model.moe.gone'" in n for n in section.notes)
+    assert [f.name for f in section.figures] == ["toy-test-mse"]  # the default figure stands in
+
+
+def test_a_bug_in_a_declaration_is_raised_not_turned_into_a_note(toy_runs):
+    with pytest.raises(ZeroDivisionError):
+        build_section("toy", toy_runs(checks=(Broken(),)))
