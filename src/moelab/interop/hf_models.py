@@ -67,7 +67,9 @@ def random_model(arch: str, *, seed: int = 0) -> nn.Module:
         model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         for name, buf in model.named_buffers():
             if name.endswith("e_score_correction_bias"):
-                buf.copy_(0.1 * torch.randn(buf.shape))
+                # Of the order of the spread of the initial sigmoid scores (about 0.03): the bias
+                # moves the selection without deciding it alone (0.1 left most experts dead).
+                buf.copy_(0.02 * torch.randn(buf.shape))
     return model.eval()
 
 
