@@ -125,7 +125,7 @@ def token_ids(text: str, model: nn.Module, directory: str | Path | None, *, max_
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     if not text.strip():
-        raise ValueError("the text is empty; expected some text to route")
+        raise ValueError(f"text must hold some non-whitespace characters to route, got {text[:40]!r}")
     if directory is not None and has_tokenizer(directory):
         tokenizer = require_transformers().AutoTokenizer.from_pretrained(directory, local_files_only=True)
         ids = torch.tensor(tokenizer(text)["input_ids"], dtype=torch.long)[None]
