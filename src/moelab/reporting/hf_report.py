@@ -59,13 +59,18 @@ def cooccurrence_figure(counts: Sequence[np.ndarray], pairs: Sequence[tuple[int,
     cols = min(4, n)
     rows = math.ceil(n / cols)
     fig = _figure(3.2 * cols, 3.0 * rows)
-    for p, (c, (a, b), v) in enumerate(zip(counts, pairs, nmi, strict=True)):
+    fractions = [c / max(1, int(c.sum())) for c in counts]
+    top = max((float(f.max()) for f in fractions), default=0.0) or 1.0  # one colour scale for all
+    axes, im = [], None
+    for p, (f, (a, b), v) in enumerate(zip(fractions, pairs, nmi, strict=True)):
         ax = fig.add_subplot(rows, cols, p + 1)
-        total = max(1, int(c.sum()))
-        ax.imshow(c / total, cmap="magma", vmin=0, interpolation="nearest")
+        axes.append(ax)
+        im = ax.imshow(f, cmap="magma", vmin=0, vmax=top, interpolation="nearest")
         ax.set_title(f"layer {a} -> {b}, NMI {v:.2f}", fontsize=9)
         ax.set_xlabel(f"top-1 expert, layer {b}", fontsize=8)
         ax.set_ylabel(f"top-1 expert, layer {a}", fontsize=8)
+    if im is not None:
+        fig.colorbar(im, ax=axes, label="fraction of tokens", shrink=0.8)
     return fig
 
 
