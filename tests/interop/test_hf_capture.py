@@ -86,6 +86,18 @@ def test_hooks_are_removed_when_the_forward_pass_fails():
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+def test_qwen2_moe_mlp_only_layers_are_skipped_and_listed():
+    from transformers import AutoModelForCausalLM, Qwen2MoeConfig
+
+    from moelab.interop.hf_models import ARCHITECTURES
+
+    config = Qwen2MoeConfig(**dict(ARCHITECTURES["qwen2-moe"][1], num_hidden_layers=3, mlp_only_layers=[1]))
+    model = AutoModelForCausalLM.from_config(config).eval()
+    cap = capture_routing(model, _ids(16))
+    assert cap.dense_layers == ((1, "model.layers.1.mlp"),)
+    assert [lc.layer for lc in cap.layers] == [0, 2]
+
+
 def test_attention_mask_drops_padding_and_keep_hidden_false():
     model = random_model("olmoe", seed=0)
     ids = _ids(20).repeat(2, 1)

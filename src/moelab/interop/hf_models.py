@@ -97,8 +97,8 @@ def check_moe_config(config: object) -> None:
 
 def load_model(directory: str | Path) -> nn.Module:
     """The causal LM saved in ``directory`` (config.json + safetensors, e.g. downloaded with
-    ``huggingface-cli download``), loaded offline in eval mode with the checkpoint's dtype."""
-    directory = Path(directory)
+    ``hf download``; ``~`` is expanded), loaded offline in eval mode with the checkpoint's dtype."""
+    directory = Path(directory).expanduser()
     _check_directory(directory)
     transformers = require_transformers()
     config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
