@@ -77,6 +77,7 @@ def test_saved_model_directory(text, tmp_path, capsys):
     out = tmp_path / "report"
     assert _run(["analyze-hf", str(model_dir), "--text", text, "--out", str(out), "--max-tokens", "100"]) == 0
     md, data = _report(out)
+    assert md.startswith("# Routing analysis: tiny-qwen3-moe\n")
     assert f"model: directory {model_dir}" in md and "model_type: qwen3_moe" in md
     # The loaded weights are the saved ones: the report equals the one of the model in memory.
     from moelab.interop import analyze_capture, byte_token_ids, capture_routing
@@ -115,6 +116,12 @@ def test_directory_without_config(text, tmp_path):
     (tmp_path / "weights").mkdir()
     with pytest.raises(ValueError, match="has no config.json"):
         _run(["analyze-hf", str(tmp_path / "weights"), "--text", text])
+
+
+def test_directory_without_weights(text, tmp_path):
+    random_model("mixtral", seed=0).config.save_pretrained(tmp_path / "config-only")
+    with pytest.raises(ValueError, match="has no \\*.safetensors weights"):
+        _run(["analyze-hf", str(tmp_path / "config-only"), "--text", text])
 
 
 def test_config_of_a_dense_model(text, tmp_path):

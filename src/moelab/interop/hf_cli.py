@@ -94,7 +94,8 @@ def _analyze(args: argparse.Namespace) -> int:
     facts = {"model": origin, "model_type": capture.model_type, "text": args.text,
              "tokens": f"{capture.num_tokens} ({tokenizer})",
              "dense layers skipped": f"decoder layer(s) {dense}" if dense else "none"}
-    path = write_hf_report(analysis, args.out, title=f"Routing analysis: {Path(source).name}", facts=facts)
+    name = Path(source).expanduser().resolve().name if directory is not None else source
+    path = write_hf_report(analysis, args.out, title=f"Routing analysis: {name}", facts=facts)
     print(f"{capture.model_type}: {capture.num_tokens} tokens through {len(capture.layers)} MoE layer(s), "
           f"{analysis.paths.num_paths} distinct expert paths")
     print(f"report: {path}")

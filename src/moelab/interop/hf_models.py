@@ -103,6 +103,9 @@ def load_model(directory: str | Path) -> nn.Module:
     transformers = require_transformers()
     config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
     check_moe_config(config)
+    if not any(directory.glob("*.safetensors")):
+        raise ValueError(f"model directory {str(directory)!r} has no *.safetensors weights; expected the "
+                         "files of a downloaded checkpoint beside its config.json")
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, local_files_only=True, dtype="auto")
     return model.eval()
 
