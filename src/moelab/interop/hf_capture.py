@@ -224,6 +224,10 @@ def capture_routing(
     blocks, dense = moe_blocks(model)
     if not blocks:
         raise ValueError(f"the {family.model_type} model has no MoE layers (all {len(dense)} are dense)")
+    device = getattr(model, "device", None)  # a transformers model's first device
+    if device is not None:
+        input_ids = input_ids.to(device)
+        attention_mask = None if attention_mask is None else attention_mask.to(device)
     recorders = [_Recorder(keep_hidden) for _ in blocks]
     handles = []
     try:
