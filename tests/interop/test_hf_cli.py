@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import os
 import sys
 
 import pytest
@@ -163,3 +164,17 @@ def test_capture_count_is_the_token_count():
     model = random_model("gpt-oss", seed=0)
     ids = token_ids("héllo", model, None, max_tokens=4)
     assert ids.tolist() == [[104, 195, 169, 108]] and ids.dtype == torch.long
+
+
+def test_the_help_names_every_architecture_without_importing_torch():
+    import subprocess
+
+    from moelab.interop.hf_cli import ARCHITECTURE_NAMES
+    from moelab.interop.hf_models import ARCHITECTURES
+
+    assert ARCHITECTURE_NAMES == tuple(ARCHITECTURES)
+    code = ("import argparse, sys; from moelab.interop.hf_cli import add_parser; "
+            "add_parser(argparse.ArgumentParser().add_subparsers()); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert out.stdout.strip() == "False"

@@ -124,3 +124,11 @@ def test_analyze_routings_puts_it_together():
     assert out.paths.num_paths == 2
     with pytest.raises(ValueError, match="one entry per routing"):
         analyze_routings([a, b], layers=[1])
+
+
+def test_every_public_name_resolves():
+    import moelab.interop as interop
+
+    assert all(getattr(interop, name) is not None for name in interop.__all__)
+    with pytest.raises(AttributeError, match="has no attribute 'nope'"):
+        interop.nope  # noqa: B018

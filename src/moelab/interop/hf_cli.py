@@ -17,12 +17,15 @@ from pathlib import Path
 
 DEFAULT_OUT = "hf_report"
 DEFAULT_MAX_TOKENS = 512
+#: The keys of moelab.interop.hf_models.ARCHITECTURES, for --help without importing torch (a test
+#: holds the two equal).
+ARCHITECTURE_NAMES = ("mixtral", "qwen2-moe", "qwen3-moe", "olmoe", "deepseek-v3", "gpt-oss")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the ``analyze-hf`` command to ``subparsers`` (the result of ``add_subparsers``)."""
-    from moelab.interop.hf_models import ARCHITECTURES
+    """Add the ``analyze-hf`` command to ``subparsers`` (the result of ``add_subparsers``).
 
+    Imports nothing heavy: building moelab's parser stays fast."""
     p = subparsers.add_parser(
         "analyze-hf", help="routing analysis of a Hugging Face MoE model, as a markdown report",
         description="Route a text through a Hugging Face MoE causal LM and write DIR/report.md: per "
@@ -33,12 +36,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("source", metavar="DIR_OR_ARCH",
                    help="a local directory of downloaded weights (config.json + *.safetensors; read "
                         "offline) or an architecture for a small random model: "
-                        + ", ".join(ARCHITECTURES))
+                        + ", ".join(ARCHITECTURE_NAMES))
     p.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to route")
-    p.add_argument("--out", default=DEFAULT_OUT, help=f"report directory (default ./{DEFAULT_OUT})")
-    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS,
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR",
+                   help=f"report directory (default ./{DEFAULT_OUT})")
+    p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, metavar="N",
                    help=f"route at most this many tokens of the text (default {DEFAULT_MAX_TOKENS})")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=int, default=0, metavar="S",
                    help="seed of a random architecture's weights (default 0; unused for a directory)")
     p.set_defaults(func=analyze_hf)
     return p
