@@ -12,6 +12,7 @@ import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from moelab.constructions import CONSTRUCTIONS
 from moelab.experiments.config import RunConfig, apply_overrides, parse_override
 from moelab.experiments.registry import get_experiment
 from moelab.experiments.store import ResultStore, StoreError
+from moelab.interop.hf_models import check_moe_config, load_model, random_model, token_ids
 from moelab.layers import DeepMoE, MoEConfig, MoELayer
 from moelab.tasks import make_manifold_task, make_piecewise_task
 from moelab.training import TrainConfig, train
@@ -204,6 +206,18 @@ CASES = [
          r"more than int64 piece ids can number \(at most 2\^63"),
     Case("intrinsic-twonn-k", lambda _: intrinsic_dimension(torch.rand(50, 2), "twonn", k=5),
          ValueError, r"k=5 applies to the MLE methods; method='twonn' uses the two nearest neighbours"),
+    # interop (none of these needs transformers installed)
+    Case("hf-missing-dir", lambda d: load_model(d / "nowhere"), ValueError,
+         r"model directory '.*nowhere' does not exist"),
+    Case("hf-no-config", lambda d: load_model(d), ValueError, r"has no config.json"),
+    Case("hf-not-moe", lambda _: check_moe_config(SimpleNamespace(model_type="llama")), ValueError,
+         r"model_type='llama' is not a mixture-of-experts model"),
+    Case("hf-unsupported-moe",
+         lambda _: check_moe_config(SimpleNamespace(model_type="jamba", num_experts=16)), ValueError,
+         r"model_type='jamba' is an MoE architecture that is not supported"),
+    Case("hf-unknown-arch", lambda _: random_model("mixtrl"), ValueError, r"arch='mixtrl' is unknown"),
+    Case("hf-empty-text", lambda _: token_ids(" \n", None, None, max_tokens=5), ValueError,
+         r"text must hold some non-whitespace characters"),
 ]
 
 
