@@ -83,3 +83,33 @@ def test_not_sqlite_is_a_clear_error_and_the_file_is_untouched(tmp_path):
 def test_missing_database_when_not_creating(tmp_path):
     with pytest.raises(StoreError, match="no results database"):
         ResultStore(tmp_path / "nothing", create=False)
+
+
+
+def _export_repeatedly(directory, path, kind, rounds):
+    store = ResultStore(directory, create=False)
+    for _ in range(rounds):
+        (store.export_json if kind == "json" else store.export_csv)(path)
+
+
+@pytest.mark.parametrize("kind", ["json", "csv"])
+def test_concurrent_exports_to_one_path_never_tear_the_file(tmp_path, kind):
+    store = ResultStore(tmp_path)
+    history = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(100)]
+    for i in range(30):
+        _add(store, f"r{i}", history=history)
+    out = tmp_path / f"out.{kind}"
+    expected = (store.export_json if kind == "json" else store.export_csv)(out).read_text()
+    ctx = mp.get_context("spawn")
+    writers = [ctx.Process(target=_export_repeatedly, args=(tmp_path, out, kind, 40))
+               for _ in range(2)]
+    for w in writers:
+        w.start()
+    torn = 0
+    while any(w.is_alive() for w in writers):
+        torn += out.read_text() != expected
+    for w in writers:
+        w.join(120)
+        assert w.exitcode == 0  # the old fixed ".tmp" name made one writer's rename fail
+    assert torn == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab import __version__
+from moelab.atomic import atomic_write
 
 DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1
@@ -204,7 +205,7 @@ class ResultStore:
             item["history"] = self.history(run.run_id)
             item["evals"] = self.evals(run.run_id)
             payload.append(item)
-        return _atomic_write(Path(path), json.dumps(payload, indent=1, sort_keys=True))
+        return atomic_write(path, json.dumps(payload, indent=1, sort_keys=True))
 
     def export_csv(self, path: str | Path) -> Path:
         """One row per run: identity, labels, seed, final metrics and the flattened config."""
@@ -217,7 +218,7 @@ class ResultStore:
         writer = csv.DictWriter(text, fieldnames=columns)
         writer.writeheader()
         writer.writerows(flat)
-        return _atomic_write(Path(path), text.getvalue())
+        return atomic_write(path, text.getvalue())
 
 
 def _stored(row: tuple) -> StoredRun:
@@ -245,11 +246,3 @@ def _flatten_run(run: StoredRun) -> dict[str, Any]:
     _flatten("config", run.config, out)
     return out
 
-
-def _atomic_write(path: Path, text: str) -> Path:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, newline="")
-    tmp.replace(path)
-    return path
