@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -191,13 +192,24 @@ def _describe(hint: Any) -> str:
 
 def parse_value(text: str) -> Any:
     """The value of a ``key=value`` override: JSON if it parses (numbers, true/false, null,
-    quoted strings, objects), else the raw string. ``none``/``None`` also mean None."""
+    quoted strings, objects), else the raw string. ``none``/``None`` also mean None. NaN and
+    infinities (``nan``, ``inf``, ``1e999``) are refused with a ValueError saying why."""
     if text in ("none", "None"):
         return None
+    if text.strip().lstrip("+-").lower() in _NON_FINITE:
+        raise ValueError(f"{text!r} is not a finite number: {_WHY_FINITE}")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError:
         return text
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number: {_WHY_FINITE}")
+    return value
+
+
+_NON_FINITE = ("nan", "inf", "infinity")
+_WHY_FINITE = ("settings must be finite numbers (a NaN or infinite setting trains nothing "
+               "meaningful, and the run's JSON record cannot hold it)")
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -208,7 +220,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key or any(not part.isidentifier() for part in key.split(".")):
         raise ValueError(f"override {item!r} has an invalid key {key!r}")
-    return key, parse_value(text.strip())
+    try:
+        return key, parse_value(text.strip())
+    except ValueError as exc:
+        raise ValueError(f"{key}={text.strip()} is refused: {exc}") from None
 
 
 def apply_overrides(run: RunConfig, overrides: dict[str, Any]) -> RunConfig:
