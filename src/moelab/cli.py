@@ -83,6 +83,7 @@ def _run(args: argparse.Namespace) -> int:
     exp = get_experiment(args.name)
     overrides = _overrides(args.set)
     runs = _runs(exp, args, overrides)
+    _note_unused(runs, overrides)
     if args.show_config:
         _show_config(exp, runs, overrides)
         return 0
@@ -94,6 +95,16 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{exp.name}: {len(done)} run(s) done, {skipped} already stored, "
           f"{time.perf_counter() - start:.1f} s -> {store.path}")
     return 0
+
+
+def _note_unused(runs: list, overrides: dict) -> None:
+    """Say which --set keys no run reads (a task or model field its kind ignores)."""
+    from moelab.experiments.config import unused_keys
+
+    ignored = [k for k in overrides if runs and all(unused_keys(r, [k]) for r in runs)]
+    if ignored:
+        print(f"note: --set {', '.join(ignored)}: not read by the task or model kind of any run "
+              "here, so the runs (and their ids) do not change", file=sys.stderr)
 
 
 def _show_config(exp, runs: list, overrides: dict) -> None:

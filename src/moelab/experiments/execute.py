@@ -16,7 +16,7 @@ import torch
 
 from moelab.analysis import count_parameters
 from moelab.experiments.build import build_model, build_task
-from moelab.experiments.config import RunConfig
+from moelab.experiments.config import AnyRun, ConstructionRun, RunConfig
 from moelab.experiments.measure import routing_summary
 from moelab.training import train
 from moelab.training.init import data_init
@@ -26,7 +26,7 @@ from moelab.training.init import data_init
 class RunOutcome:
     """A finished run, ready to store."""
 
-    run: RunConfig
+    run: AnyRun
     test_mse: float
     test_sup: float
     metrics: dict[str, Any]
@@ -48,15 +48,16 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def execute(run: RunConfig, *, progress: bool = False) -> RunOutcome:
-    """Build, initialise, train and measure one run (deterministic given the config)."""
+def execute(run: AnyRun, *, progress: bool = False) -> RunOutcome:
+    """Build, initialise, train and measure a training run, or build and measure a construction
+    (deterministic given the config)."""
     with single_thread():
-        return _execute(run, progress=progress)
+        if isinstance(run, ConstructionRun):
+            return _measure_construction(run)
+        return _train_and_measure(run, progress=progress)
 
 
-def _execute(run: RunConfig, *, progress: bool) -> RunOutcome:
-    if run.model.kind == "construction":
-        return _construct(run)
+def _train_and_measure(run: RunConfig, *, progress: bool) -> RunOutcome:
     start = time.perf_counter()
     task = build_task(run.task)
     with torch.random.fork_rng(devices=[]):
@@ -78,17 +79,17 @@ def _execute(run: RunConfig, *, progress: bool) -> RunOutcome:
                       result.history, result.evals, time.perf_counter() - start)
 
 
-def _construct(run: RunConfig) -> RunOutcome:
-    """A hand-built construction, measured as built (no training, no history); its expert width m
-    is ``model.moe.expert_hidden`` unless ``construction_args`` sets it."""
+def _measure_construction(run: ConstructionRun) -> RunOutcome:
+    """A hand-built construction, measured as built (no training, no history)."""
     from moelab.constructions import CONSTRUCTIONS
 
     start = time.perf_counter()
-    name = run.model.construction
-    if name not in CONSTRUCTIONS:
-        raise ValueError(f"model.construction={name!r} is unknown; known: {sorted(CONSTRUCTIONS)}")
-    args = {"m": run.model.moe.expert_hidden, **run.model.construction_args, "seed": run.seed}
-    _, summary = CONSTRUCTIONS[name](**args)
+    spec = run.construction
+    if spec.name not in CONSTRUCTIONS:
+        raise ValueError(f"construction.name={spec.name!r} is unknown; known: "
+                         f"{sorted(CONSTRUCTIONS)}")
+    width = {} if spec.m is None else {"m": spec.m}
+    _, summary = CONSTRUCTIONS[spec.name](**width, **spec.args, seed=run.seed)
     metrics: dict[str, Any] = {
         "test_mse": summary.mse, "test_sup": summary.sup_error, "bound": summary.bound,
         "parameters": summary.params_total, "active_parameters": summary.params_active,
@@ -100,6 +101,6 @@ def _construct(run: RunConfig) -> RunOutcome:
                       time.perf_counter() - start)
 
 
-def describe_run(run: RunConfig) -> str:
+def describe_run(run: AnyRun) -> str:
     """The run's labels as ``k=v`` words (its experiment's name if it has none)."""
     return " ".join(f"{k}={v}" for k, v in run.labels.items()) or run.experiment

@@ -213,6 +213,8 @@ def intrinsic() -> Experiment:
 
 def constructions() -> Experiment:
     """The hand-built networks of the theorems (no training): sup error against m, with rates."""
+    from moelab.experiments.config import ConstructionRun
+
     cases = (
         ("thm5.3", "Thm 5.3, Eq. (4), E=3, L=2", {"E": 3, "L": 2}),
         ("thm5.2", "Thm 5.2, circle x circle, E=4", {"manifold": "circle", "L": 2, "E": 4}),
@@ -220,16 +222,15 @@ def constructions() -> Experiment:
         ("cor4.9", "Cor 4.9, spiral in R^16", {"manifold": "spiral", "D": 16}),
         ("nonlinear-router", "MLP router, circle in R^16", {"manifold": "circle", "D": 16}),
     )
-    variants = tuple((label, {"model.construction": name, "model.construction_args": args})
+    variants = tuple((label, {"construction.name": name, "construction.args": args})
                      for name, label, args in cases)
     return Experiment(
         name="constructions",
         title="The theorems' constructions, built by hand: error against expert width m",
         claim="The constructions route every point correctly and their sup error stays below the "
               "theorem's bound, falling at least like m^-(kappa/d min 1/2).",
-        base=RunConfig(experiment="constructions", model=ModelSpec(kind="construction")),
-        axes=(Axis("construction", variants),
-              Axis.of("m", "model.moe.expert_hidden", (4, 8, 16, 32, 64))),
+        base=ConstructionRun(experiment="constructions"),
+        axes=(Axis("construction", variants), Axis.of("m", "construction.m", (4, 8, 16, 32, 64))),
         seeds=1,
     )
 
