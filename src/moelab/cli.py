@@ -109,7 +109,7 @@ def _note_unused(runs: list, overrides: dict) -> None:
 
 def _show_config(exp, runs: list, overrides: dict) -> None:
     """The runs as resolved (each as its differences from the resolved base) and every --set key."""
-    from moelab.experiments.config import apply_overrides
+    from moelab.experiments.config import apply_overrides, unused_keys
     from moelab.experiments.resolve import settable_keys
 
     base = apply_overrides(exp.base, overrides)
@@ -121,13 +121,16 @@ def _show_config(exp, runs: list, overrides: dict) -> None:
         diff = " ".join(f"{k.key}={k.value!r}" for k in settable_keys(run)
                         if k.key not in ("seed", "labels") and base_values[k.key] != k.value)
         print(f"  {run.run_id()}  seed={run.seed}  {labels}{'  ' if labels else ''}{diff}")
-    axis_keys = {key: axis.name for axis in exp.axes for _, sets in axis.variants for key in sets}
+    axis_keys = {key: axis.name for axis in exp.axes for _, sets in axis.variants for key in sets
+                 if not all(set(s) <= set(overrides) for _, s in axis.variants)}
     print("--set keys (type; value in this experiment's base, after --set; which axis varies it):")
     keys = [k for k in settable_keys(base) if k.key not in ("experiment", "labels")]
     width = max(len(k.key) for k in keys)
     for k in keys:
-        axis = f"   (varied by axis {axis_keys[k.key]!r})" if k.key in axis_keys else ""
-        print(f"  {k.key:<{width}}  {k.type}; {k.value!r}{axis}")
+        note = f"   (varied by axis {axis_keys[k.key]!r})" if k.key in axis_keys else ""
+        if runs and all(unused_keys(r, [k.key]) for r in runs):
+            note += "   (not read by these runs' task or model kind)"
+        print(f"  {k.key:<{width}}  {k.type}; {k.value!r}{note}")
 
 
 def _report(args: argparse.Namespace) -> int:

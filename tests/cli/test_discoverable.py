@@ -36,6 +36,8 @@ def test_show_config_lists_runs_and_every_set_key(capsys, tmp_path):
     assert "train.steps" in out and "int; 7" in out  # the --set value, resolved
     assert "model.moe.num_experts" in out and "task.D" in out and "(varied by axis 'D')" in out
     assert "task.n_charts" in out and "int | None" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  task.")}
+    assert "not read by" in lines["task.E"] and "not read by" not in lines["task.n_charts"]
 
 
 def test_explicit_seed_list(tmp_path, capsys):
