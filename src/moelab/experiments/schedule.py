@@ -81,7 +81,9 @@ def run_all(runs: Sequence[RunConfig], store: ResultStore, *, workers: int = 1,
         else:
             _run_in_pool(min(workers, len(pending), os.cpu_count() or 1), pending, store, done, bar)
     except KeyboardInterrupt:
-        raise RunsInterrupted(len(done), len(pending) - len(done)) from None
+        # Counted from the store: Ctrl-C may land between a run's commit and its bookkeeping.
+        stored = sum(store.has(run.run_id()) for run in pending)
+        raise RunsInterrupted(stored, len(pending) - stored) from None
     finally:
         bar.close()
     return done
