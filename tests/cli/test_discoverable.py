@@ -130,16 +130,23 @@ mount -o remount,ro,bind "$1"
 "$2" -m moelab.cli export "$1" -o "$3/out.csv"
 "$2" -m moelab.cli run table3 --seeds 1 --set task.D=8 --set train.steps=3 --quiet --out "$1" \
     || echo "run exit $?"
+umount "$1"
+mount --bind "$1/results.sqlite" "$1/results.sqlite"
+mount -o remount,ro,bind "$1/results.sqlite"
+"$2" -m moelab.cli report "$1"
 """
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="read-only bind mount")
-def test_export_reads_a_database_on_a_read_only_file_system(tmp_path, capsys):
-    """Root writes through permissions, so the database is made read-only by a read-only mount."""
+@pytest.mark.skipif(sys.platform != "linux", reason="read-only bind mounts")
+def test_report_and_export_read_a_database_they_cannot_write(tmp_path, capsys):
+    """Root writes through permissions, so the database is made read-only by read-only mounts:
+    first of its directory (export elsewhere works, run is refused), then of the file alone
+    (the report, written beside it, works)."""
     db_dir, out = tmp_path / "db", tmp_path / "out"
     out.mkdir()
     assert main(["run", "table3", "--seeds", "1", "--set", "task.D=8", "--out", str(db_dir),
                  *TINY]) == 0
+    before = (db_dir / DB_NAME).read_bytes()
     if not _unshare_available():
         pytest.skip("no mount namespaces here")
     proc = subprocess.run(["unshare", "-m", "sh", "-c", READ_ONLY_SCRIPT, "sh", str(db_dir),
@@ -149,6 +156,8 @@ def test_export_reads_a_database_on_a_read_only_file_system(tmp_path, capsys):
     assert "exported 2 run(s)" in proc.stdout
     assert len((out / "out.csv").read_text().splitlines()) == 3
     assert "run exit 2" in proc.stdout and "is read-only" in proc.stderr
+    assert "report:" in proc.stdout and (db_dir / "report.md").exists()
+    assert (db_dir / DB_NAME).read_bytes() == before
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
