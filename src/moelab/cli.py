@@ -352,7 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from moelab.experiments.schedule import RunsInterrupted
+    try:
+        return _call(args)
+    except KeyboardInterrupt as exc:
+        # A sweep's RunsInterrupted says how many runs were stored; anywhere else, nothing was.
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return 130
+
+
+def _call(args: argparse.Namespace) -> int:
     from moelab.experiments.store import StoreError
 
     try:
@@ -360,12 +368,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, TypeError, StoreError) as exc:
         print(f"moelab: error: {exc}", file=sys.stderr)
         return 2
-    except RunsInterrupted as exc:
-        print(exc, file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

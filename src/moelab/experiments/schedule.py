@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import signal
-from collections.abc import Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
+import threading
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 
 import torch
 from tqdm.auto import tqdm
@@ -91,7 +93,11 @@ def run_all(runs: Sequence[RunConfig], store: ResultStore, *, workers: int = 1,
 
 def _drain(executor: Executor, pending: list[RunConfig], store: ResultStore, done: list[str],
            bar: tqdm) -> None:
-    futures = [executor.submit(_execute_quietly, run) for run in pending]
+    _collect([executor.submit(_execute_quietly, run) for run in pending], store, done, bar)
+
+
+def _collect(futures: list[Future], store: ResultStore, done: list[str], bar: tqdm) -> None:
+    """Store each outcome as it arrives (the driver is the only writer)."""
     try:
         for future in as_completed(futures):
             outcome = future.result()
@@ -110,7 +116,9 @@ def _run_in_pool(workers: int, pending: list[RunConfig], store: ResultStore, don
     ctx = torch.multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
     try:
-        _drain(pool, pending, store, done, bar)
+        with _sigint_ignored():  # the workers, started here, inherit "ignore Ctrl-C" from birth
+            futures = [pool.submit(_execute_quietly, run) for run in pending]
+        _collect(futures, store, done, bar)
     except BaseException:
         _stop_workers(pool)
         raise
@@ -119,6 +127,21 @@ def _run_in_pool(workers: int, pending: list[RunConfig], store: ResultStore, don
 
 def _execute_quietly(run: RunConfig) -> RunOutcome:
     return execute(run)
+
+
+@contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """Ignore SIGINT while worker processes start: a process started with SIGINT ignored keeps it
+    ignored, so a Ctrl-C while they import cannot print their tracebacks. Only the main thread
+    can change signal handling; elsewhere this does nothing (the initializer still applies)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _ignore_sigint() -> None:
