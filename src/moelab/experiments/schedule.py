@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from moelab._validation import positive_int
-from moelab.experiments.config import RunConfig
+from moelab.experiments.config import AnyRun
 from moelab.experiments.execute import RunOutcome, describe_run, execute
 from moelab.experiments.store import ResultStore
 
@@ -44,7 +44,7 @@ def store_outcome(store: ResultStore, outcome: RunOutcome) -> bool:
     )
 
 
-def pending_runs(runs: Sequence[RunConfig], store: ResultStore) -> list[RunConfig]:
+def pending_runs(runs: Sequence[AnyRun], store: ResultStore) -> list[AnyRun]:
     """The runs not yet in ``store``, each once, in order."""
     pending, seen = [], set()
     for run in runs:
@@ -55,7 +55,7 @@ def pending_runs(runs: Sequence[RunConfig], store: ResultStore) -> list[RunConfi
     return pending
 
 
-def run_all(runs: Sequence[RunConfig], store: ResultStore, *, workers: int = 1,
+def run_all(runs: Sequence[AnyRun], store: ResultStore, *, workers: int = 1,
             progress: bool = True, executor: Executor | None = None) -> list[str]:
     """Run every configuration not yet in ``store``; return the run ids executed now.
 
@@ -91,7 +91,7 @@ def run_all(runs: Sequence[RunConfig], store: ResultStore, *, workers: int = 1,
     return done
 
 
-def _drain(executor: Executor, pending: list[RunConfig], store: ResultStore, done: list[str],
+def _drain(executor: Executor, pending: list[AnyRun], store: ResultStore, done: list[str],
            bar: tqdm) -> None:
     _collect([executor.submit(_execute_quietly, run) for run in pending], store, done, bar)
 
@@ -111,7 +111,7 @@ def _collect(futures: list[Future], store: ResultStore, done: list[str], bar: tq
         raise
 
 
-def _run_in_pool(workers: int, pending: list[RunConfig], store: ResultStore, done: list[str],
+def _run_in_pool(workers: int, pending: list[AnyRun], store: ResultStore, done: list[str],
                  bar: tqdm) -> None:
     ctx = torch.multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
@@ -125,7 +125,7 @@ def _run_in_pool(workers: int, pending: list[RunConfig], store: ResultStore, don
     pool.shutdown()
 
 
-def _execute_quietly(run: RunConfig) -> RunOutcome:
+def _execute_quietly(run: AnyRun) -> RunOutcome:
     return execute(run)
 
 
