@@ -218,6 +218,33 @@ CASES = [
     Case("hf-unknown-arch", lambda _: random_model("mixtrl"), ValueError, r"arch='mixtrl' is unknown"),
     Case("hf-empty-text", lambda _: token_ids(" \n", None, None, max_tokens=5), ValueError,
          r"text must hold some non-whitespace characters"),
+    Case("store-damaged", lambda d: _damaged_db(d), StoreError,
+         r"is damaged \(database disk image is malformed\)"),
+    Case("store-directory-as-db", lambda d: _directory_as_db(d), StoreError,
+         r"results.sqlite is a directory"),
+    Case("store-file-as-directory", lambda d: _file_as_directory(d), StoreError,
+         r"is a regular file, not a directory"),
+    Case("store-read-only-add", lambda d: _add_read_only(d), StoreError, r"opened read-only"),
+    Case("override-non-finite", lambda d: parse_override("train.lr=nan"), ValueError,
+         r"train.lr=nan is refused: 'nan' is not a finite number"),
+    Case("run-all-workers", lambda d: _run_all_workers(d), ValueError,
+         r"workers must be >= 1, got 0"),
+    Case("construction-args-m", lambda d: _construction_args_m(), ValueError,
+         r"construction.args must not hold 'm' or 'seed'"),
+    Case("cli-run-workers", _cli(["run", "table3", "--workers", "0", "--out", "/tmp/x"]),
+         SystemExit, "cli-error"),
+    Case("cli-run-out-file", lambda d: _cli(["run", "table3", "--out", str(_a_file(d))])(d),
+         SystemExit, "cli-error"),
+    Case("cli-run-seeds", _cli(["run", "table3", "--seeds", "3,3", "--out", "/tmp/x"]),
+         SystemExit, "cli-error"),
+    Case("cli-construct-bad-key", _cli(["construct", "thm5.3", "--set", "M=8"]), SystemExit,
+         "cli-error"),
+    Case("cli-construct-set-and-sweep",
+         _cli(["construct", "thm5.3", "--set", "m=8", "--sweep", "m=4,8"]), SystemExit,
+         "cli-error"),
+    Case("cli-construct-two-sweeps",
+         _cli(["construct", "thm5.3", "--sweep", "m=4,8", "--sweep", "E=2,3"]), SystemExit,
+         "cli-error"),
 ]
 
 
@@ -275,3 +302,47 @@ def test_catalogue_document_lists_exactly_these_cases():
     ids = re.findall(r"^\| `([A-Za-z0-9.-]+)` \|", DOC.read_text(), flags=re.M)
     assert sorted(ids) == sorted(c.id for c in CASES)
     assert len(ids) >= 30
+
+
+# -- helpers of the cases appended last (looked up when a case runs) ---------------------------------
+
+def _damaged_db(d: Path):
+    other = d / "damaged"
+    other.mkdir(exist_ok=True)
+    data = (d / "results.sqlite").read_bytes()
+    (other / "results.sqlite").write_bytes(data[: len(data) // 2])
+    return ResultStore(other)
+
+
+def _directory_as_db(d: Path):
+    other = d / "dir_as_db"
+    (other / "results.sqlite").mkdir(parents=True, exist_ok=True)
+    return ResultStore(other)
+
+
+def _a_file(d: Path) -> Path:
+    f = d / "a_file"
+    f.write_text("not a directory")
+    return f
+
+
+def _file_as_directory(d: Path):
+    return ResultStore(_a_file(d))
+
+
+def _add_read_only(d: Path):
+    ResultStore(d, create=False).add(run_id="new", experiment="e", labels={}, seed=0, config={},
+                                     test_mse=1.0, test_sup=1.0, metrics={}, routing={},
+                                     seconds=0.0, history=[], evals=[])
+
+
+def _run_all_workers(d: Path):
+    from moelab.experiments.schedule import run_all
+
+    return run_all([], ResultStore(d, create=False), workers=0)
+
+
+def _construction_args_m():
+    from moelab.experiments.config import ConstructionSpec
+
+    return ConstructionSpec(args={"m": 3})

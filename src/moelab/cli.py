@@ -1,12 +1,16 @@
 """The ``moelab`` command line: parse, look up, call.
 
     moelab list                         the named experiments
-    moelab run NAME [--seeds N] [--set k=v ...] [--workers N] [--out DIR]
+    moelab run NAME [--seeds N|S1,S2,..] [--set k=v ...] [--workers N] [--out DIR] [--show-config]
     moelab report DIR                   markdown report with figures, CSV and JSON exports
     moelab reproduce [--out DIR]        Tables 3 and 4 with 3 seeds each, then the report
     moelab construct NAME [--set k=v]   a hand-built construction of a theorem, and its summary
-    moelab export DIR [--format csv|json]
+    moelab export DIR [--format csv|json] [-o PATH]
     moelab demo                         train a 1-4-MoE on the circle task for a few seconds
+    moelab analyze-hf DIR_OR_ARCH --text FILE [--out DIR]   routing analysis of a Hugging Face MoE model
+
+Bad arguments end with ``moelab: error: ...`` and status 2; Ctrl-C ends a sweep with
+``interrupted: N runs stored; rerun to resume`` and status 130.
 """
 
 from __future__ import annotations
@@ -39,13 +43,52 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seeds(text: str) -> int | list[int]:
+    """``--seeds``: a count ("3") or a comma-separated list of seeds ("5,7,9")."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--seeds must be a count (e.g. 3) or a comma-separated list of seeds "
+                         f"(e.g. 5,7,9), got {text!r}") from None
+    if "," not in text:
+        if values[0] < 1:
+            raise ValueError(f"--seeds count must be >= 1, got {values[0]}")
+        return values[0]
+    if any(v < 0 for v in values) or len(set(values)) != len(values):
+        raise ValueError(f"--seeds list must hold distinct seeds >= 0, got {text!r}")
+    return values
+
+
+def _check_run_args(args: argparse.Namespace) -> None:
+    if args.workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {args.workers}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {args.out!r} is a regular file, not a directory; results go to "
+                         f"DIR/results.sqlite, so give a directory")
+
+
+def _runs(exp, args: argparse.Namespace, overrides: dict) -> list:
+    from moelab.experiments.resolve import resolve_runs
+
+    seeds = _seeds(args.seeds) if isinstance(args.seeds, str) else args.seeds
+    return resolve_runs(exp, seeds, overrides)
+
+
 def _run(args: argparse.Namespace) -> int:
     from moelab.experiments.registry import get_experiment
-    from moelab.experiments.runner import run_all
+    from moelab.experiments.schedule import run_all
     from moelab.experiments.store import ResultStore
 
     exp = get_experiment(args.name)
-    runs = exp.runs(seeds=args.seeds, overrides=_overrides(args.set))
+    overrides = _overrides(args.set)
+    runs = _runs(exp, args, overrides)
+    _note_unused(runs, overrides)
+    if args.show_config:
+        _show_config(exp, runs, overrides)
+        return 0
+    _check_run_args(args)
     store = ResultStore(args.out)
     start = time.perf_counter()
     done = run_all(runs, store, workers=args.workers, progress=not args.quiet)
@@ -53,6 +96,42 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{exp.name}: {len(done)} run(s) done, {skipped} already stored, "
           f"{time.perf_counter() - start:.1f} s -> {store.path}")
     return 0
+
+
+def _note_unused(runs: list, overrides: dict) -> None:
+    """Say which --set keys no run reads (a task or model field its kind ignores)."""
+    from moelab.experiments.config import unused_keys
+
+    ignored = [k for k in overrides if runs and all(unused_keys(r, [k]) for r in runs)]
+    if ignored:
+        print(f"note: --set {', '.join(ignored)}: not read by the task or model kind of any run "
+              "here, so the runs (and their ids) do not change", file=sys.stderr)
+
+
+def _show_config(exp, runs: list, overrides: dict) -> None:
+    """The runs as resolved (each as its differences from the resolved base) and every --set key."""
+    from moelab.experiments.config import apply_overrides, unused_keys
+    from moelab.experiments.resolve import settable_keys
+
+    base = apply_overrides(exp.base, overrides)
+    base_values = {k.key: k.value for k in settable_keys(base)}
+    print(f"{exp.name}: {len(runs)} run(s) — {exp.title}")
+    print("runs (run id, seed, labels: settings that differ from the base below):")
+    for run in runs:
+        labels = " ".join(f"{k}={v}" for k, v in run.labels.items())
+        diff = " ".join(f"{k.key}={k.value!r}" for k in settable_keys(run)
+                        if k.key not in ("seed", "labels") and base_values[k.key] != k.value)
+        print(f"  {run.run_id()}  seed={run.seed}  {labels}{'  ' if labels else ''}{diff}")
+    axis_keys = {key: axis.name for axis in exp.axes for _, sets in axis.variants for key in sets
+                 if not all(set(s) <= set(overrides) for _, s in axis.variants)}
+    print("--set keys (type; value in this experiment's base, after --set; which axis varies it):")
+    keys = [k for k in settable_keys(base) if k.key not in ("experiment", "labels")]
+    width = max(len(k.key) for k in keys)
+    for k in keys:
+        note = f"   (varied by axis {axis_keys[k.key]!r})" if k.key in axis_keys else ""
+        if runs and all(unused_keys(r, [k.key]) for r in runs):
+            note += "   (not read by these runs' task or model kind)"
+        print(f"  {k.key:<{width}}  {k.type}; {k.value!r}{note}")
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -65,18 +144,23 @@ def _report(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from moelab.experiments.registry import get_experiment
-    from moelab.experiments.runner import run_all
+    from moelab.experiments.schedule import RunsInterrupted, run_all
     from moelab.experiments.store import ResultStore
     from moelab.reporting import write_report
 
+    _check_run_args(args)
     store = ResultStore(args.out)
     overrides = _overrides(args.set)
     start = time.perf_counter()
+    stored = 0
     for name in REPRODUCED:
         exp = get_experiment(name)
-        runs = exp.runs(seeds=args.seeds, overrides=overrides)
+        runs = _runs(exp, args, overrides)
         print(f"{name}: {len(runs)} run(s) — {exp.title}", flush=True)
-        run_all(runs, store, workers=args.workers, progress=not args.quiet)
+        try:
+            stored += len(run_all(runs, store, workers=args.workers, progress=not args.quiet))
+        except RunsInterrupted as exc:
+            raise RunsInterrupted(stored + exc.stored, exc.remaining) from None
     path = write_report(args.out, experiments=list(REPRODUCED))
     print(f"reproduced {', '.join(REPRODUCED)} in {time.perf_counter() - start:.0f} s; "
           f"report: {path}")
@@ -85,19 +169,42 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _construct(args: argparse.Namespace) -> int:
     from moelab.constructions import CONSTRUCTIONS
-    from moelab.experiments.runner import single_thread
+    from moelab.experiments.execute import single_thread
 
     if args.name not in CONSTRUCTIONS:
         raise ValueError(f"unknown construction {args.name!r}; known: {sorted(CONSTRUCTIONS)}")
     build = CONSTRUCTIONS[args.name]
     kwargs = _overrides(args.set)
+    sweep = None
+    if args.sweep:
+        if len(args.sweep) > 1:
+            raise ValueError(f"--sweep given {len(args.sweep)} times ({', '.join(args.sweep)}); "
+                             "sweep one argument at a time")
+        sweep = _sweep(args.sweep[0])
+        if sweep[0] in kwargs:
+            raise ValueError(f"--set {sweep[0]}={kwargs[sweep[0]]!r} and --sweep {args.sweep[0]} "
+                             f"both set {sweep[0]!r}; give one")
+    _check_construction_keys(args.name, build, [*kwargs, *([sweep[0]] if sweep else [])])
     with single_thread():
-        if args.sweep is None:
+        if sweep is None:
             print(build(**kwargs)[1])
             return 0
-        key, values = _sweep(args.sweep)
+        key, values = sweep
         _print_sweep(args.name, key, values, [build(**{**kwargs, key: v})[1] for v in values])
     return 0
+
+
+def _check_construction_keys(name: str, build, keys: Sequence[str]) -> None:
+    """A ValueError naming each unknown keyword and listing the valid ones with their defaults."""
+    import inspect
+
+    params = {p.name: p for p in inspect.signature(build).parameters.values()
+              if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    unknown = [k for k in keys if k not in params]
+    if unknown:
+        valid = ", ".join(f"{p.name}={p.default!r}" for p in params.values())
+        raise ValueError(f"construct {name}: unknown argument(s) {unknown}; valid (with defaults): "
+                         f"{valid}")
 
 
 def _sweep(text: str) -> tuple[str, list]:
@@ -130,16 +237,22 @@ def _print_sweep(name: str, key: str, values: list, summaries: list) -> None:
 def _export(args: argparse.Namespace) -> int:
     from moelab.experiments.store import ResultStore
 
-    store = ResultStore(args.dir, create=False)
-    out = Path(args.dir) / f"results.{args.format}"
-    path = store.export_csv(out) if args.format == "csv" else store.export_json(out)
+    fmt = args.format
+    if fmt is None:
+        suffix = Path(args.output).suffix.lower() if args.output else ""
+        fmt = "json" if suffix == ".json" else "csv"
+    out = Path(args.output) if args.output else Path(args.dir) / f"results.{fmt}"
+    if out.is_dir():
+        raise ValueError(f"-o {str(out)!r} is a directory; give the path of the file to write")
+    store = ResultStore(args.dir, create=False)  # read-only: the database is never changed
+    path = store.export_csv(out) if fmt == "csv" else store.export_json(out)
     print(f"exported {len(store.runs())} run(s) to {path}")
     return 0
 
 
 def _demo(args: argparse.Namespace) -> int:
     from moelab.experiments.demo import circle_demo
-    from moelab.experiments.runner import single_thread
+    from moelab.experiments.execute import single_thread
 
     with single_thread():
         r = circle_demo(D=args.D, steps=args.steps, lr=args.lr, seed=args.seed,
@@ -155,16 +268,18 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser, *, workers_default: int) -> None:
-    p.add_argument("--seeds", type=int, default=None,
-                   help="seeds per configuration (default: the experiment's own, 3 for tables)")
+    p.add_argument("--seeds", default=None, metavar="N|S1,S2,...",
+                   help="a count of seeds per configuration (seeds 0 .. N-1; default: the "
+                        "experiment's own, 3 for tables) or an explicit list, e.g. 5,7,9")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field by dotted path, e.g. train.steps=500, "
                         "task.D=64, model.moe.expert_hidden=32 (repeatable; unknown keys and "
                         "wrong types are errors)")
     p.add_argument("--workers", type=int, default=workers_default,
-                   help=f"parallel worker processes (default {workers_default})")
+                   help=f"parallel worker processes, >= 1 (default {workers_default})")
     p.add_argument("--out", default=DEFAULT_OUT,
-                   help=f"output directory with results.sqlite (default ./{DEFAULT_OUT})")
+                   help=f"output directory with results.sqlite (default ./{DEFAULT_OUT}); a "
+                        "directory, created if needed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -185,6 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "are skipped, so an interrupted run resumes.")
     p.add_argument("name", help="experiment name (see `moelab list`)")
     _add_common(p, workers_default=1)
+    p.add_argument("--show-config", action="store_true",
+                   help="print the resolved run configurations and every valid --set key with "
+                        "its type and value, then exit without running")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("report", help="write the markdown report of a results directory",
@@ -206,16 +324,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="construction name, e.g. thm5.3, cor4.9, thm4.8, thm5.2")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="keyword argument of the construction, e.g. E=3, L=2, m=32")
-    p.add_argument("--sweep", metavar="KEY=V1,V2,...",
+    p.add_argument("--sweep", metavar="KEY=V1,V2,...", action="append",
                    help="build at each value of one argument and compare, e.g. m=4,8,16,32,64 "
                         "(fits the rate in m) or D=3,16,128,1024 (error against D)")
     p.set_defaults(func=_construct)
 
     p = sub.add_parser("export", help="export a results database to CSV or JSON",
-                       description="Write DIR/results.csv or DIR/results.json.")
+                       description="Write DIR/results.csv or DIR/results.json (or -o PATH). The "
+                                   "database is opened read-only.")
     p.add_argument("dir", help="directory holding results.sqlite")
-    p.add_argument("--format", choices=("csv", "json"), default="csv",
-                   help="file format (default csv)")
+    p.add_argument("--format", choices=("csv", "json"), default=None,
+                   help="file format (default: json if -o ends in .json, else csv)")
+    p.add_argument("-o", "--output", metavar="PATH",
+                   help="file to write (default DIR/results.csv or DIR/results.json)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("demo", help="train a 1-4-MoE on the circle task and print its error",
@@ -226,12 +347,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_demo)
+
+    from moelab.interop.hf_cli import add_parser as add_analyze_hf
+
+    add_analyze_hf(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        return _call(args)
+    except KeyboardInterrupt as exc:
+        # A sweep's RunsInterrupted says how many runs were stored; anywhere else, nothing was.
+        print(str(exc) or "interrupted", file=sys.stderr)
+        return 130
+
+
+def _call(args: argparse.Namespace) -> int:
     from moelab.experiments.store import StoreError
 
     try:

@@ -19,8 +19,10 @@ def test_list(capsys):
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_run_every_experiment_tiny(name, tmp_path, capsys):
-    extra = ["--set", "model.moe.expert_hidden=4"] if name == "constructions" else []
-    assert main(["run", name, "--out", str(tmp_path), *TINY, *extra]) == 0
+    # constructions are built, not trained: no train.* keys, and their own width key
+    args = (["--set", "construction.m=4", "--seeds", "1", "--quiet"] if name == "constructions"
+            else TINY)
+    assert main(["run", name, "--out", str(tmp_path), *args]) == 0
     out = capsys.readouterr().out
     assert f"{name}:" in out and "run(s) done" in out
     conn = sqlite3.connect(tmp_path / "results.sqlite")
@@ -88,8 +90,21 @@ def test_construct_bad_arguments(capsys):
     assert "E must be >= 1, got 0" in capsys.readouterr().err
 
 
+def test_constructions_experiment_stores_bounds_and_paths(tmp_path, capsys):
+    from moelab.experiments.store import ResultStore
+
+    args = ["--set", "construction.m=8", "--quiet", "--out", str(tmp_path)]
+    assert main(["run", "constructions", *args]) == 0
+    runs = {r.labels["construction"]: r for r in ResultStore(tmp_path, create=False).runs()}
+    assert len(runs) == 5
+    thm53 = runs["Thm 5.3, Eq. (4), E=3, L=2"]
+    assert thm53.config["construction"] == {"name": "thm5.3", "m": 8, "args": {"E": 3, "L": 2}}
+    assert thm53.metrics["num_paths"] == thm53.metrics["paths_possible"] == 9
+    assert thm53.metrics["misrouted"] == 0 and thm53.test_sup <= thm53.metrics["bound"]
+
+
 def test_constructions_experiment_reports_bounds_and_paths(tmp_path, capsys):
-    args = ["--set", "model.moe.expert_hidden=8", "--quiet", "--out", str(tmp_path)]
+    args = ["--set", "construction.m=8", "--quiet", "--out", str(tmp_path)]
     assert main(["run", "constructions", *args]) == 0
     assert main(["report", str(tmp_path), "--experiment", "constructions"]) == 0
     report = (tmp_path / "report.md").read_text()

@@ -57,3 +57,49 @@ def test_parallel_workers_store_the_same_results(tmp_path):
     run_all(runs, parallel, workers=2, progress=False)
     key = lambda s: sorted((r.run_id, r.test_mse, r.test_sup) for r in s.runs())  # noqa: E731
     assert key(serial) == key(parallel)
+
+
+class _RecordingStore(ResultStore):
+    """A store that records which thread writes each run."""
+
+    writers: list
+
+    def add(self, **kw):
+        import threading
+
+        self.writers.append(threading.get_ident())
+        return super().add(**kw)
+
+
+def test_run_all_on_any_executor_with_the_driver_the_only_writer(tmp_path):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    runs = table3().runs(seeds=1, overrides={**TINY, "task.D": 8})
+    serial = ResultStore(tmp_path / "s")
+    run_all(runs, serial, progress=False)
+    store = _RecordingStore(tmp_path / "t")
+    store.writers = []
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        done = run_all(runs, store, executor=pool, progress=False)
+        assert pool.submit(lambda: 1).result() == 1  # the caller's executor stays usable
+    assert sorted(done) == sorted(r.run_id() for r in runs)
+    assert store.writers == [threading.get_ident()] * len(runs)
+    key = lambda s: sorted((r.run_id, r.test_mse, r.test_sup) for r in s.runs())  # noqa: E731
+    assert key(store) == key(serial)
+
+
+def test_run_all_refuses_fewer_than_one_worker(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="workers must be >= 1, got 0"):
+        run_all([], ResultStore(tmp_path), workers=0)
+
+
+def test_runner_keeps_its_names():
+    from moelab.experiments import build, execute, measure, runner, schedule
+
+    assert runner.build_task is build.build_task and runner.build_model is build.build_model
+    assert runner.execute is execute.execute and runner.routing_summary is measure.routing_summary
+    assert runner.run_all is schedule.run_all and runner.store_outcome is schedule.store_outcome
+    assert runner.BuiltTask is build.BuiltTask and runner.RunOutcome is execute.RunOutcome

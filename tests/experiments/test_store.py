@@ -3,6 +3,7 @@
 import csv
 import json
 import multiprocessing as mp
+import os
 
 import pytest
 
@@ -83,3 +84,101 @@ def test_not_sqlite_is_a_clear_error_and_the_file_is_untouched(tmp_path):
 def test_missing_database_when_not_creating(tmp_path):
     with pytest.raises(StoreError, match="no results database"):
         ResultStore(tmp_path / "nothing", create=False)
+
+
+
+def _export_repeatedly(directory, path, kind, rounds):
+    store = ResultStore(directory, create=False)
+    for _ in range(rounds):
+        (store.export_json if kind == "json" else store.export_csv)(path)
+
+
+@pytest.mark.parametrize("kind", ["json", "csv"])
+def test_concurrent_exports_to_one_path_never_tear_the_file(tmp_path, kind):
+    store = ResultStore(tmp_path)
+    history = [{"step": s, "loss": 1.0 / (s + 1)} for s in range(100)]
+    for i in range(30):
+        _add(store, f"r{i}", history=history)
+    out = tmp_path / f"out.{kind}"
+    expected = (store.export_json if kind == "json" else store.export_csv)(out).read_text()
+    ctx = mp.get_context("spawn")
+    writers = [ctx.Process(target=_export_repeatedly, args=(tmp_path, out, kind, 40))
+               for _ in range(2)]
+    for w in writers:
+        w.start()
+    torn = 0
+    while any(w.is_alive() for w in writers):
+        torn += out.read_text() != expected
+    for w in writers:
+        w.join(120)
+        assert w.exitcode == 0  # the old fixed ".tmp" name made one writer's rename fail
+    assert torn == 0
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def _stored_db(directory):
+    store = ResultStore(directory)
+    for i in range(20):
+        _add(store, f"r{i}", history=[{"step": s, "loss": 1.0} for s in range(50)])
+    return directory / DB_NAME
+
+
+def test_a_damaged_database_names_the_damage_not_a_foreign_file(tmp_path):
+    db = _stored_db(tmp_path / "good")
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    data = db.read_bytes()
+    (damaged / DB_NAME).write_bytes(data[:len(data) // 2])  # a copy cut off half way
+    before = (damaged / DB_NAME).read_bytes()
+    for create in (True, False):
+        with pytest.raises(StoreError, match=r"is damaged \(database disk image is malformed\)"):
+            ResultStore(damaged, create=create)
+    assert (damaged / DB_NAME).read_bytes() == before
+
+
+def test_a_file_without_the_sqlite_header_is_named_as_such(tmp_path):
+    (tmp_path / DB_NAME).write_bytes(b"x" * 100)
+    with pytest.raises(StoreError, match="not an SQLite file at all"):
+        ResultStore(tmp_path)
+
+
+def test_a_directory_named_results_sqlite(tmp_path):
+    (tmp_path / DB_NAME).mkdir()
+    for create in (True, False):
+        with pytest.raises(StoreError, match=r"results.sqlite is a directory"):
+            ResultStore(tmp_path, create=create)
+
+
+def test_a_regular_file_as_the_directory(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(StoreError, match="is a regular file, not a directory"):
+        ResultStore(tmp_path / "f")
+
+
+def test_create_false_opens_read_only_and_reads(tmp_path):
+    db = _stored_db(tmp_path)
+    before = db.read_bytes()
+    store = ResultStore(tmp_path, create=False)
+    assert store.readonly and len(store.runs()) == 20 and len(store.history("r3")) == 50
+    with pytest.raises(StoreError, match="opened read-only"):
+        _add(store, "new")
+    with pytest.raises(StoreError, match="cannot be written"), store._connect() as conn:
+        conn.execute("DELETE FROM runs")  # refused by SQLite itself: the file is opened mode=ro
+    assert db.read_bytes() == before
+    with pytest.raises(ValueError, match="create=True needs a writable store"):
+        ResultStore(tmp_path, readonly=True)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file permissions")
+def test_read_only_permissions(tmp_path):
+    db = _stored_db(tmp_path / "d")
+    db.chmod(0o444)
+    db.parent.chmod(0o555)
+    try:
+        assert len(ResultStore(db.parent, create=False).runs()) == 20
+        with pytest.raises(StoreError, match="is read-only"):
+            ResultStore(db.parent)
+        with pytest.raises(StoreError, match="is not writable"):
+            ResultStore(db.parent / "new")
+    finally:
+        db.parent.chmod(0o755)

@@ -178,3 +178,14 @@ def test_the_help_names_every_architecture_without_importing_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert out.stdout.strip() == "False"
+
+
+def test_the_moelab_command_line_runs_it(text, tmp_path, capsys):
+    from moelab.cli import main
+
+    out = tmp_path / "report"
+    assert main(["analyze-hf", "mixtral", "--text", text, "--out", str(out),
+                 "--max-tokens", "50"]) == 0
+    assert (out / "report.md").exists()
+    assert main(["analyze-hf", str(tmp_path / "nowhere"), "--text", text]) == 2
+    assert capsys.readouterr().err.startswith("moelab: error: ")

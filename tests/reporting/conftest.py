@@ -71,7 +71,7 @@ def _fake(run: RunConfig) -> tuple[float, dict, dict]:
     elif run.experiment == "intrinsic":
         mse = 1e-4 * (10 ** ((run.task.d or 1) - 1)) * wobble
     elif run.experiment == "constructions":  # as measured: sup error ~ m^-2, within the bound
-        sup = 0.75 * run.model.moe.expert_hidden ** -2.0
+        sup = 0.75 * run.construction.m ** -2.0
         metrics = {"test_mse": sup**2 / 4, "test_sup": sup, "bound": 2 * sup, "num_paths": 9,
                    "paths_possible": 9, "misrouted": 0.0, "parameters": 500,
                    "active_parameters": 300}

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from moelab.analysis import count_parameters
+from moelab.experiments.build import build_task
 from moelab.experiments.config import TaskSpec
-from moelab.experiments.runner import build_task
 from moelab.layers import MoEConfig, MoELayer
 from moelab.training import TrainConfig, TrainResult, train
 from moelab.training.init import data_init

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from moelab._validation import positive_int
-from moelab.experiments.config import RunConfig, apply_overrides
+from moelab.experiments.config import AnyRun, apply_overrides
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Experiment:
     name: str = ""
     title: str
     claim: str
-    base: RunConfig
+    base: AnyRun
     axes: tuple[Axis, ...] = ()
     seeds: int = 3
     notes: tuple[str, ...] = field(default=())
@@ -60,7 +60,7 @@ class Experiment:
             object.__setattr__(self, "base", replace(self.base, experiment=self.name))
 
     def runs(self, *, seeds: int | None = None, overrides: Mapping[str, Any] | None = None
-             ) -> list[RunConfig]:
+             ) -> list[AnyRun]:
         """Every run of the grid, for seeds 0 .. seeds - 1, with ``overrides`` applied last."""
         if not self.name:
             raise ValueError(f"experiment {self.title!r} has no name; register it with "

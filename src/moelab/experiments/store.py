@@ -17,6 +17,7 @@ import csv
 import datetime as _dt
 import io
 import json
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from moelab import __version__
+from moelab.atomic import atomic_write
 
 DB_NAME = "results.sqlite"
 SCHEMA_VERSION = 1
@@ -63,7 +65,8 @@ CREATE INDEX IF NOT EXISTS runs_by_experiment ON runs(experiment);
 
 
 class StoreError(ValueError):
-    """The results database is missing, not SQLite, or not a moelab results database."""
+    """The results database cannot be used: missing, unreadable, read-only where a write is needed,
+    damaged, not SQLite, or not a moelab results database. The message names the cause."""
 
 
 @dataclass(frozen=True)
@@ -85,54 +88,115 @@ class StoredRun:
 
 
 class ResultStore:
-    """Results of experiment runs in ``directory/results.sqlite``."""
+    """Results of experiment runs in ``directory/results.sqlite``.
 
-    def __init__(self, directory: str | Path, *, create: bool = True) -> None:
+    ``create=True`` (for running) creates the directory and database if needed and opens it for
+    writing. ``create=False`` (for reports and exports) opens an existing database read-only
+    (SQLite's ``mode=ro``): nothing on disk is created or changed, so a database the user may not
+    write to can still be read; :meth:`add` then raises :class:`StoreError`. ``readonly`` overrides
+    that choice (``readonly=False`` with ``create=False``: write to an existing database only).
+    """
+
+    def __init__(self, directory: str | Path, *, create: bool = True,
+                 readonly: bool | None = None) -> None:
         self.directory = Path(directory)
         self.path = self.directory / DB_NAME
-        if not self.path.exists():
-            if not create:
-                raise StoreError(f"no results database at {self.path}")
-            self.directory.mkdir(parents=True, exist_ok=True)
+        self.readonly = (not create) if readonly is None else bool(readonly)
+        if self.readonly and create:
+            raise ValueError("ResultStore: create=True needs a writable store, got readonly=True")
+        self._check_location(create)
         if self.path.exists() and self.path.stat().st_size > 0:
             self._check_existing()  # read-only: a foreign file is never modified
-        try:
+        if self.readonly:
+            with self._connect() as conn:
+                schema = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        else:
             with self._connect() as conn, conn:
                 conn.executescript(_SCHEMA)
                 conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
                              (str(SCHEMA_VERSION),))
                 schema = conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a moelab results database ({exc})") from None
         if schema is None or schema[0] != str(SCHEMA_VERSION):
             raise StoreError(f"{self.path} has results schema {schema and schema[0]!r}; "
                              f"this moelab reads schema {SCHEMA_VERSION}")
 
+    def _check_location(self, create: bool) -> None:
+        """Raise StoreError naming the cause if the directory or file cannot be used as asked."""
+        if self.directory.exists() and not self.directory.is_dir():
+            raise StoreError(f"{self.directory} is a regular file, not a directory; results go to "
+                             f"DIRECTORY/{DB_NAME}, so give a directory")
+        if self.path.exists() and not self.path.is_file():
+            raise StoreError(f"{self.path} is a directory (or another non-file), not a results "
+                             "database; move it away or choose another output directory")
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"no results database at {self.path}")
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create the results directory {self.directory}: "
+                                 f"{exc.strerror}") from None
+            if not os.access(self.directory, os.W_OK):
+                raise StoreError(f"cannot create {self.path}: the directory {self.directory} is "
+                                 "not writable (permission denied)")
+            return
+        if not os.access(self.path, os.R_OK):
+            raise StoreError(f"{self.path} is not readable (permission denied)")
+        if self.readonly:
+            return
+        if not os.access(self.path, os.W_OK):
+            raise StoreError(f"{self.path} is read-only (permission denied) and running needs to "
+                             "write to it; `moelab report` and `moelab export` can read it")
+        if not os.access(self.directory, os.W_OK):
+            raise StoreError(f"the directory {self.directory} is not writable (permission denied), "
+                             f"and SQLite writes its journal beside {self.path}; "
+                             "`moelab report` and `moelab export` can read it")
+
     def _check_existing(self) -> None:
         """Raise StoreError unless the existing file is a moelab results database."""
-        try:
-            conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=60.0)
-            try:
-                tables = {r[0] for r in conn.execute(
-                    "SELECT name FROM sqlite_master WHERE type='table'")}
-            finally:
-                conn.close()
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{self.path} is not a moelab results database ({exc})") from None
+        # Only SQLite opens the file: closing another descriptor of it would drop SQLite's locks.
+        with self._connect(readonly=True) as conn:
+            tables = {r[0] for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table'")}
         if not {"meta", "runs", "history", "evals"} <= tables:
             raise StoreError(f"{self.path} is an SQLite database but not a moelab results "
                              f"database (tables: {sorted(tables)})")
 
     @contextmanager
-    def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=60.0)
+    def _connect(self, *, readonly: bool | None = None) -> Iterator[sqlite3.Connection]:
+        """A connection (read-only if the store is); SQLite errors become StoreErrors that name
+        the file and the cause."""
+        readonly = self.readonly if readonly is None else readonly
         try:
-            conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA foreign_keys = ON")
+            conn = _open_readonly(self.path) if readonly else sqlite3.connect(self.path,
+                                                                               timeout=60.0)
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
+        try:
+            if not readonly:
+                conn.execute("PRAGMA busy_timeout = 60000")
+                conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA foreign_keys = ON")
             yield conn
+        except sqlite3.IntegrityError:
+            raise
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from None
         finally:
             conn.close()
+
+    def _error(self, exc: sqlite3.DatabaseError) -> StoreError:
+        text = str(exc)
+        if "file is not a database" in text:  # SQLITE_NOTADB: no SQLite header
+            return StoreError(f"{self.path} is not a moelab results database: it is not an SQLite "
+                              f"file at all ({text}); it was left untouched")
+        if "malformed" in text or "corrupt" in text:  # SQLITE_CORRUPT
+            return StoreError(f"{self.path} is damaged ({text}): its SQLite pages cannot be read; "
+                              "it was left untouched — restore it from a copy, or move it away "
+                              "and rerun")
+        if "readonly" in text or "read-only" in text:
+            return StoreError(f"{self.path} cannot be written ({text})")
+        return StoreError(f"cannot use {self.path}: {text}")
 
     # -- writing ------------------------------------------------------------------------------
     def add(self, *, run_id: str, experiment: str, labels: dict[str, str], seed: int,
@@ -140,6 +204,9 @@ class ResultStore:
             routing: dict[str, Any], seconds: float, history: list[dict[str, float]],
             evals: list[dict[str, float]]) -> bool:
         """Store a finished run atomically; returns False (and changes nothing) if already stored."""
+        if self.readonly:
+            raise StoreError(f"{self.path} was opened read-only; open it with create=True to add "
+                             "runs")
         now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         with self._connect() as conn:
             try:
@@ -204,7 +271,7 @@ class ResultStore:
             item["history"] = self.history(run.run_id)
             item["evals"] = self.evals(run.run_id)
             payload.append(item)
-        return _atomic_write(Path(path), json.dumps(payload, indent=1, sort_keys=True))
+        return atomic_write(path, json.dumps(payload, indent=1, sort_keys=True))
 
     def export_csv(self, path: str | Path) -> Path:
         """One row per run: identity, labels, seed, final metrics and the flattened config."""
@@ -217,7 +284,7 @@ class ResultStore:
         writer = csv.DictWriter(text, fieldnames=columns)
         writer.writeheader()
         writer.writerows(flat)
-        return _atomic_write(Path(path), text.getvalue())
+        return atomic_write(path, text.getvalue())
 
 
 def _stored(row: tuple) -> StoredRun:
@@ -246,10 +313,18 @@ def _flatten_run(run: StoredRun) -> dict[str, Any]:
     return out
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    """Write via a temporary file and rename, so a crash never leaves a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, newline="")
-    tmp.replace(path)
-    return path
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """Open ``path`` with SQLite's ``mode=ro``. A WAL database in a directory the user cannot
+    write has no shared-memory file to open, and SQLite refuses it; since nobody can be writing
+    there, it is then opened as immutable."""
+    uri = f"{path.resolve().as_uri()}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=60.0)
+    try:
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.OperationalError:
+        conn.close()
+        if os.access(path.parent, os.W_OK):
+            raise
+        conn = sqlite3.connect(f"{uri}&immutable=1", uri=True, timeout=60.0)
+    return conn

@@ -1,0 +1,64 @@
+"""Measuring a trained model's routing against its task's ground truth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from moelab.analysis import expert_paths
+from moelab.experiments.build import BuiltTask
+
+
+@torch.no_grad()
+def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 8192
+                    ) -> dict[str, Any]:
+    """Routing statistics of a trained MoE model on fresh test points.
+
+    ``num_paths``: distinct expert paths (top-1 expert per MoE layer); ``pieces_separated``: how many
+    ground-truth regions (charts or pieces) get a majority path no other region has;
+    ``distinct_majority_paths``: how many different paths the regions' majority paths are;
+    ``routing_purity``: the fraction of points whose path is their region's majority path;
+    ``load``: per layer, the fraction of tokens per expert; ``picture``: the path of each picture
+    point (circle angles or square cells) for the report.
+    """
+    model.eval()
+    x, _ = task.sampler(n, torch.Generator().manual_seed(seed + 2_000_003))
+    paths = expert_paths(model, x).paths
+    # That forward pass left each layer's routing of x on its last_output.
+    load = [(r.tokens_per_expert.float() / r.tokens_per_expert.sum()).tolist()
+            for r in (layer.last_output.routing for layer in model.moe_layers)]
+    truth = task.truth(x)
+    path_ids, inverse = torch.unique(paths, dim=0, return_inverse=True)
+    joint = torch.zeros(task.n_truth, len(path_ids), dtype=torch.long)
+    joint.index_put_((truth, inverse), torch.ones_like(truth), accumulate=True)
+    present = joint.sum(1) > 0
+    majority = joint.argmax(1)[present]
+    unique_major, major_counts = torch.unique(majority, return_counts=True)
+    separated = int((major_counts == 1).sum())
+    purity = float(joint.max(1).values.sum() / n)
+    summary: dict[str, Any] = {
+        "num_paths": len(path_ids),
+        "pieces_separated": separated,
+        "distinct_majority_paths": len(unique_major),
+        "regions": int(present.sum()),
+        "routing_purity": purity,
+        "load": load,
+    }
+    if task.picture_kind != "none":
+        summary["picture"] = {
+            "kind": task.picture_kind,
+            "coords": task.picture_coords.tolist(),
+            "paths": _path_codes(expert_paths(model, task.picture_points).paths, model),
+        }
+    return summary
+
+
+def _path_codes(paths: Tensor, model: nn.Module) -> list[int]:
+    """Each path (one expert per layer) as one integer, mixed radix over the layers' E."""
+    radices = [layer.num_experts for layer in model.moe_layers]
+    code = torch.zeros(paths.shape[0], dtype=torch.long)
+    for col, radix in enumerate(radices):
+        code = code * radix + paths[:, col]
+    return code.tolist()
