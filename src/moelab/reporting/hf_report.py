@@ -12,8 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -21,6 +19,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from moelab.atomic import atomic_write
 from moelab.interop.routing_analysis import ModelAnalysis, most_common_paths
 
 REPORT_NAME = "report.md"
@@ -87,22 +86,12 @@ def path_figure(paths: Sequence[tuple[tuple[int, ...], int]], num_tokens: int) -
     return fig
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("xb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _save(fig: Figure, path: Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", metadata={"Software": None})
-    _atomic_write(path, buf.getvalue())
+    atomic_write(path, buf.getvalue())
 
 
 def analysis_data(analysis: ModelAnalysis) -> dict:
@@ -169,7 +158,7 @@ def write_hf_report(
     E = int(analysis.layers[0].load.numel())
     common = most_common_paths(analysis.paths, TOP_PATHS)
 
-    _atomic_write(out / DATA_NAME, json.dumps(analysis_data(analysis), indent=1).encode())
+    atomic_write(out / DATA_NAME, json.dumps(analysis_data(analysis), indent=1).encode())
     _save(load_heatmap(np.stack([s.load.numpy() for s in analysis.layers]), layers), figures / "load.png")
     _save(path_figure(common, num_tokens), figures / "paths.png")
     pairs = analysis.cooccurrence[:MAX_PANELS]
@@ -225,5 +214,5 @@ def write_hf_report(
         md += ["Not measured (no hidden states captured)."]
     md.append("")
     path = out / REPORT_NAME
-    _atomic_write(path, "\n".join(md).encode())
+    atomic_write(path, "\n".join(md).encode())
     return path

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
-import os
-import secrets
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from moelab import __version__
+from moelab.atomic import atomic_write
 from moelab.experiments.registry import EXPERIMENTS
 from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
 from moelab.reporting.render import build_section
@@ -78,10 +77,10 @@ def write_report(directory: str | Path, *, experiments: Sequence[str] | None = N
     markdown = render_markdown(sections, skipped, store.runs())
 
     for name, png in figures.items():
-        _atomic_write(directory / FIGURE_DIR / f"{name}.png", png)
+        atomic_write(directory / FIGURE_DIR / f"{name}.png", png)
     store.export_csv(directory / "results.csv")
     store.export_json(directory / "results.json")
-    return _atomic_write(directory / REPORT_NAME, markdown.encode())
+    return atomic_write(directory / REPORT_NAME, markdown.encode())
 
 
 def _draw(section: Section) -> dict[str, bytes]:
@@ -137,15 +136,3 @@ def _experiment_names(store: ResultStore, experiments: Sequence[str] | None) -> 
     return names
 
 
-def _atomic_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("xb") as fh:  # "x": never clobber another writer's temporary file
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
