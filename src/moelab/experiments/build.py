@@ -12,50 +12,58 @@ from torch import Tensor, nn
 
 from moelab.experiments.config import RunConfig, TaskSpec
 from moelab.layers import DeepMoE, DenseMLP
-from moelab.tasks import build_manifold_task, build_piecewise_task
+from moelab.tasks import Task, build_manifold_task, build_piecewise_task
 
 
 @dataclass(frozen=True)
 class BuiltTask:
-    """A task ready for training: its sampler, widths and ground-truth labeller."""
+    """A task ready for training and measuring: the :class:`~moelab.tasks.Task` (a sampler
+    ``task(n, generator) -> (x, y)`` with its widths and ground-truth regions) and the points on
+    which routing pictures are drawn."""
 
-    sampler: Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
-    d_in: int
-    d_out: int
-    truth: Callable[[Tensor], Tensor]  # (n, d_in) -> (n,) chart or flat piece id
-    n_truth: int
+    task: Task
     picture_points: Tensor  # points on which routing pictures are drawn
     picture_kind: str  # "circle" (angles) or "grid" (square cells) or "none"
     picture_coords: Tensor
 
+    @property
+    def sampler(self) -> Callable[[int, torch.Generator], tuple[Tensor, Tensor]]:
+        return self.task
+
+    @property
+    def d_in(self) -> int:
+        return self.task.d_in
+
+    @property
+    def d_out(self) -> int:
+        return self.task.d_out
+
+    @property
+    def truth(self) -> Callable[[Tensor], Tensor]:
+        """(n, d_in) -> (n,) the chart or flat piece id of each point."""
+        return self.task.region
+
+    @property
+    def n_truth(self) -> int:
+        return self.task.n_regions
+
 
 def build_task(spec: TaskSpec) -> BuiltTask:
-    """The task of ``spec`` with its sampler ``(n, generator) -> (x, y)`` and ground truth."""
+    """The task of ``spec``, with the points its routing pictures are drawn on."""
     if spec.kind == "piecewise":
         task = build_piecewise_task(E=spec.E, L=spec.L, output=spec.output, noise=spec.noise)
-
-        def sampler(n, gen):
-            s = task.sample(n, generator=gen)
-            return s.x, s.y
-
         pts, coords = _grid_points(spec.E, spec.L)
-        return BuiltTask(sampler, spec.L, task.out_dim, task.piece_id, task.n_pieces, pts,
-                         "grid" if spec.L == 2 else "none", coords)
+        return BuiltTask(task, pts, "grid" if spec.L == 2 else "none", coords)
     mtask = build_manifold_task(
         spec.manifold, D=spec.D, d=spec.d, n_charts=spec.n_charts, embedding=spec.embedding,
         target=spec.target, smoothness=spec.smoothness, noise=spec.noise, seed=spec.task_seed,
     )
-
-    def msampler(n, gen):
-        s = mtask.sample(n, generator=gen)
-        return s.x, s.y
-
     kind, pts, coords = "none", torch.zeros(0, spec.D), torch.zeros(0)
     if spec.manifold == "circle":
         theta = torch.linspace(0, 2 * math.pi, 361)[:-1]
         kind, coords = "circle", theta
         pts = mtask.from_latent(theta[:, None]).to(torch.float32)
-    return BuiltTask(msampler, spec.D, 1, mtask.chart_of, mtask.n_charts, pts, kind, coords)
+    return BuiltTask(mtask, pts, kind, coords)
 
 
 def _grid_points(E: int, L: int, per_unit: int = 16) -> tuple[Tensor, Tensor]:
