@@ -81,7 +81,13 @@ RUNS = {"circle": circle_run, "piecewise": piecewise_run}
 
 def canonical_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The state dict under the pre-refactor key names (experts.weights.k / experts.biases.k)."""
-    return {name: t.detach().clone() for name, t in model.state_dict().items()}
+    try:
+        from moelab.layers.experts import legacy_names
+    except ImportError:  # moelab before the named expert parameters
+        old_name = {}
+    else:
+        old_name = {new: old for old, new in legacy_names(model).items()}
+    return {old_name.get(name, name): t.detach().clone() for name, t in model.state_dict().items()}
 
 
 if __name__ == "__main__" and "--write" in sys.argv:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from moelab.analysis import count_parameters, expert_paths
 from moelab.experiments.config import RunConfig, TaskSpec
 from moelab.experiments.store import ResultStore
-from moelab.layers import DeepMoE, DenseMLP
+from moelab.layers import DeepMoE, DenseMLP, record_routing
 from moelab.tasks import build_manifold_task, build_piecewise_task
 from moelab.training import train
 from moelab.training.init import data_init
@@ -186,10 +186,10 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
     """
     model.eval()
     x, _ = task.sampler(n, torch.Generator().manual_seed(seed + 2_000_003))
-    paths = expert_paths(model, x).paths
-    # That forward pass left each layer's routing of x on its last_output.
+    with record_routing(model) as record:  # the routing of expert_paths' forward pass
+        paths = expert_paths(model, x).paths
     load = [(r.tokens_per_expert.float() / r.tokens_per_expert.sum()).tolist()
-            for r in (layer.last_output.routing for layer in model.moe_layers)]
+            for r in record.routings]
     truth = task.truth(x)
     path_ids, inverse = torch.unique(paths, dim=0, return_inverse=True)
     joint = torch.zeros(task.n_truth, len(path_ids), dtype=torch.long)
