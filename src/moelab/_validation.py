@@ -78,3 +78,30 @@ def check_like(x: Tensor, reference: Tensor, *, name: str = "x", owner: str = "t
             f"move one of them (x.to({str(reference.device)!r}) or model.to({str(x.device)!r}))"
         )
     return x
+
+
+def integer(name: str, value: object) -> int:
+    """``value`` as an int (bools refused: True as a count is almost always a bug)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def floating_tensor(name: str, x: object) -> Tensor:
+    """``x`` if it is a tensor of a floating dtype, else a TypeError naming ``name``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    return x
+
+
+def token_matrix(name: str, x: object) -> Tensor:
+    """``x`` if it is a floating [T, E] matrix with at least one token and one expert."""
+    floating_tensor(name, x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [T, E], got shape {tuple(x.shape)}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} needs at least one token and one expert, got shape "
+                         f"{tuple(x.shape)}")
+    return x
