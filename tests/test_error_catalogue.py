@@ -22,7 +22,7 @@ from moelab.constructions import CONSTRUCTIONS
 from moelab.experiments.config import RunConfig, apply_overrides, parse_override
 from moelab.experiments.registry import get_experiment
 from moelab.experiments.store import ResultStore, StoreError
-from moelab.layers import DeepMoE, MoEConfig, MoELayer
+from moelab.layers import DeepMoE, MoEConfig, MoELayer, collect_aux_losses
 from moelab.tasks import make_manifold_task, make_piecewise_task
 from moelab.training import TrainConfig, train
 
@@ -46,6 +46,24 @@ def _x(*shape, value=None, dtype=torch.float32):
     if value is not None:
         x[0, 0] = value
     return x
+
+
+def _sampler_4_2(n, gen):
+    x = torch.rand(n, 4, generator=gen)
+    return x, x[:, :2]
+
+
+def _wide_targets(n, gen):
+    return torch.rand(n, 4, generator=gen), torch.zeros(n, 3)
+
+
+def _numpy_sampler(n, gen):
+    x = torch.rand(n, 4, generator=gen)
+    return x.numpy(), x[:, :2].numpy()
+
+
+def _train_on(sampler, **config):
+    return train(_layer(), sampler, TrainConfig(steps=1, test_size=8, **config), progress=False)
 
 
 def _cli(argv):
@@ -194,6 +212,21 @@ CASES = [
          r"is an SQLite database but not a moelab results database"),
     Case("store-missing", lambda d: ResultStore(d / "none", create=False), StoreError,
          r"no results database"),
+    Case("layer-dtype", lambda d: _layer()(_x(3, 4, dtype=torch.float64)), TypeError,
+         r"x has dtype torch.float64 but the layer's parameters are torch.float32"),
+    Case("layer-device", lambda d: _layer()(torch.randn(3, 4, device="meta")), ValueError,
+         r"x is on device meta but the layer's parameters are on cpu"),
+    Case("config-unknown-layer-field", lambda d: MoEConfig(expert_width=3), TypeError,
+         r"MoEConfig got unexpected keyword argument\(s\) \['expert_width'\]"),
+    Case("layer-collect-aux", lambda d: collect_aux_losses(_layer()), RuntimeError,
+         r"Record the forward pass instead: `with moelab.layers.record_routing"),
+    Case("train-target-shape", lambda d: _train_on(_wide_targets), ValueError,
+         r"the model's output has shape \(128, 2\) but the sampler's targets have shape \(128, 3\)"),
+    Case("train-numpy-sampler", lambda d: _train_on(_numpy_sampler), TypeError,
+         r"the sampler returned \(ndarray, ndarray\), not a pair \(x, y\) of torch tensors"),
+    Case("train-aux-missing",
+         lambda d: _train_on(_sampler_4_2, aux_weights={"reconstruction": 0.1}), ValueError,
+         r"aux_weights\['reconstruction'\]=0.1 but the model produces no 'reconstruction' loss"),
 ]
 
 

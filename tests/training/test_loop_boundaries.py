@@ -58,8 +58,8 @@ def test_a_numpy_sampler_gets_a_moelab_error():
     def numpy_sampler(n, gen):
         x = np.random.default_rng(0).random((n, 3), dtype=np.float32)
         return x, x[:, :1]
-    with pytest.raises(TypeError, match=r"must return a pair \(x, y\) of torch tensors, got "
-                                        r"\(ndarray, ndarray\); convert numpy arrays"):
+    with pytest.raises(TypeError, match=r"the sampler returned \(ndarray, ndarray\), not a pair "
+                                        r"\(x, y\) of torch tensors; convert numpy arrays"):
         train(_sequential(), numpy_sampler, TrainConfig(steps=2, test_size=50), progress=False)
 
 

@@ -144,18 +144,19 @@ def _train_forward(model: nn.Module, x: Tensor, *, record: bool) -> tuple[Any, R
 
 
 def _checked_pair(pair: Any, what: str) -> tuple[Tensor, Tensor]:
-    """A sampler's (x, y), or a TypeError saying what it returned instead."""
+    """A sampler's (x, y), or a TypeError saying what it returned instead; ``what`` names the
+    source ("the sampler returned", "test_set is")."""
     if (not isinstance(pair, (tuple, list)) or len(pair) != 2
             or not all(isinstance(t, Tensor) for t in pair)):
         kinds = (f"({', '.join(type(t).__name__ for t in pair)})"
                  if isinstance(pair, (tuple, list)) else type(pair).__name__)
         raise TypeError(
-            f"{what} must return a pair (x, y) of torch tensors, got {kinds}; convert numpy "
+            f"{what} {kinds}, not a pair (x, y) of torch tensors; convert numpy "
             "arrays with torch.as_tensor (e.g. lambda n, g: tuple(map(torch.as_tensor, f(n, g))))"
         )
     x, y = pair
     if x.shape[0] != y.shape[0]:
-        raise ValueError(f"{what} returned x of shape {tuple(x.shape)} and y of shape "
+        raise ValueError(f"{what} x of shape {tuple(x.shape)} and y of shape "
                          f"{tuple(y.shape)}: they must have the same number of rows")
     return x, y
 
@@ -219,7 +220,7 @@ class _Batches:
     def next(self) -> tuple[Tensor, Tensor]:
         if not self._queue:
             x, y = _checked_pair(self.sampler(self.batch_size * self.chunk, self.generator),
-                                 "sampler")
+                                 "the sampler returned")
             self._queue = list(zip(x.split(self.batch_size), y.split(self.batch_size),
                                    strict=True))[::-1]
         return self._queue.pop()
@@ -264,10 +265,11 @@ def train(
     """
     config = config or TrainConfig()
     data_gen = torch.Generator().manual_seed(seed)
+    given = "test_set is" if test_set is not None else "the sampler returned"
     if test_set is None:
         test_set = sampler(config.test_size, torch.Generator().manual_seed(seed + 1_000_003))
-    test_set = _checked_pair(test_set, "test_set" if test_set is not None else "sampler")
-    fixed = (_checked_pair(sampler(config.train_size, data_gen), "sampler")
+    test_set = _checked_pair(test_set, given)
+    fixed = (_checked_pair(sampler(config.train_size, data_gen), "the sampler returned")
              if config.train_size else None)
     fresh = _Batches(sampler, config.batch_size, data_gen)
     balance = bool(config.balance_bias_rate) and any(
