@@ -202,19 +202,25 @@ class Experts(nn.Module):
         """sum_e w_TE[:, e] * expert_e(x) for two-layer, ungated experts as two flat matmuls,
         (T, I) -> (T, O); None for other shapes (use :meth:`forward_all`).
 
-        The dense path's fast form of :meth:`expert` for the paper's expert: the first maps of all
-        experts are one (I, E*H) matmul; the weighted mix of the second maps is one (E*H, O) matmul
-        of the weighted hidden units, since the mix is linear.
+        :meth:`expert` with a mixing affine map: the first maps of all experts are one (I, E*H)
+        matmul; the weighted mix of the second maps is one (E*H, O) matmul of the weighted hidden
+        units, since the mix is linear.
         """
         if self.depth != 2 or self.gated:
             return None
         T, E, H = x_TI.shape[0], self.num_experts, self.hidden
-        w1_IF = self.weight1.transpose(0, 1).reshape(self.d_in, E * H)
-        b1, b2 = self.bias1, self.bias2
-        h_TF = x_TI @ w1_IF if b1 is None else torch.addmm(b1.reshape(-1), x_TI, w1_IF)
-        h_TF = (self._act(h_TF).view(T, E, H) * w_TE[:, :, None]).view(T, E * H)
-        w2_FO = self.weight2.reshape(E * H, self.d_out)
-        return h_TF @ w2_FO if b2 is None else torch.addmm(w_TE @ b2, h_TF, w2_FO)
+
+        def mixing(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+            if h.dim() == 2:  # first map, every expert at once: (T, I) -> (T, E, H)
+                w_IF = w.transpose(0, 1).reshape(self.d_in, E * H)
+                h_TF = h @ w_IF if b is None else torch.addmm(b.reshape(-1), h, w_IF)
+                return h_TF.view(T, E, H)
+            # second map, mixed: (T, E, H) weighted by w_TE -> (T, O)
+            h_TF = (h * w_TE[:, :, None]).view(T, E * H)
+            w_FO = w.reshape(E * H, self.d_out)
+            return h_TF @ w_FO if b is None else torch.addmm(w_TE @ b, h_TF, w_FO)
+
+        return self.expert(x_TI, mixing)
 
     def _rename_legacy_keys(self, state_dict, prefix, *args) -> None:
         """load_state_dict pre-hook: moelab 0.1's ``weights.k`` / ``biases.k`` -> today's names."""
