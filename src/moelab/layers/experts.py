@@ -170,7 +170,8 @@ class Experts(nn.Module):
 
     def expert(self, x: Tensor, affine: Affine) -> Tensor:
         """The expert function, written once: ``affine(h, weight, bias)`` applies one map."""
-        maps = list(zip(self.weights, self.biases or [None] * len(self.map_names), strict=True))
+        params = self._parameters  # plain dict reads: this runs in every forward pass
+        maps = [(params[f"weight{n}"], params[f"bias{n}"]) for n in self.map_names]
         if self.gated:
             (w_gate, b_gate), (w_down, b_down), (w_value, b_value) = maps
             h = self._act(affine(x, w_gate, b_gate)) * affine(x, w_value, b_value)

@@ -80,7 +80,7 @@ class MoELayer(nn.Module):
            routing recorder.
         """
         check_features(x, self.d_in, finite=self.config.check_finite and check_finite is not False,
-                       like=next(self.router.parameters()))
+                       like=self.router.scorer_weight)
         lead = x.shape[:-1]
         x_TI = x.reshape(-1, self.d_in)
         routing = self.router(x_TI)

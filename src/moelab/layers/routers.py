@@ -97,6 +97,12 @@ class Router(nn.Module):
             persistent=True
         )
 
+    @property
+    def scorer_weight(self) -> Tensor:
+        """The scorer's first weight: the router's dtype and device."""
+        scorer = self.scorer
+        return scorer.weight if isinstance(scorer, nn.Linear) else scorer.linears[0].weight
+
     # -- scores -------------------------------------------------------------------------------
     def _logits(self, x_TD: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """(logits used for routing, clean logits, noise std); the last two only for noisy top-k."""

@@ -100,8 +100,9 @@ class DeepMoE(nn.Module):
         values); the layers inside do not check again. ``dispatch_mode`` overrides every MoE
         layer's ``config.dispatch`` (``"auto"``, ``"grouped"``, ``"dense"`` or ``"reference"``).
         """
-        check_features(x, self.d_in, finite=self.check_finite, like=next(self.parameters()),
-                       owner="the model")
+        first = self.layers[0]
+        like = first.router.scorer_weight if isinstance(first, MoELayer) else first.linears[0].weight
+        check_features(x, self.d_in, finite=self.check_finite, like=like, owner="the model")
         outputs: list[MoEOutput] = []
 
         def capture(_layer: MoELayer, out: MoEOutput) -> None:
