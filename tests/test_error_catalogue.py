@@ -25,7 +25,7 @@ from moelab.experiments.config import RunConfig, apply_overrides, parse_override
 from moelab.experiments.registry import get_experiment
 from moelab.experiments.store import ResultStore, StoreError
 from moelab.interop.hf_models import check_moe_config, load_model, random_model, token_ids
-from moelab.layers import DeepMoE, MoEConfig, MoELayer
+from moelab.layers import DeepMoE, MoEConfig, MoELayer, collect_aux_losses
 from moelab.tasks import make_manifold_task, make_piecewise_task
 from moelab.training import TrainConfig, train
 
@@ -49,6 +49,24 @@ def _x(*shape, value=None, dtype=torch.float32):
     if value is not None:
         x[0, 0] = value
     return x
+
+
+def _sampler_4_2(n, gen):
+    x = torch.rand(n, 4, generator=gen)
+    return x, x[:, :2]
+
+
+def _wide_targets(n, gen):
+    return torch.rand(n, 4, generator=gen), torch.zeros(n, 3)
+
+
+def _numpy_sampler(n, gen):
+    x = torch.rand(n, 4, generator=gen)
+    return x.numpy(), x[:, :2].numpy()
+
+
+def _train_on(sampler, **config):
+    return train(_layer(), sampler, TrainConfig(steps=1, test_size=8, **config), progress=False)
 
 
 def _cli(argv):
@@ -245,6 +263,21 @@ CASES = [
     Case("cli-construct-two-sweeps",
          _cli(["construct", "thm5.3", "--sweep", "m=4,8", "--sweep", "E=2,3"]), SystemExit,
          "cli-error"),
+    Case("layer-dtype", lambda d: _layer()(_x(3, 4, dtype=torch.float64)), TypeError,
+         r"x has dtype torch.float64 but the layer's parameters are torch.float32"),
+    Case("layer-device", lambda d: _layer()(torch.randn(3, 4, device="meta")), ValueError,
+         r"x is on device meta but the layer's parameters are on cpu"),
+    Case("config-unknown-layer-field", lambda d: MoEConfig(expert_width=3), TypeError,
+         r"MoEConfig got unexpected keyword argument\(s\) \['expert_width'\]"),
+    Case("layer-collect-aux", lambda d: collect_aux_losses(_layer()), RuntimeError,
+         r"Record the forward pass instead: `with moelab.layers.record_routing"),
+    Case("train-target-shape", lambda d: _train_on(_wide_targets), ValueError,
+         r"the model's output has shape \(128, 2\) but the sampler's targets have shape \(128, 3\)"),
+    Case("train-numpy-sampler", lambda d: _train_on(_numpy_sampler), TypeError,
+         r"the sampler returned \(ndarray, ndarray\), not a pair \(x, y\) of torch tensors"),
+    Case("train-aux-missing",
+         lambda d: _train_on(_sampler_4_2, aux_weights={"reconstruction": 0.1}), ValueError,
+         r"aux_weights\['reconstruction'\]=0.1 but the model produces no 'reconstruction' loss"),
 ]
 
 
@@ -273,13 +306,12 @@ def _documented_messages() -> dict[str, str]:
 
 def _matches_doc(documented: str, actual: str, directory: Path) -> bool:
     """The documented message is the actual one, with ``DIR`` for the directory given, ``<...>``
-    for a part that varies (a hash), and a trailing '...' where the doc shortens it."""
+    for a part that varies (a hash) and ``...`` where the doc shortens it."""
     documented = documented.replace("\\|", "|").strip()
-    actual = actual.replace(str(directory), "DIR")
-    prefix = documented.endswith("...")
-    parts = re.split(r"<[^<>]+>", documented[:-3] if prefix else documented)
-    pattern = ".+?".join(re.escape(part) for part in parts)
-    return re.search(pattern if prefix else pattern + r"\s*$", actual) is not None
+    actual = actual.replace(str(directory), "DIR").strip()
+    parts = re.split(r"<[^<>]+>|\.\.\.", documented)
+    pattern = ".*?".join(re.escape(part) for part in parts)
+    return re.fullmatch(r"(?:moelab: error: )?" + pattern, actual, flags=re.S) is not None
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

@@ -296,7 +296,7 @@ IDS_4x1 = torch.tensor([[0], [1], [2], [0]])
         (dict(probs_TE=PROBS_4x3[0]), ValueError, "probs_TE must be 2-D"),
         (dict(probs_TE=PROBS_4x3.long()), TypeError, "probs_TE must have a float"),
         (dict(probs_TE=torch.ones(0, 3)), ValueError, "probs_TE needs at least one token"),
-        (dict(num_experts=0), ValueError, "num_experts must be >= 1; got 0"),
+        (dict(num_experts=0), ValueError, "num_experts must be >= 1, got 0"),
         (dict(num_experts=3.0), TypeError, "num_experts must be an int"),
         (dict(num_experts=4), ValueError, "probs_TE must have num_experts=4 columns"),
         (dict(expert_ids_TK=torch.tensor([0, 1, 2, 0])), ValueError, "expert_ids_TK must be 2-D"),
@@ -319,12 +319,12 @@ def test_load_balancing_rejects(kwargs, error, match):
 
 
 def test_router_z_loss_rejects_1d_logits():
-    with pytest.raises(ValueError, match=r"logits_TE must be 2-D \[T, E\]; got shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"logits_TE must be 2-D \[T, E\], got shape \(3,\)"):
         router_z_loss(torch.zeros(3))
 
 
 def test_router_z_loss_rejects_integer_logits():
-    with pytest.raises(TypeError, match="logits_TE must have a floating dtype; got torch.int64"):
+    with pytest.raises(TypeError, match="logits_TE must have a floating dtype, got torch.int64"):
         router_z_loss(torch.zeros(2, 3, dtype=torch.long))
 
 
@@ -334,12 +334,12 @@ def test_cv_squared_rejects_2d_input():
 
 
 def test_cv_squared_rejects_empty_input():
-    with pytest.raises(ValueError, match=r"at least one entry; got shape \(0,\)"):
+    with pytest.raises(ValueError, match=r"at least one entry, got shape \(0,\)"):
         cv_squared(torch.ones(0))
 
 
 def test_cv_squared_rejects_negative_eps():
-    with pytest.raises(ValueError, match="eps must be >= 0; got -1.0"):
+    with pytest.raises(ValueError, match="eps must be a finite number >= 0, got -1.0"):
         cv_squared(torch.ones(3), eps=-1.0)
 
 
@@ -356,8 +356,8 @@ CLEAN_2x3, NOISY_2x3, STD_2x3 = torch.zeros(2, 3), torch.zeros(2, 3), torch.ones
     [
         ((CLEAN_2x3, NOISY_2x3, STD_2x3, 0), ValueError, r"k must lie in 1\.\.E-1 = 1\.\.2.*k=0"),
         ((CLEAN_2x3, NOISY_2x3, STD_2x3, 3), ValueError, r"k must lie in 1\.\.E-1 = 1\.\.2.*k=3"),
-        ((CLEAN_2x3, NOISY_2x3, STD_2x3, 1.0), TypeError, "k must be an int; got 1.0"),
-        ((CLEAN_2x3, NOISY_2x3, STD_2x3, True), TypeError, "k must be an int; got True"),
+        ((CLEAN_2x3, NOISY_2x3, STD_2x3, 1.0), TypeError, "k must be an int, got 1.0"),
+        ((CLEAN_2x3, NOISY_2x3, STD_2x3, True), TypeError, "k must be an int, got True"),
         ((CLEAN_2x3[0], NOISY_2x3, STD_2x3, 1), ValueError, "clean_logits_TE must be 2-D"),
         ((CLEAN_2x3, NOISY_2x3[:1], STD_2x3, 1), ValueError, r"noisy_logits_TE must .*\(1, 3\)"),
         ((CLEAN_2x3, NOISY_2x3, STD_2x3[:, :2], 1), ValueError, r"noise_std_TE must .*\(2, 2\)"),

@@ -34,8 +34,14 @@ def one_of(name: str, value: object, choices: Iterable[str]) -> str:
     return value  # type: ignore[return-value]
 
 
-def check_features(x: object, width: int, *, name: str = "x", finite: bool = True) -> Tensor:
-    """Check that ``x`` is a floating tensor of shape (..., width), finite if asked."""
+def check_features(x: object, width: int, *, name: str = "x", finite: bool = True,
+                   like: Tensor | None = None, owner: str = "the layer") -> Tensor:
+    """Check that ``x`` is a floating tensor of shape (..., width), of the dtype and device of
+    ``like`` (a parameter of ``owner``) if given, and finite if asked.
+
+    The finite check reads one flag on the host (a device sync, once per call); under
+    ``torch.compile`` it runs on the device instead (``torch._assert_async``: no sync, no graph
+    break; a failure surfaces as a device-side assertion at the next sync)."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -45,10 +51,57 @@ def check_features(x: object, width: int, *, name: str = "x", finite: bool = Tru
             f"{name} must have shape (..., {width}), got {tuple(x.shape)} "
             f"(trailing dimension {x.shape[-1] if x.dim() else 'missing'})"
         )
-    if finite and x.numel() and not bool(torch.isfinite(x).all()):
+    if like is not None:
+        check_like(x, like, name=name, owner=owner)
+    if finite and x.numel() and torch.compiler.is_compiling():
+        # No host sync and no graph break under torch.compile: the check runs on the device.
+        torch._assert_async(torch.isfinite(x).all(), f"{name} contains non-finite values")
+    elif finite and x.numel() and not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(
             f"{name} contains {bad} non-finite value(s) (NaN or Inf); "
             "pass check_finite=False to skip this check"
         )
+    return x
+
+
+def check_like(x: Tensor, reference: Tensor, *, name: str = "x", owner: str = "the layer") -> Tensor:
+    """Check that ``x`` has the dtype and device of ``reference`` (a parameter of ``owner``)."""
+    if x.dtype != reference.dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but {owner}'s parameters are {reference.dtype}; convert "
+            f"the input (x.to({reference.dtype})) or the model (model.to({x.dtype}))"
+        )
+    if x.device != reference.device:
+        raise ValueError(
+            f"{name} is on device {x.device} but {owner}'s parameters are on {reference.device}; "
+            f"move one of them (x.to({str(reference.device)!r}) or model.to({str(x.device)!r}))"
+        )
+    return x
+
+
+def integer(name: str, value: object) -> int:
+    """``value`` as an int (bools refused: True as a count is almost always a bug)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def floating_tensor(name: str, x: object) -> Tensor:
+    """``x`` if it is a tensor of a floating dtype, else a TypeError naming ``name``."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must have a floating dtype, got {x.dtype}")
+    return x
+
+
+def token_matrix(name: str, x: object) -> Tensor:
+    """``x`` if it is a floating [T, E] matrix with at least one token and one expert."""
+    floating_tensor(name, x)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D [T, E], got shape {tuple(x.shape)}")
+    if x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"{name} needs at least one token and one expert, got shape "
+                         f"{tuple(x.shape)}")
     return x

@@ -273,7 +273,7 @@ def _add_common(p: argparse.ArgumentParser, *, workers_default: int) -> None:
                         "experiment's own, 3 for tables) or an explicit list, e.g. 5,7,9")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config field by dotted path, e.g. train.steps=500, "
-                        "task.D=64, model.moe.expert_hidden=32 (repeatable; unknown keys and "
+                        "task.D=64, model.moe.experts.hidden=32 (repeatable; unknown keys and "
                         "wrong types are errors)")
     p.add_argument("--workers", type=int, default=workers_default,
                    help=f"parallel worker processes, >= 1 (default {workers_default})")

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from moelab._validation import floating_tensor, integer, positive_float, positive_int, token_matrix
+
 __all__ = [
     "cv_squared",
     "importance_loss",
@@ -24,30 +26,6 @@ __all__ = [
     "noisy_topk_load",
     "router_z_loss",
 ]
-
-
-def _check_floating(name: str, x: Tensor) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must have a floating dtype; got {x.dtype}")
-
-
-def _check_token_matrix(name: str, x: Tensor) -> None:
-    """A [T, E] floating matrix with at least one token and one expert."""
-    _check_floating(name, x)
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D [T, E]; got shape {tuple(x.shape)}")
-    if x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(
-            f"{name} needs at least one token and one expert; got shape {tuple(x.shape)}"
-        )
-
-
-def _check_int(name: str, value: object) -> None:
-    # bool is an int subclass, but True as a count is almost always a bug
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int; got {value!r} ({type(value).__name__})")
 
 
 def load_balancing_loss(
@@ -91,10 +69,8 @@ def load_balancing_loss(
     Returns:
         Scalar tensor in ``probs_TE.dtype``.
     """
-    _check_int("num_experts", num_experts)
-    if num_experts < 1:
-        raise ValueError(f"num_experts must be >= 1; got {num_experts}")
-    _check_token_matrix("probs_TE", probs_TE)
+    positive_int("num_experts", num_experts)
+    token_matrix("probs_TE", probs_TE)
     T, E = probs_TE.shape
     if E != num_experts:
         raise ValueError(
@@ -102,17 +78,17 @@ def load_balancing_loss(
             f"got shape {tuple(probs_TE.shape)}"
         )
     if not isinstance(expert_ids_TK, Tensor):
-        raise TypeError(f"expert_ids_TK must be a torch.Tensor; got {type(expert_ids_TK).__name__}")
+        raise TypeError(f"expert_ids_TK must be a torch.Tensor, got {type(expert_ids_TK).__name__}")
     ids_dtype = expert_ids_TK.dtype
     if ids_dtype.is_floating_point or ids_dtype.is_complex or ids_dtype == torch.bool:
-        raise TypeError(f"expert_ids_TK must have an integer dtype; got {expert_ids_TK.dtype}")
+        raise TypeError(f"expert_ids_TK must have an integer dtype, got {expert_ids_TK.dtype}")
     if expert_ids_TK.ndim != 2 or expert_ids_TK.shape[1] < 1:
         raise ValueError(
-            f"expert_ids_TK must be 2-D [T, K] with K >= 1; got shape {tuple(expert_ids_TK.shape)}"
+            f"expert_ids_TK must be 2-D [T, K] with K >= 1, got shape {tuple(expert_ids_TK.shape)}"
         )
     if expert_ids_TK.shape[0] != T:
         raise ValueError(
-            f"expert_ids_TK must have T={T} rows to match probs_TE; got shape "
+            f"expert_ids_TK must have T={T} rows to match probs_TE, got shape "
             f"{tuple(expert_ids_TK.shape)}"
         )
     lo, hi = int(expert_ids_TK.min()), int(expert_ids_TK.max())
@@ -122,11 +98,11 @@ def load_balancing_loss(
     if dispatch_mask_TK is not None:
         if not isinstance(dispatch_mask_TK, Tensor) or dispatch_mask_TK.dtype != torch.bool:
             got = getattr(dispatch_mask_TK, "dtype", type(dispatch_mask_TK).__name__)
-            raise TypeError(f"dispatch_mask_TK must be a bool tensor; got {got}")
+            raise TypeError(f"dispatch_mask_TK must be a bool tensor, got {got}")
         if dispatch_mask_TK.shape != expert_ids_TK.shape:
             raise ValueError(
                 f"dispatch_mask_TK must have the shape of expert_ids_TK "
-                f"{tuple(expert_ids_TK.shape)}; got {tuple(dispatch_mask_TK.shape)}"
+                f"{tuple(expert_ids_TK.shape)}, got {tuple(dispatch_mask_TK.shape)}"
             )
 
     K = expert_ids_TK.shape[1]
@@ -156,7 +132,7 @@ def router_z_loss(logits_TE: Tensor) -> Tensor:
     Returns:
         Scalar tensor.
     """
-    _check_token_matrix("logits_TE", logits_TE)
+    token_matrix("logits_TE", logits_TE)
     logits_TE = logits_TE.to(torch.promote_types(logits_TE.dtype, torch.float32))
     return torch.logsumexp(logits_TE, dim=-1).square().mean()
 
@@ -182,13 +158,12 @@ def cv_squared(x: Tensor, eps: float = 1e-10) -> Tensor:
     Returns:
         Scalar tensor in ``x.dtype``.
     """
-    _check_floating("x", x)
+    floating_tensor("x", x)
     if x.ndim != 1 or x.shape[0] < 1:
         raise ValueError(
-            f"x must be a 1-D tensor with at least one entry; got shape {tuple(x.shape)}"
+            f"x must be a 1-D tensor with at least one entry, got shape {tuple(x.shape)}"
         )
-    if eps < 0:
-        raise ValueError(f"eps must be >= 0; got {eps}")
+    positive_float("eps", eps, allow_zero=True)
     mean = x.mean()
     var = (x - mean).square().mean()
     return var / (mean.square() + eps)
@@ -209,7 +184,7 @@ def importance_loss(gates_TE: Tensor) -> Tensor:
     Returns:
         Scalar tensor in ``gates_TE.dtype``.
     """
-    _check_token_matrix("gates_TE", gates_TE)
+    token_matrix("gates_TE", gates_TE)
     return cv_squared(gates_TE.sum(dim=0))
 
 
@@ -250,20 +225,20 @@ def noisy_topk_load(
     Returns:
         [E] tensor ``Load``.
     """
-    _check_token_matrix("clean_logits_TE", clean_logits_TE)
+    token_matrix("clean_logits_TE", clean_logits_TE)
     shape = clean_logits_TE.shape
     for name, x in (("noisy_logits_TE", noisy_logits_TE), ("noise_std_TE", noise_std_TE)):
-        _check_floating(name, x)
+        floating_tensor(name, x)
         if x.shape != shape:
             raise ValueError(
                 f"{name} must have the shape of clean_logits_TE {tuple(shape)}; "
                 f"got {tuple(x.shape)}"
             )
     E = shape[1]
-    _check_int("k", k)
+    integer("k", k)
     if not 1 <= k <= E - 1:
         raise ValueError(
-            f"k must lie in 1..E-1 = 1..{E - 1} (a threshold needs k + 1 <= E experts); got k={k}"
+            f"k must lie in 1..E-1 = 1..{E - 1} (a threshold needs k + 1 <= E experts), got k={k}"
         )
     min_std = float(noise_std_TE.detach().min())
     if not min_std > 0:

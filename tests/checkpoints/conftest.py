@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from moelab.checkpoints import save_checkpoint
-from moelab.layers import MoEConfig, MoELayer
+from moelab.layers import ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 
 @pytest.fixture
@@ -18,7 +18,8 @@ def snapshot():
 @pytest.fixture
 def small_layer() -> MoELayer:
     torch.manual_seed(0)
-    return MoELayer(3, 2, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
+    return MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2),
+                                    experts=ExpertConfig(hidden=8)))
 
 
 @pytest.fixture

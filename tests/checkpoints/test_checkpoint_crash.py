@@ -11,13 +11,14 @@ import torch
 
 import moelab.checkpoints
 from moelab.checkpoints import CheckpointError, load_checkpoint, save_checkpoint
-from moelab.layers import MoEConfig, MoELayer
+from moelab.layers import ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 
 @pytest.fixture
 def new_model():
     torch.manual_seed(1)
-    return MoELayer(3, 2, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
+    return MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2),
+                                    experts=ExpertConfig(hidden=8)))
 
 
 def _assert_loads_as(directory, model):

@@ -16,7 +16,7 @@ from moelab.checkpoints import (
     load_into,
     load_state,
 )
-from moelab.layers import MoEConfig, MoELayer
+from moelab.layers import ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 
 def _edit_config(directory, change):
@@ -41,7 +41,8 @@ def expect_failure(snapshot):
     the files on disk are unchanged."""
     def check(directory, file_name, message):
         before = snapshot(directory) if directory.is_dir() else None
-        target = MoELayer(3, 2, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
+        target = MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2),
+                                          experts=ExpertConfig(hidden=8)))
         for load in (load_checkpoint, load_state, lambda d: load_into(target, d)):
             with pytest.raises(CheckpointError, match=message) as info:
                 load(directory)
@@ -112,13 +113,13 @@ def test_bad_json(saved, expect_failure):
         (lambda c: c.pop("metadata"), r"missing key\(s\) \['metadata'\]"),
         (lambda c: c["model"].update({"class": "Transformer"}),
          "unknown model class 'Transformer'; this moelab rebuilds"),
-        (lambda c: c.update(format_version=2), "format_version 2 is newer than this moelab reads"),
+        (lambda c: c.update(format_version=3), "format_version 3 is newer than this moelab reads"),
         (lambda c: c.update(format="something-else"), "not a moelab checkpoint config"),
         (lambda c: c["model"]["arguments"].update(d_in="3"),
-         "model.arguments.d_in must be an int, got '3'"),
-        (lambda c: c["model"]["arguments"]["config"].update(gated="yes"),
-         "model.arguments.config.gated must be a boolean"),
-        (lambda c: c["model"]["arguments"]["config"].update(top_k=9),
+         "model.arguments.d_in must be int, got '3'"),
+        (lambda c: c["model"]["arguments"]["config"]["experts"].update(gated="yes"),
+         "model.arguments.config.experts.gated must be bool"),
+        (lambda c: c["model"]["arguments"]["config"]["router"].update(top_k=9),
          "model.arguments.config is not a valid MoEConfig: top_k=9 must be <= num_experts=4"),
         (lambda c: c["weights"]["tensors"]["router.scorer.bias"].update(dtype="complex128"),
          r"weights\.tensors\['router\.scorer\.bias'\]\.dtype 'complex128' is not one of"),
@@ -131,8 +132,8 @@ def test_config_with_bad_content(saved, change, message, expect_failure):
 
 def test_duplicate_key_in_json(saved, expect_failure):
     text = (saved / CONFIG_NAME).read_text()
-    twice = '"format_version": 1, "format_version": 1,'
-    (saved / CONFIG_NAME).write_text(text.replace('"format_version": 1,', twice))
+    twice = '"format_version": 2, "format_version": 2,'
+    (saved / CONFIG_NAME).write_text(text.replace('"format_version": 2,', twice))
     expect_failure(saved, CONFIG_NAME, "duplicate key 'format_version'")
 
 
@@ -143,7 +144,7 @@ def test_config_for_a_different_width(saved, expect_failure):
 
 
 def test_config_for_a_model_without_a_tensor(saved, expect_failure):
-    _edit_config(saved, lambda c: c["model"]["arguments"]["config"].update(router_bias=False))
+    _edit_config(saved, lambda c: c["model"]["arguments"]["config"]["router"].update(bias=False))
     expect_failure(saved, CONFIG_NAME, r"differs from the weights: unexpected tensor 'router\.scorer\.bias'")
 
 
@@ -155,13 +156,13 @@ def test_arguments_the_model_rejects(saved, expect_failure):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        (lambda t: t["experts.weights.0"].update(dtype="float64"),
-         r"tensor 'experts\.weights\.0' has dtype float32, expected float64"),
-        (lambda t: t["experts.weights.0"].update(shape=[4, 16, 3]),
-         r"tensor 'experts\.weights\.0' has shape \(4, 3, 8\), expected \(4, 16, 3\)"),
-        (lambda t: t.pop("experts.biases.1"), r"unexpected tensor 'experts\.biases\.1'"),
-        (lambda t: t.update({"experts.weights.9": {"dtype": "float32", "shape": [1]}}),
-         r"tensor 'experts\.weights\.9' is missing"),
+        (lambda t: t["experts.weight1"].update(dtype="float64"),
+         r"tensor 'experts\.weight1' has dtype float32, expected float64"),
+        (lambda t: t["experts.weight1"].update(shape=[4, 16, 3]),
+         r"tensor 'experts\.weight1' has shape \(4, 3, 8\), expected \(4, 16, 3\)"),
+        (lambda t: t.pop("experts.bias2"), r"unexpected tensor 'experts\.bias2'"),
+        (lambda t: t.update({"experts.weight9": {"dtype": "float32", "shape": [1]}}),
+         r"tensor 'experts\.weight9' is missing"),
     ],
 )
 def test_weights_that_do_not_match_the_tensor_list(saved, change, message, expect_failure):
@@ -171,7 +172,8 @@ def test_weights_that_do_not_match_the_tensor_list(saved, change, message, expec
 
 def test_weights_of_another_model_with_a_matching_hash(saved, tmp_path, expect_failure):
     """A safetensors file of the wrong model, even with a config that vouches for its bytes."""
-    other = MoELayer(3, 2, MoEConfig(num_experts=4, top_k=2, expert_hidden=8)).double()
+    other = MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2),
+                                     experts=ExpertConfig(hidden=8))).double()
     path = tmp_path / "other.safetensors"
     safetensors.torch.save_file(other.state_dict(), path)
     _set_weights(saved, path.read_bytes(), rehash=True)

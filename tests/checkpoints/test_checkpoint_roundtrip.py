@@ -19,7 +19,7 @@ from moelab.checkpoints import (
     save_checkpoint,
 )
 from moelab.checkpoints.config import arguments_json, describe
-from moelab.layers import DeepMoE, DenseMLP, MoEConfig, MoELayer
+from moelab.layers import DeepMoE, DenseMLP, ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 
 def _with_expert_bias(model):
@@ -31,27 +31,35 @@ def _with_expert_bias(model):
 
 
 MODELS = {
-    "top2": lambda: MoELayer(3, 2, MoEConfig(num_experts=4, top_k=2)),
-    "gated": lambda: MoELayer(3, 2, MoEConfig(gated=True, activation="silu", expert_bias=False)),
-    "lowdim-decoder": lambda: MoELayer(5, 2, MoEConfig(latent_dim=2, latent_decoder=True)),
-    "mlp-router": lambda: MoELayer(3, 2, MoEConfig(router="mlp", router_hidden=8, router_depth=3)),
+    "top2": lambda: MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2))),
+    "gated": lambda: MoELayer(
+        3, 2, MoEConfig(experts=ExpertConfig(gated=True, activation="silu", bias=False))),
+    "lowdim-decoder": lambda: MoELayer(
+        5, 2, MoEConfig(experts=ExpertConfig(latent_dim=2, latent_decoder=True))),
+    "mlp-router": lambda: MoELayer(3, 2, MoEConfig(router=RouterConfig(scorer="mlp", hidden=8, depth=3))),
     "balance-bias": lambda: _with_expert_bias(
-        MoELayer(3, 2, MoEConfig(num_experts=5, balance_bias=True, weighting="sigmoid"))),
-    "shared-experts": lambda: MoELayer(3, 2, MoEConfig(shared_experts=2, expert_hidden=4)),
-    "noisy-topk-capacity": lambda: MoELayer(
-        3, 2, MoEConfig(noise="noisy_topk", top_k=2, capacity_factor=1.25, router_bias=False)),
-    "expert-choice": lambda: MoELayer(3, 2, MoEConfig(routing="expert_choice", weighting="paper")),
-    "float64": lambda: MoELayer(3, 2, MoEConfig(top_k=2)).double(),
-    "deep-residual": lambda: DeepMoE([4, 4, 4, 2], MoEConfig(top_k=2), residual=True),
-    "deep-moe-every-2": lambda: DeepMoE([3, 5, 5, 5, 2], MoEConfig(expert_hidden=6), moe_every=2),
+        MoELayer(3, 2, MoEConfig(num_experts=5,
+                                 router=RouterConfig(balance_bias=True, weighting="sigmoid")))),
+    "shared-experts": lambda: MoELayer(
+        3, 2, MoEConfig(experts=ExpertConfig(hidden=4), shared_experts=2)),
+    "noisy-topk-capacity": lambda: MoELayer(3, 2, MoEConfig(router=RouterConfig(
+        noise="noisy_topk", top_k=2, capacity_factor=1.25, bias=False))),
+    "expert-choice": lambda: MoELayer(
+        3, 2, MoEConfig(router=RouterConfig(routing="expert_choice", weighting="paper"))),
+    "float64": lambda: MoELayer(3, 2, MoEConfig(router=RouterConfig(top_k=2))).double(),
+    "deep-residual": lambda: DeepMoE([4, 4, 4, 2], MoEConfig(router=RouterConfig(top_k=2)),
+                                     residual=True),
+    "deep-moe-every-2": lambda: DeepMoE([3, 5, 5, 5, 2], MoEConfig(experts=ExpertConfig(hidden=6)),
+                                        moe_every=2),
     "deep-per-layer": lambda: _with_expert_bias(DeepMoE(
         [3, 4, 4, 2],
-        [MoEConfig(router="mlp", router_hidden=6), MoEConfig(shared_experts=1, top_k=2),
-         MoEConfig(balance_bias=True, num_experts=3, check_finite=False)],
+        [MoEConfig(router=RouterConfig(scorer="mlp", hidden=6)),
+         MoEConfig(router=RouterConfig(top_k=2), shared_experts=1),
+         MoEConfig(num_experts=3, router=RouterConfig(balance_bias=True), check_finite=False)],
         residual=True)),
     "deep-per-layer-dense": lambda: DeepMoE(
-        [3, 4, 2], [MoEConfig(expert_hidden=7, expert_depth=3, activation="tanh"),
-                    MoEConfig(gated=True, activation="silu")], moe_every=2),
+        [3, 4, 2], [MoEConfig(experts=ExpertConfig(hidden=7, depth=3, activation="tanh")),
+                    MoEConfig(experts=ExpertConfig(gated=True, activation="silu"))], moe_every=2),
     "dense": lambda: DenseMLP(3, 2, hidden=8, depth=3, activation="gelu", bias=False),
     "dense-default": lambda: DenseMLP(4, 1, hidden=5, check_finite=False),
 }
@@ -117,7 +125,7 @@ def test_directory_holds_exactly_the_two_files_and_a_readable_config(saved, smal
     raw = json.loads((saved / CONFIG_NAME).read_text())
     assert raw["format_version"] == FORMAT_VERSION
     assert raw["model"]["class"] == "MoELayer"
-    assert raw["model"]["arguments"]["config"]["top_k"] == 2
+    assert raw["model"]["arguments"]["config"]["router"]["top_k"] == 2
     config = read_config(saved)
     assert config.metadata == {"step": 7}
     assert config.moelab_version == __import__("moelab").__version__
@@ -128,10 +136,10 @@ def test_directory_holds_exactly_the_two_files_and_a_readable_config(saved, smal
 
 
 def test_deep_model_with_one_config_stores_it_once(tmp_path):
-    model = DeepMoE([3, 4, 2], MoEConfig(top_k=2), residual=True)
+    model = DeepMoE([3, 4, 2], MoEConfig(router=RouterConfig(top_k=2)), residual=True)
     config = read_config(save_checkpoint(model, tmp_path / "ckpt"))
     assert isinstance(config.arguments["config"], MoEConfig)
-    assert config.arguments["config"].top_k == 2
+    assert config.arguments["config"].router.top_k == 2
 
 
 def test_saving_again_replaces_the_checkpoint(tmp_path):
@@ -162,21 +170,22 @@ def test_loaded_model_trains_and_loading_leaves_the_global_rng_alone(saved):
 
 def test_explicit_state_dict_is_what_gets_saved(tmp_path):
     torch.manual_seed(0)
-    model, other = MoELayer(3, 2, MoEConfig(top_k=2)), MoELayer(3, 2, MoEConfig(top_k=2))
+    config = MoEConfig(router=RouterConfig(top_k=2))
+    model, other = MoELayer(3, 2, config), MoELayer(3, 2, config)
     save_checkpoint(model, tmp_path / "ckpt", state_dict=other.state_dict())
     _assert_same_tensors(other, load_checkpoint(tmp_path / "ckpt"))
 
 
 def test_state_dict_of_views_into_one_buffer_saves(tmp_path):
     """A full state dict gathered into one flat buffer (views sharing storage) still saves."""
-    model = MoELayer(3, 2, MoEConfig(top_k=2, balance_bias=True))
+    model = MoELayer(3, 2, MoEConfig(router=RouterConfig(top_k=2, balance_bias=True)))
     state = model.state_dict()
     flat = torch.cat([t.flatten() for t in state.values()])
     views, offset = {}, 0
     for name, t in state.items():
         views[name] = flat[offset:offset + t.numel()].view(t.shape)
         offset += t.numel()
-    views["experts.weights.0"] = views["experts.weights.0"].transpose(1, 2).contiguous().transpose(1, 2)
+    views["experts.weight1"] = views["experts.weight1"].transpose(1, 2).contiguous().transpose(1, 2)
     save_checkpoint(model, tmp_path / "ckpt", state_dict=views)
     _assert_same_tensors(model, load_checkpoint(tmp_path / "ckpt"))
 
@@ -184,7 +193,7 @@ def test_state_dict_of_views_into_one_buffer_saves(tmp_path):
 def test_a_sharded_state_dict_is_refused_before_anything_is_written(tmp_path):
     model = MoELayer(3, 2, MoEConfig(num_experts=4))
     shard = {k: (v[:2] if k.startswith("experts.") else v) for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match=r"'experts\.weights\.0' has shape \(2, 3, 16\), "
+    with pytest.raises(ValueError, match=r"'experts\.weight1' has shape \(2, 3, 16\), "
                                          r"expected \(4, 3, 16\)"):
         save_checkpoint(model, tmp_path / "ckpt", state_dict=shard)
     assert not (tmp_path / "ckpt").exists()
@@ -202,18 +211,17 @@ class _ShardedLayer(MoELayer):
     def from_layer(cls, layer: MoELayer) -> "_ShardedLayer":
         shard = copy.deepcopy(layer)
         shard.__class__ = cls
-        for params in (shard.experts.weights, shard.experts.biases):
-            for k, p in enumerate(params):
-                params[k] = torch.nn.Parameter(p.detach()[:2].clone())
+        for name, p in list(shard.experts.named_parameters()):
+            setattr(shard.experts, name, torch.nn.Parameter(p.detach()[:2].clone()))
         return shard
 
 
 def test_sharded_layer_saved_from_its_full_state_loads_as_a_single_process_layer(tmp_path):
     torch.manual_seed(0)
-    full = MoELayer(3, 2, MoEConfig(num_experts=4, top_k=2))
+    full = MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2)))
     shard = _ShardedLayer.from_layer(full)
     with pytest.raises(ValueError, match=r"model\.state_dict\(\) does not match a MoELayer .* "
-                                         r"'experts\.weights\.0' has shape \(2, 3, 16\), expected "
+                                         r"'experts\.weight1' has shape \(2, 3, 16\), expected "
                                          r"\(4, 3, 16\); an expert-parallel model saves its full"):
         save_checkpoint(shard, tmp_path / "ckpt")
     save_checkpoint(shard, tmp_path / "ckpt", state_dict=full.state_dict())
@@ -223,7 +231,7 @@ def test_sharded_layer_saved_from_its_full_state_loads_as_a_single_process_layer
     # ... and a rank takes its slice from load_state:
     _, state = load_state(tmp_path / "ckpt")
     local = {k: v[:2] if k.startswith("experts.") else v for k, v in state.items()}
-    fresh = _ShardedLayer.from_layer(MoELayer(3, 2, MoEConfig(num_experts=4, top_k=2)))
+    fresh = _ShardedLayer.from_layer(MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2))))
     fresh.load_state_dict(local)
     _assert_same_tensors(shard, fresh)
 
@@ -234,7 +242,7 @@ def test_load_state_gives_the_config_and_full_state_for_slicing(saved, small_lay
     assert list(state) == list(small_layer.state_dict())
     # What an expert-parallel rank holding experts 2..3 would take:
     local = {k: v[2:4] if k.startswith("experts.") else v for k, v in state.items()}
-    assert torch.equal(local["experts.weights.1"], small_layer.experts.weights[1][2:4])
+    assert torch.equal(local["experts.weight2"], small_layer.experts.weights[1][2:4])
     fresh = config.build()
     fresh.load_state_dict(state)
     _assert_same_tensors(small_layer, fresh)
@@ -242,7 +250,8 @@ def test_load_state_gives_the_config_and_full_state_for_slicing(saved, small_lay
 
 def test_load_into_copies_in_place_and_returns_the_config(saved, small_layer):
     torch.manual_seed(5)
-    target = MoELayer(3, 2, MoEConfig(num_experts=4, top_k=2, expert_hidden=8))
+    target = MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2),
+                                      experts=ExpertConfig(hidden=8)))
     weight = target.experts.weights[0]
     config = load_into(target, saved)
     assert config.metadata == {"step": 7}
@@ -253,9 +262,11 @@ def test_load_into_copies_in_place_and_returns_the_config(saved, small_layer):
 @pytest.mark.parametrize(
     ("target", "message"),
     [
-        (lambda: MoELayer(3, 2, MoEConfig(num_experts=4, top_k=1, expert_hidden=8)),
-         r"arguments\.config\.top_k: checkpoint 2, model 1"),
-        (lambda: MoELayer(3, 2, MoEConfig(num_experts=4, top_k=2, expert_hidden=8)).double(),
+        (lambda: MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=1),
+                                          experts=ExpertConfig(hidden=8))),
+         r"arguments\.config\.router\.top_k: checkpoint 2, model 1"),
+        (lambda: MoELayer(3, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2),
+                                          experts=ExpertConfig(hidden=8))).double(),
          r"tensor 'router\.scorer\.weight' has dtype float32, expected float64"),
         (lambda: DenseMLP(3, 2, hidden=8), "holds a MoELayer, the model is a DenseMLP"),
     ],

@@ -38,7 +38,7 @@ def test_routes_every_point_into_a_chart_that_contains_it(built, name):
     D, E = task.D, task.n_charts
     second = model.layers[1]
     assert second.config.weighting == "paper" and second.config.top_k == 1
-    assert not second.config.router_bias
+    assert not second.config.router.bias
     assert torch.equal(second.router.scorer.weight[:, :D], torch.zeros(E, D, dtype=F64))  # W_R = [0 | I]
     x = task.sample(3000, seed=11).x
     chosen = expert_paths(model, x).paths[:, 1]

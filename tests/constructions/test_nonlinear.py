@@ -17,7 +17,7 @@ def test_manifold_depth_1(name, D, m):
     task = build_manifold_task(name, D=D, dtype=F64)
     model, summary = build_nonlinear_manifold_moe(task, m, n_eval=2000)
     assert isinstance(model, MoELayer) and isinstance(model.router.scorer, MLP)
-    assert model.config.router == "mlp" and model.config.weighting == "paper"
+    assert model.config.router.scorer == "mlp" and model.config.router.weighting == "paper"
     x = task.sample(3000, seed=31).x
     chosen = expert_paths(model, x).paths[:, 0]
     assert bool(task.atlas.in_domain(x)[torch.arange(len(x)), chosen].all())

@@ -27,7 +27,7 @@ from moelab.distributed import (
     shard_model,
     shard_moe_layer,
 )
-from moelab.layers import DeepMoE, MoEConfig, MoELayer
+from moelab.layers import DeepMoE, ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 D_IN, D_OUT = 6, 3
 
@@ -65,8 +65,10 @@ LAYER_CASES = {
 }
 
 DEEP_WIDTHS = [D_IN, D_IN, D_OUT]
-DEEP_CONFIGS = [MoEConfig(num_experts=4, top_k=1, shared_experts=1, expert_hidden=8),
-                MoEConfig(num_experts=4, top_k=2, capacity_factor=1.0, expert_hidden=8)]
+DEEP_CONFIGS = [MoEConfig(num_experts=4, router=RouterConfig(top_k=1),
+                          experts=ExpertConfig(hidden=8), shared_experts=1),
+                MoEConfig(num_experts=4, router=RouterConfig(top_k=2, capacity_factor=1.0),
+                          experts=ExpertConfig(hidden=8))]
 
 
 def _seeded(build, seed: int):
@@ -108,7 +110,7 @@ def _expert_slices(model) -> dict[str, tuple[int, int]]:
     ranges = {}
     for name in names:
         owner = model.get_submodule(name.split(".experts.")[0]) if ".experts." in name else model
-        ranges[name] = owner.expert_range
+        ranges[name] = owner.dispatcher.expert_range
     return ranges
 
 
@@ -123,7 +125,7 @@ def _routing_errors(out, ref_out) -> tuple[bool, dict[str, float]]:
 
 def check_layer(rank: int, world: int, name: str) -> dict:
     case = LAYER_CASES[name]
-    config = MoEConfig(**{"num_experts": 4, "expert_hidden": 5, **case.config})
+    config = MoEConfig.from_flat({"num_experts": 4, "expert_hidden": 5, **case.config})
     # Different initial weights on every rank; rank 0's win the broadcast.
     full = _seeded(lambda: MoELayer(case.d_in, case.d_out, config), 1000 + rank)
     with torch.no_grad():
@@ -160,8 +162,8 @@ def check_layer(rank: int, world: int, name: str) -> dict:
         "ref_aux_keys": sorted(ref_out.aux_losses),
         "global_load": load.tolist(),
         "dropped": float(out.routing.dropped_fraction),
-        "local_experts": list(ep.expert_range),
-        "is_moe_layer": isinstance(ep, MoELayer) and ep.last_output is out,
+        "local_experts": list(ep.dispatcher.expert_range),
+        "is_moe_layer": type(ep) is MoELayer,
     }
 
 
@@ -197,7 +199,7 @@ def check_deep(rank: int, world: int) -> dict:
         exact = exact and same
         errs.update({f"layer {i} {k}": v for k, v in routing_errs.items()})
     errs.update(_grad_errors(ep, ref, _expert_slices(ep)))
-    kinds = [type(layer).__name__ for layer in ep.layers]
+    kinds = [type(layer.dispatcher).__name__ for layer in ep.layers]
     return {"errors": errs, "routing_exact": exact, "kinds": kinds,
             "aux_keys": sorted(out.aux_losses), "ref_aux_keys": sorted(ref_out.aux_losses)}
 
@@ -245,10 +247,10 @@ def check_state(rank: int, world: int) -> dict:
             result["one_rank_err"] = _err(solo.run(x).y, y)
         result["one_rank_state_equal"] = all(
             torch.equal(v, state[k]) for k, v in full_state_dict(solo).items())
-        result["one_rank_experts"] = [layer.num_local_experts for layer in solo.layers]
+        result["one_rank_experts"] = [layer.dispatcher.num_local_experts for layer in solo.layers]
 
     # A truncated expert tensor is rejected with a message naming the key.
-    key = "layers.1.experts.weights.0"
+    key = "layers.1.experts.weight1"
     bad = {**state, key: state[key][:2]}
     try:
         load_full_state_dict(fresh, bad)

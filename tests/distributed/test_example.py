@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from moelab.layers import DeepMoE, MoEConfig
+from moelab.layers import DeepMoE, ExpertConfig, MoEConfig
 
 
 def test_example_runs_under_torchrun_and_its_checkpoint_loads(tmp_path):
@@ -22,6 +22,6 @@ def test_example_runs_under_torchrun_and_its_checkpoint_loads(tmp_path):
     assert [line.split()[1] for line in lines if line.startswith("step")] == ["2", "4"]  # rank 0 only
     assert any(line.startswith("test mse ") for line in lines)
 
-    model = DeepMoE([16, 32, 1], MoEConfig(num_experts=4, expert_hidden=16))
+    model = DeepMoE([16, 32, 1], MoEConfig(num_experts=4, experts=ExpertConfig(hidden=16)))
     model.load_state_dict(torch.load(ckpt), strict=True)
     assert torch.isfinite(model(torch.randn(5, 16))).all()

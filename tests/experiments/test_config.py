@@ -17,7 +17,8 @@ def test_parse_override_values():
     assert parse_override("train.steps=100") == ("train.steps", 100)
     assert parse_override("train.lr=1e-2") == ("train.lr", 0.01)
     assert parse_override("task.manifold=sphere") == ("task.manifold", "sphere")
-    assert parse_override("model.moe.capacity_factor=none") == ("model.moe.capacity_factor", None)
+    assert parse_override("model.moe.router.capacity_factor=none") == (
+        "model.moe.router.capacity_factor", None)
     assert parse_override("model.residual=true") == ("model.residual", True)
     assert parse_override('train.aux_weights={"z_loss": 0.01}') == (
         "train.aux_weights", {"z_loss": 0.01})
@@ -31,8 +32,8 @@ def test_parse_override_rejects_malformed(bad):
 
 def test_apply_overrides_sets_nested_fields_and_keeps_the_rest():
     run = RunConfig(experiment="x")
-    new = apply_overrides(run, {"train.steps": 7, "model.moe.expert_hidden": 33, "task.D": 64})
-    assert new.train.steps == 7 and new.model.moe.expert_hidden == 33 and new.task.D == 64
+    new = apply_overrides(run, {"train.steps": 7, "model.moe.experts.hidden": 33, "task.D": 64})
+    assert new.train.steps == 7 and new.model.moe.experts.hidden == 33 and new.task.D == 64
     assert new.train.lr == run.train.lr and run.train.steps != 7
 
 
@@ -45,10 +46,10 @@ def test_apply_overrides_sets_nested_fields_and_keeps_the_rest():
         ("train.steps", "many", TypeError, r"bad override: train.steps must be int, got 'many'"),
         ("train.steps", 2.5, TypeError, r"train.steps must be int"),
         ("train.lr", True, TypeError, r"train.lr must be float"),
-        ("model.moe.capacity_factor", "big", TypeError,
-         r"model.moe.capacity_factor must be float or None"),
+        ("model.moe.router.capacity_factor", "big", TypeError,
+         r"model.moe.router.capacity_factor must be float or None"),
         ("train.steps", 0, ValueError, r"bad override: steps must be >= 1, got 0"),
-        ("model.moe.top_k", 9, ValueError, r"top_k=9 must be <= num_experts=4"),
+        ("model.moe.router.top_k", 9, ValueError, r"top_k=9 must be <= num_experts=4"),
         ("task.kind", "graph", ValueError, r"task.kind='graph' is unknown"),
     ],
 )

@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 from moelab.experiments.config import RunConfig, apply_overrides, parse_override
 
-KEYS = ["train.steps", "train.lr", "task.D", "task.manifold", "model.moe.top_k",
-        "model.moe.capacity_factor", "model.layers", "train.aux_weights", "seed", "bogus.key",
+KEYS = ["train.steps", "train.lr", "task.D", "task.manifold", "model.moe.router.top_k",
+        "model.moe.router.capacity_factor", "model.layers", "train.aux_weights", "seed", "bogus.key",
         "model.moe", "train"]
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=True)

@@ -33,7 +33,7 @@ def test_a_field_the_task_kind_ignores_keeps_the_run_ids():
 def test_dense_runs_ignore_the_moe_fields():
     exp = dense_vs_moe()
     plain = exp.runs(seeds=1)
-    changed = exp.runs(seeds=1, overrides={"model.moe.top_k": 2})
+    changed = exp.runs(seeds=1, overrides={"model.moe.router.top_k": 2})
     for a, b in zip(plain, changed, strict=True):
         assert (a.run_id() == b.run_id()) == (a.model.kind == "dense")
 
@@ -52,7 +52,7 @@ def test_every_listed_field_is_a_field_and_the_rest_are_left_out():
 def test_unused_keys():
     run = table4().runs(seeds=1)[0]
     assert unused_keys(run, ["task.n_charts", "task.E", "train.steps", "model.dense_hidden",
-                             "model.moe.top_k"]) == ["task.n_charts", "model.dense_hidden"]
+                             "model.moe.router.top_k"]) == ["task.n_charts", "model.dense_hidden"]
 
 
 def test_the_cli_notes_an_ignored_key(capsys):

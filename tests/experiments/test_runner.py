@@ -23,7 +23,7 @@ def test_execute_a_tiny_table3_run():
 def test_execute_a_tiny_deep_table4_run_with_data_init():
     runs = table4().runs(seeds=1, overrides=TINY)
     run = next(r for r in runs if r.labels["model"] == "2-3-MoE" and r.labels["recipe"] == "best")
-    assert run.model.init == "data" and run.model.moe.weighting == "paper"
+    assert run.model.init == "data" and run.model.moe.router.weighting == "paper"
     out = execute(run)
     assert out.routing["picture"]["kind"] == "grid"
     assert out.routing["regions"] == 9 and out.routing["num_paths"] <= 9

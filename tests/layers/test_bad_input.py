@@ -3,7 +3,17 @@
 import pytest
 import torch
 
-from moelab.layers import MLP, DeepMoE, DenseMLP, Experts, MoEConfig, MoELayer, Router
+from moelab.layers import (
+    MLP,
+    DeepMoE,
+    DenseMLP,
+    ExpertConfig,
+    Experts,
+    MoEConfig,
+    MoELayer,
+    Router,
+    RouterConfig,
+)
 
 
 @pytest.mark.parametrize(
@@ -101,13 +111,13 @@ def test_deep_stack_and_dense_baseline_check_their_arguments():
 
 
 def test_experts_and_router_check_their_arguments():
-    with pytest.raises(ValueError, match=r"expert_depth must be >= 1, got 0"):
-        Experts(2, 3, 1, hidden=4, depth=0)
+    with pytest.raises(ValueError, match=r"experts.depth must be >= 1, got 0"):
+        Experts(2, 3, 1, ExpertConfig(hidden=4, depth=0))
     with pytest.raises(ValueError, match=r"activation='Relu' is unknown"):
-        Experts(2, 3, 1, hidden=4, activation="Relu")
+        Experts(2, 3, 1, ExpertConfig(hidden=4, activation="Relu"))
     with pytest.raises(ValueError, match=r"top_k=3 must be <= num_experts=2"):
-        Router(3, 2, top_k=3)
+        Router(3, 2, RouterConfig(top_k=3))
     with pytest.raises(ValueError, match=r"needs a router built with balance_bias=True"):
         Router(3, 2).update_balance_bias(torch.tensor([1, 1]))
     with pytest.raises(ValueError, match=r"tokens_per_expert must have shape \(2,\), got \(3,\)"):
-        Router(3, 2, balance_bias=True).update_balance_bias(torch.tensor([1, 1, 1]))
+        Router(3, 2, RouterConfig(balance_bias=True)).update_balance_bias(torch.tensor([1, 1, 1]))

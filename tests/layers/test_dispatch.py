@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import moelab.layers.dispatch as dispatch_mod
-from moelab.layers import MoEConfig, MoELayer
+from moelab.layers import ExpertConfig, MoEConfig, MoELayer, RouterConfig
 from moelab.layers.experts import Experts, grouped_linear
 
 
@@ -46,7 +46,8 @@ def _assert_paths_agree(layer, x, atol=1e-5):
 )
 def test_grouped_equals_dense_token_choice(E, K, capacity, width):
     torch.manual_seed(E * 100 + K * 10 + (capacity is None))
-    cfg = MoEConfig(num_experts=E, top_k=K, expert_hidden=width, capacity_factor=capacity)
+    cfg = MoEConfig(num_experts=E, router=RouterConfig(top_k=K, capacity_factor=capacity),
+                    experts=ExpertConfig(hidden=width))
     layer = MoELayer(width, 8, cfg)
     x = torch.randn(2, 37, width)
     ref, fast = _assert_paths_agree(layer, x)
@@ -59,27 +60,34 @@ def test_grouped_equals_dense_token_choice(E, K, capacity, width):
 @pytest.mark.parametrize("routing", ["token_choice", "expert_choice"])
 def test_grouped_equals_dense_weightings_and_routings(weighting, routing):
     torch.manual_seed(7)
-    cfg = MoEConfig(num_experts=5, top_k=2, expert_hidden=12, weighting=weighting,
-                    routing=routing, capacity_factor=0.8 if routing == "expert_choice" else None)
+    capacity = 0.8 if routing == "expert_choice" else None
+    cfg = MoEConfig(num_experts=5, router=RouterConfig(top_k=2, weighting=weighting, routing=routing,
+                                                       capacity_factor=capacity),
+                    experts=ExpertConfig(hidden=12))
     _assert_paths_agree(MoELayer(6, 3, cfg), torch.randn(29, 6))
 
 
 @pytest.mark.parametrize(
     "extra",
-    [dict(expert_depth=1), dict(expert_depth=3), dict(gated=True, activation="silu"),
-     dict(expert_bias=False), dict(latent_dim=2), dict(latent_dim=3, latent_decoder=True),
-     dict(shared_experts=2), dict(router="mlp"), dict(activation="gelu")],
+    [dict(depth=1), dict(depth=3), dict(gated=True, activation="silu"),
+     dict(bias=False), dict(latent_dim=2), dict(latent_dim=3, latent_decoder=True),
+     dict(shared_experts=2), dict(scorer="mlp"), dict(activation="gelu")],
     ids=lambda d: ",".join(f"{k}={v}" for k, v in d.items()),
 )
 def test_grouped_equals_dense_expert_variants(extra):
     torch.manual_seed(3)
-    cfg = MoEConfig(num_experts=4, top_k=2, expert_hidden=8, **extra)
+    router = RouterConfig(top_k=2, **{k: v for k, v in extra.items() if k == "scorer"})
+    experts = ExpertConfig(hidden=8, **{k: v for k, v in extra.items()
+                                        if k not in ("scorer", "shared_experts")})
+    cfg = MoEConfig(num_experts=4, router=router, experts=experts,
+                    shared_experts=extra.get("shared_experts", 0))
     _assert_paths_agree(MoELayer(16, 4, cfg), torch.randn(50, 16))
 
 
 def test_empty_experts_get_zero_gradient_on_both_paths():
     torch.manual_seed(0)
-    layer = MoELayer(8, 4, MoEConfig(num_experts=6, top_k=2, expert_hidden=16))
+    layer = MoELayer(8, 4, MoEConfig(num_experts=6, router=RouterConfig(top_k=2),
+                                     experts=ExpertConfig(hidden=16)))
     with torch.no_grad():
         layer.router.scorer.bias[[0, 3]] = -100.0  # experts 0 and 3 are never chosen
     x = torch.randn(40, 8)
@@ -87,7 +95,7 @@ def test_empty_experts_get_zero_gradient_on_both_paths():
     assert fast.routing.tokens_per_expert[[0, 3]].tolist() == [0, 0]
     _, grads, _ = _grads(layer, x, "grouped")
     for k in range(2):
-        assert torch.all(grads[f"experts.weights.{k}"][[0, 3]] == 0)
+        assert torch.all(grads[f"experts.weight{k + 1}"][[0, 3]] == 0)
 
 
 def _loop_reference(layer, x_TI):
@@ -112,8 +120,8 @@ def _loop_reference(layer, x_TI):
 @pytest.mark.parametrize("routing", ["token_choice", "expert_choice"])
 def test_both_paths_equal_a_per_token_loop(routing):
     torch.manual_seed(11)
-    cfg = MoEConfig(num_experts=3, top_k=2, expert_hidden=5, expert_depth=3, routing=routing,
-                    capacity_factor=0.7)
+    cfg = MoEConfig(num_experts=3, router=RouterConfig(top_k=2, routing=routing, capacity_factor=0.7),
+                    experts=ExpertConfig(hidden=5, depth=3))
     layer = MoELayer(4, 2, cfg)
     x = torch.randn(15, 4)
     expected = _loop_reference(layer, x)
@@ -125,7 +133,8 @@ def test_both_paths_equal_a_per_token_loop(routing):
 @pytest.mark.parametrize("K", [1, 2])
 def test_gradcheck_float64(mode, K):
     torch.manual_seed(5)
-    cfg = MoEConfig(num_experts=3, top_k=K, expert_hidden=4, dispatch=mode, capacity_factor=1.0)
+    cfg = MoEConfig(num_experts=3, router=RouterConfig(top_k=K, capacity_factor=1.0),
+                    experts=ExpertConfig(hidden=4), dispatch=mode)
     layer = MoELayer(3, 2, cfg).double()
     x = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
     params = tuple(layer.parameters())
@@ -139,8 +148,8 @@ def test_gradcheck_float64(mode, K):
 
 def test_combine_is_deterministic_bitwise():
     torch.manual_seed(2)
-    layer = MoELayer(32, 32, MoEConfig(num_experts=8, top_k=3, expert_hidden=64,
-                                       dispatch="grouped"))
+    layer = MoELayer(32, 32, MoEConfig(num_experts=8, router=RouterConfig(top_k=3),
+                                       experts=ExpertConfig(hidden=64), dispatch="grouped"))
     x = torch.randn(300, 32)
     runs = []
     for _ in range(3):
@@ -182,8 +191,9 @@ def test_grouped_mm_needs_aligned_widths():
 
 
 def test_auto_picks_dense_for_tiny_experts_and_grouped_for_big():
-    tiny = MoELayer(64, 1, MoEConfig(num_experts=4, expert_hidden=10))
-    big = MoELayer(256, 256, MoEConfig(num_experts=8, top_k=2, expert_hidden=1024))
+    tiny = MoELayer(64, 1, MoEConfig(num_experts=4, experts=ExpertConfig(hidden=10)))
+    big = MoELayer(256, 256, MoEConfig(num_experts=8, router=RouterConfig(top_k=2),
+                                       experts=ExpertConfig(hidden=1024)))
     x_tiny, x_big = torch.randn(128, 64), torch.randn(512, 256)
     with torch.no_grad():
         r_tiny, r_big = tiny.router(x_tiny), big.router(x_big)
@@ -195,7 +205,7 @@ def test_auto_picks_dense_for_tiny_experts_and_grouped_for_big():
 
 def test_experts_forward_all_matches_grouped_per_expert():
     torch.manual_seed(0)
-    ex = Experts(3, 8, 4, hidden=12, depth=3)
+    ex = Experts(3, 8, 4, ExpertConfig(hidden=12, depth=3))
     x = torch.randn(10, 8)
     all_ETO = ex.forward_all(x).y
     for e in range(3):

@@ -6,7 +6,7 @@ from torch import nn
 
 from moelab import losses
 from moelab.analysis import count_parameters
-from moelab.layers import DeepMoE, DenseMLP, MoEConfig, MoELayer, collect_aux_losses
+from moelab.layers import DeepMoE, DenseMLP, ExpertConfig, MoEConfig, MoELayer, RouterConfig, record_routing
 
 
 def test_accepts_any_leading_shape_and_maps_d_in_to_d_out():
@@ -18,17 +18,18 @@ def test_accepts_any_leading_shape_and_maps_d_in_to_d_out():
     torch.testing.assert_close(layer(flat.view(2, 3, 5)).view(6, 3), layer(flat))
 
 
-def test_works_inside_nn_sequential_and_keeps_last_output():
+def test_works_inside_nn_sequential_and_records_its_routing():
     torch.manual_seed(0)
     moe = MoELayer(4, 4, MoEConfig(num_experts=2))
     net = nn.Sequential(nn.Linear(3, 4), moe, nn.ReLU(), nn.Linear(4, 1))
     x = torch.randn(10, 3)
-    y = net(x)
+    with record_routing(net, detach=False) as rec:
+        y = net(x)
     assert y.shape == (10, 1)
-    out = moe.last_output
+    (out,) = rec.outputs
     assert out.routing.expert_ids.shape == (10, 1)
     assert out.routing.tokens_per_expert.sum() == 10
-    aux = collect_aux_losses(net)
+    aux = rec.aux_losses
     assert set(aux) == {"z_loss", "load_balance"}
     (y.square().mean() + aux["load_balance"]).backward()
     assert moe.router.scorer.weight.grad is not None
@@ -36,7 +37,7 @@ def test_works_inside_nn_sequential_and_keeps_last_output():
 
 def test_run_reports_routing_and_aux_losses_that_match_the_pure_functions():
     torch.manual_seed(1)
-    layer = MoELayer(6, 2, MoEConfig(num_experts=4, top_k=2))
+    layer = MoELayer(6, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2)))
     out = layer.run(torch.randn(3, 5, 6))
     r = out.routing
     assert r.expert_ids.shape == (15, 2) and r.logits.shape == (15, 4)
@@ -48,7 +49,7 @@ def test_run_reports_routing_and_aux_losses_that_match_the_pure_functions():
 
 
 def test_noisy_topk_layer_reports_importance_and_load_losses():
-    layer = MoELayer(6, 2, MoEConfig(num_experts=4, top_k=2, noise="noisy_topk"))
+    layer = MoELayer(6, 2, MoEConfig(num_experts=4, router=RouterConfig(top_k=2, noise="noisy_topk")))
     aux = layer.run(torch.randn(20, 6)).aux_losses
     assert {"importance", "load"} <= set(aux)
     assert all(torch.isfinite(v) for v in aux.values())
@@ -56,7 +57,7 @@ def test_noisy_topk_layer_reports_importance_and_load_losses():
 
 def test_shared_expert_is_added_to_every_token():
     torch.manual_seed(2)
-    layer = MoELayer(4, 3, MoEConfig(num_experts=3, shared_experts=1, expert_hidden=5))
+    layer = MoELayer(4, 3, MoEConfig(num_experts=3, experts=ExpertConfig(hidden=5), shared_experts=1))
     x = torch.randn(8, 4)
     with_shared = layer(x)
     routed = with_shared - layer.shared(x)
@@ -68,7 +69,8 @@ def test_shared_expert_is_added_to_every_token():
 
 def test_low_dim_experts_report_their_reconstruction_loss():
     torch.manual_seed(3)
-    cfg = MoEConfig(num_experts=2, top_k=1, latent_dim=2, latent_decoder=True, expert_hidden=4)
+    cfg = MoEConfig(num_experts=2, router=RouterConfig(top_k=1),
+                    experts=ExpertConfig(latent_dim=2, latent_decoder=True, hidden=4))
     layer = MoELayer(8, 1, cfg)
     x = torch.randn(12, 8)
     out = layer.run(x)
@@ -85,7 +87,7 @@ def test_low_dim_experts_report_their_reconstruction_loss():
 
 
 def test_empty_batch_gives_empty_output():
-    layer = MoELayer(4, 2, MoEConfig(num_experts=3, top_k=2))
+    layer = MoELayer(4, 2, MoEConfig(num_experts=3, router=RouterConfig(top_k=2)))
     for mode in ("dense", "grouped"):
         out = layer.run(torch.randn(0, 4), dispatch_mode=mode)
         assert out.y.shape == (0, 2)
@@ -118,7 +120,7 @@ def test_deep_moe_residual_only_where_widths_match():
 
 
 def test_deep_moe_alternating_dense_and_per_layer_configs():
-    cfgs = [MoEConfig(num_experts=2), MoEConfig(num_experts=3, router="mlp"),
+    cfgs = [MoEConfig(num_experts=2), MoEConfig(num_experts=3, router=RouterConfig(scorer="mlp")),
             MoEConfig(num_experts=2), MoEConfig(num_experts=4, shared_experts=1)]
     m = DeepMoE([2, 4, 4, 4, 1], cfgs, moe_every=2)
     kinds = [type(layer).__name__ for layer in m.layers]
@@ -141,14 +143,15 @@ def test_dense_mlp_has_the_model_interface():
 
 def test_count_parameters_by_hand():
     # d_in 4, d_out 2, E 3, K 1, hidden 5: experts 3*(4*5+5+5*2+2) = 111, router 4*3+3 = 15
-    layer = MoELayer(4, 2, MoEConfig(num_experts=3, expert_hidden=5))
+    layer = MoELayer(4, 2, MoEConfig(num_experts=3, experts=ExpertConfig(hidden=5)))
     c = count_parameters(layer)
     assert c.total == 126
     assert c.active == pytest.approx(15 + 111 / 3)
     dense = DenseMLP(4, 2, hidden=5)
     c = count_parameters(dense)
     assert c.total == c.active == 4 * 5 + 5 + 5 * 2 + 2
-    stack = DeepMoE([4, 4, 2], MoEConfig(num_experts=4, top_k=2, expert_hidden=5), moe_every=2)
+    stack = DeepMoE([4, 4, 2], MoEConfig(num_experts=4, router=RouterConfig(top_k=2),
+                                         experts=ExpertConfig(hidden=5)), moe_every=2)
     c = count_parameters(stack)
     mlp = 4 * 5 + 5 + 5 * 4 + 4
     experts = 4 * (4 * 5 + 5 + 5 * 2 + 2)
@@ -157,7 +160,8 @@ def test_count_parameters_by_hand():
 
 
 def test_count_parameters_expert_choice_uses_capacity_factor():
-    cfg = MoEConfig(num_experts=4, routing="expert_choice", capacity_factor=2.0, expert_hidden=5)
+    cfg = MoEConfig(num_experts=4, router=RouterConfig(routing="expert_choice", capacity_factor=2.0),
+                    experts=ExpertConfig(hidden=5))
     c = count_parameters(MoELayer(4, 2, cfg))
     experts = 4 * (4 * 5 + 5 + 5 * 2 + 2)
     assert c.active == pytest.approx(c.total - experts + experts * 2 / 4)
@@ -165,6 +169,6 @@ def test_count_parameters_expert_choice_uses_capacity_factor():
 
 def test_config_replace_and_keyword_only():
     cfg = MoEConfig(num_experts=4)
-    assert cfg.replace(top_k=2).top_k == 2 and cfg.top_k == 1
+    assert cfg.replace(router=RouterConfig(top_k=2)).router.top_k == 2 and cfg.router.top_k == 1
     with pytest.raises(TypeError):
         MoEConfig(4)  # keyword-only

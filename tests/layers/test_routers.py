@@ -5,12 +5,13 @@ import math
 import pytest
 import torch
 
-from moelab.layers import MoEConfig, MoELayer, Router
+from moelab.layers import MoEConfig, MoELayer, Router, RouterConfig
 
 
 def _router(**kw):
     torch.manual_seed(0)
-    return Router(6, kw.pop("E", 4), **kw)
+    E, generator = kw.pop("E", 4), kw.pop("generator", None)
+    return Router(6, E, RouterConfig(**kw), generator=generator)
 
 
 def test_paper_weighting_top1_is_hard_routing_without_router_gradient():
@@ -19,7 +20,7 @@ def test_paper_weighting_top1_is_hard_routing_without_router_gradient():
     routing = r(x)
     assert torch.equal(routing.weights, torch.ones(20, 1))
     assert not routing.weights.requires_grad
-    layer = MoELayer(6, 1, MoEConfig(num_experts=4, weighting="paper"))
+    layer = MoELayer(6, 1, MoEConfig(num_experts=4, router=RouterConfig(weighting="paper")))
     layer(torch.randn(20, 6)).square().sum().backward()
     assert layer.router.scorer.weight.grad is None
     assert layer.experts.weights[0].grad is not None
@@ -65,7 +66,7 @@ def test_linear_router_without_bias_is_w_x():
 
 
 def test_mlp_router_scores_with_a_relu_network():
-    r = _router(scorer="mlp", mlp_hidden=7, mlp_depth=3)
+    r = _router(scorer="mlp", hidden=7, depth=3)
     lin = r.scorer.linears
     assert [m.out_features for m in lin] == [7, 7, 4]
     x = torch.randn(5, 6)

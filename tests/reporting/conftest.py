@@ -44,14 +44,14 @@ def _fake(run: RunConfig) -> tuple[float, dict, dict]:
         routing["picture"] = _circle_picture(run.task.D)
         extra.update(num_paths=4, pieces_separated=4, distinct_majority_paths=4, regions=4)
     elif run.experiment == "table4":
-        m, deep = run.model.moe.expert_hidden, lab["model"] == "2-3-MoE"
+        m, deep = run.model.moe.experts.hidden, lab["model"] == "2-3-MoE"
         mse = 8e-5 * (m / 16) ** (-1.6 if deep else -0.1) * wobble
         routing = ({"load": [[1 / 3] * 3, [1 / 3] * 3]} if deep else {"load": [[1 / 6] * 6]})
         routing["picture"] = _grid_picture(deep)
         extra.update(num_paths=9 if deep else 6, pieces_separated=9 if deep else 3,
                      distinct_majority_paths=9 if deep else 6, regions=9)
     elif run.experiment == "dense-vs-moe":
-        width = run.model.moe.expert_hidden if run.model.kind == "moe" else run.model.dense_hidden
+        width = run.model.moe.experts.hidden if run.model.kind == "moe" else run.model.dense_hidden
         active = (run.task.D + 2) * width + (4 * run.task.D if run.model.kind == "moe" else 0)
         extra.update(active_parameters=active, parameters=active * 4)
         mse = 1.0 / (active * (4 if run.model.kind == "moe" else 1)) * wobble

@@ -58,7 +58,7 @@ def test_the_example_in_docs_extending_runs_as_written(tmp_path, registry):
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
     exec(compile(code, str(DOC), "exec"), {})
     _store_fake_runs(tmp_path, "width-sweep",
-                     lambda run: 1e-2 * run.model.moe.expert_hidden ** -1.0 * (1 + 0.1 * run.seed))
+                     lambda run: 1e-2 * run.model.moe.experts.hidden ** -1.0 * (1 + 0.1 * run.seed))
     md = write_report(tmp_path, experiments=["width-sweep"]).read_text()
     assert "- **HELD**: the error falls with m: log-log slope in m: 1-4-MoE -1.00" in md
     assert (tmp_path / "figures" / "width-sweep-mse.png").is_file()

@@ -32,11 +32,11 @@ def test_every_section_states_the_settings_that_differ_from_the_registration(tmp
                                                                              fake_runs):
     store = ResultStore(tmp_path)
     fake_runs(store, "table3", overrides={"train.steps": 200})
-    fake_runs(store, "depth", overrides={"train.lr": 0.01, "model.moe.expert_hidden": 8})
+    fake_runs(store, "depth", overrides={"train.lr": 0.01, "model.moe.experts.hidden": 8})
     md = write_report(tmp_path).read_text()
     assert "train.steps = 200 (registered: 2000, 5000)" in _section(md, "table3")
     depth = _section(md, "depth")
-    assert "model.moe.expert_hidden = 8 (registered: 32)" in depth
+    assert "model.moe.experts.hidden = 8 (registered: 32)" in depth
     assert "train.lr = 0.01 (registered: 0.003)" in depth
 
 

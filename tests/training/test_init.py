@@ -3,7 +3,7 @@ exact invariance to zero-padding of the input."""
 
 import torch
 
-from moelab.layers import DeepMoE, DenseMLP, MoEConfig, MoELayer
+from moelab.layers import DeepMoE, DenseMLP, ExpertConfig, MoEConfig, MoELayer, RouterConfig
 from moelab.tasks import build_manifold_task
 from moelab.training import TrainConfig, train
 from moelab.training.init import data_init, kmeans
@@ -26,7 +26,7 @@ def test_kmeans_recovers_separated_clusters():
 def test_router_starts_balanced_and_is_the_nearest_centroid_partition():
     _, sampler = _circle(16)
     x, _ = sampler(4000, torch.Generator().manual_seed(1))
-    layer = MoELayer(16, 1, MoEConfig(num_experts=4, weighting="paper"))
+    layer = MoELayer(16, 1, MoEConfig(num_experts=4, router=RouterConfig(weighting="paper")))
     data_init(layer, x, generator=torch.Generator().manual_seed(2))
     load = layer.run(x).routing.tokens_per_expert
     assert load.min() > 0.8 * 1000 and load.max() < 1.2 * 1000
@@ -35,7 +35,8 @@ def test_router_starts_balanced_and_is_the_nearest_centroid_partition():
 def test_expert_kinks_lie_on_the_data():
     _, sampler = _circle(8)
     x, _ = sampler(2000, torch.Generator().manual_seed(1))
-    layer = MoELayer(8, 1, MoEConfig(num_experts=4, expert_hidden=12, weighting="paper"))
+    layer = MoELayer(8, 1, MoEConfig(num_experts=4, router=RouterConfig(weighting="paper"),
+                                     experts=ExpertConfig(hidden=12)))
     data_init(layer, x, generator=torch.Generator().manual_seed(3))
     ids = layer.run(x).routing.expert_ids[:, 0]
     w, b = layer.experts.weights[0], layer.experts.biases[0]
@@ -52,7 +53,8 @@ def test_zero_padding_does_not_change_training():
         x, _ = sampler(4096, torch.Generator().manual_seed(5))
         with torch.random.fork_rng():
             torch.manual_seed(0)
-            model = MoELayer(D, 1, MoEConfig(num_experts=4, expert_hidden=10, weighting="paper"))
+            model = MoELayer(D, 1, MoEConfig(num_experts=4, router=RouterConfig(weighting="paper"),
+                                             experts=ExpertConfig(hidden=10)))
         data_init(model, x, generator=torch.Generator().manual_seed(7))
         res = train(model, sampler, TrainConfig(steps=60, lr=1e-2, test_size=500),
                     progress=False)
@@ -62,7 +64,8 @@ def test_zero_padding_does_not_change_training():
 
 def test_deep_stack_passes_its_input_through_the_first_layer():
     x = torch.rand(3000, 2) * 3
-    model = DeepMoE([2, 4, 2], MoEConfig(num_experts=3, expert_hidden=16, weighting="paper"))
+    model = DeepMoE([2, 4, 2], MoEConfig(num_experts=3, router=RouterConfig(weighting="paper"),
+                                         experts=ExpertConfig(hidden=16)))
     data_init(model, x, generator=torch.Generator().manual_seed(0))
     h = model.layers[0](x)
     torch.testing.assert_close(h[:, :2], x)

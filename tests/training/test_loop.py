@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from moelab.layers import DeepMoE, DenseMLP, MoEConfig, MoELayer
+from moelab.layers import DeepMoE, DenseMLP, ExpertConfig, MoEConfig, MoELayer, RouterConfig
 from moelab.training import TrainConfig, evaluate, train
 
 
@@ -14,7 +14,7 @@ def _line_sampler(n, gen):
 
 def test_a_tiny_run_learns_a_linear_target():
     torch.manual_seed(0)
-    model = MoELayer(2, 1, MoEConfig(num_experts=2, expert_hidden=8))
+    model = MoELayer(2, 1, MoEConfig(num_experts=2, experts=ExpertConfig(hidden=8)))
     before = evaluate(model, *_line_sampler(500, torch.Generator().manual_seed(9)))
     result = train(model, _line_sampler, TrainConfig(steps=300, lr=1e-2, test_size=500),
                    progress=False)
@@ -25,7 +25,7 @@ def test_a_tiny_run_learns_a_linear_target():
 
 def _fresh_model(seed):
     torch.manual_seed(seed)
-    return DeepMoE([2, 4, 1], MoEConfig(num_experts=3, noise="jitter", jitter_eps=0.1))
+    return DeepMoE([2, 4, 1], MoEConfig(num_experts=3, router=RouterConfig(noise="jitter", jitter_eps=0.1)))
 
 
 def test_same_seed_same_bits():
@@ -59,7 +59,7 @@ def test_aux_losses_are_weighted_into_the_loss():
 
 def test_balance_bias_rate_moves_the_router_bias():
     torch.manual_seed(0)
-    model = MoELayer(2, 1, MoEConfig(num_experts=4, balance_bias=True))
+    model = MoELayer(2, 1, MoEConfig(num_experts=4, router=RouterConfig(balance_bias=True)))
     train(model, _line_sampler, TrainConfig(steps=5, test_size=10, balance_bias_rate=0.01),
           progress=False)
     assert model.router.expert_bias.abs().sum() > 0

@@ -34,8 +34,8 @@ def count_parameters(model: nn.Module) -> ParameterCount:
         if isinstance(module, MoELayer):
             cfg = module.config
             experts = sum(p.numel() for p in module.experts.parameters())
-            per_token = cfg.top_k
-            if cfg.routing == "expert_choice":
-                per_token = cfg.top_k * (cfg.capacity_factor or 1.0)
+            per_token = cfg.router.top_k
+            if cfg.router.routing == "expert_choice":
+                per_token = cfg.router.top_k * (cfg.router.capacity_factor or 1.0)
             inactive += experts * (1 - min(per_token, cfg.num_experts) / cfg.num_experts)
     return ParameterCount(total=total, active=total - inactive)

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from moelab.layers.moe import MoELayer
 from moelab.layers.outputs import ModelOutput, Routing
+from moelab.layers.recording import record_routing
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,9 @@ def _routings(model: nn.Module, x: Tensor) -> tuple[Routing, ...]:
         out = run(x)
         if isinstance(out, ModelOutput):
             return out.routings
-    found: list[Routing] = []
-
-    def record(module: nn.Module, args, output) -> None:
-        found.append(module.last_output.routing)
-
-    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, MoELayer)]
-    try:
+    with record_routing(model) as record:
         model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return tuple(found)
+    return record.routings
 
 
 def expert_paths(model: nn.Module, x: Tensor) -> ExpertPaths:

@@ -1,31 +1,35 @@
 """``config.json``: how to rebuild a checkpoint's model and what its weights file must hold.
 
-The JSON form (format version 1)::
+The JSON form (format version 2)::
 
     {
       "format": "moelab-checkpoint",
-      "format_version": 1,
+      "format_version": 2,
       "moelab_version": "0.1.0",
       "model": {"class": "MoELayer",
-                "arguments": {"d_in": 3, "d_out": 2, "config": {"num_experts": 4, ...}}},
+                "arguments": {"d_in": 3, "d_out": 2,
+                              "config": {"num_experts": 4, "router": {"top_k": 2, ...},
+                                         "experts": {"hidden": 8, ...}, ...}}},
       "weights": {"bytes": 2372, "sha256": "<64 hex digits of model.safetensors>",
                   "tensors": {"router.scorer.weight": {"dtype": "float32", "shape": [4, 3]}, ...}},
       "metadata": {... the caller's JSON ...}
     }
 
-``arguments`` are the model's constructor keyword arguments (:class:`~moelab.layers.MoEConfig` as a
-dict of its fields; a :class:`~moelab.layers.DeepMoE` has ``widths``, ``config`` (one dict, or one
-per layer), ``residual`` and ``moe_every``; a :class:`~moelab.layers.DenseMLP` has ``d_in``,
-``d_out``, ``hidden``, ``depth``, ``activation``, ``bias`` and ``check_finite``). Parsing checks every
-key and type; anything unexpected is a :class:`CheckpointError` naming the file and the key.
+``arguments`` are the model's constructor arguments, read from the model by the names of its
+constructor's parameters (each class keeps them, its nested config included, as attributes), and
+parsed back by their annotated types with :mod:`moelab.typed_json`. Anything unexpected is a
+:class:`CheckpointError` naming the file and the dotted key.
+
+Version 1 (moelab 0.1) stored each :class:`~moelab.layers.MoEConfig` with flat field names
+(``expert_hidden``, ``top_k``, ...) and the expert tensors as ``experts.weights.k`` /
+``experts.biases.k``; such files still load (the names are mapped on reading).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import inspect
 import json
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,22 +38,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from moelab.layers import DeepMoE, DenseMLP, MoEConfig, MoELayer
+from moelab.layers import LEGACY_NAMES, DeepMoE, DenseMLP, MoELayer
+from moelab.layers.experts import legacy_names
+from moelab.typed_json import from_json, to_json
 
 FORMAT = "moelab-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 #: The model classes a checkpoint can rebuild, by the name stored in ``config.json``.
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"MoELayer": MoELayer, "DeepMoE": DeepMoE, "DenseMLP": DenseMLP}
-
-# Constructor arguments of each class and their JSON-level types (all are required in the file).
-_ARGUMENTS: dict[str, dict[str, Any]] = {
-    "MoELayer": {"d_in": int, "d_out": int, "config": MoEConfig},
-    "DeepMoE": {"widths": list[int], "config": MoEConfig | list[MoEConfig], "residual": bool,
-                "moe_every": int},
-    "DenseMLP": {"d_in": int, "d_out": int, "hidden": int, "depth": int, "activation": str,
-                 "bias": bool, "check_finite": bool},
-}
 
 #: Tensor dtypes a checkpoint may hold, by their name in ``config.json`` ("float32", ...).
 DTYPES: dict[str, torch.dtype] = {
@@ -102,7 +99,7 @@ class CheckpointConfig:
             "format": FORMAT,
             "format_version": self.format_version,
             "moelab_version": self.moelab_version,
-            "model": {"class": self.model_class, "arguments": _to_json(self.arguments)},
+            "model": {"class": self.model_class, "arguments": to_json(self.arguments)},
             "weights": {
                 "bytes": self.weights_bytes,
                 "sha256": self.weights_sha256,
@@ -120,57 +117,29 @@ def dtype_name(dtype: torch.dtype) -> str:
 # -- describing a model ---------------------------------------------------------------------------
 
 def describe(model: nn.Module) -> tuple[str, dict[str, Any]]:
-    """(class name, constructor keyword arguments) that rebuild ``model``'s architecture.
+    """(class name, constructor arguments) that rebuild ``model``'s architecture.
 
-    A subclass is described as its moelab base class: an expert-parallel layer (an ``MoELayer``
+    The arguments are read from the model by the names of its class's constructor parameters. A
+    subclass is described as its moelab base class: an expert-parallel layer (an ``MoELayer``
     holding a slice of the experts) is saved as the single-process ``MoELayer`` it shards.
     """
-    if isinstance(model, MoELayer):
-        return "MoELayer", {"d_in": model.d_in, "d_out": model.d_out, "config": model.config}
-    if isinstance(model, DeepMoE):
-        configs = _deep_configs(model)
-        single = all(c == configs[0] for c in configs)
-        return "DeepMoE", {"widths": list(model.widths), "config": configs[0] if single else configs,
-                           "residual": bool(model.residual), "moe_every": model.moe_every}
-    if isinstance(model, DenseMLP):
-        return "DenseMLP", {"d_in": model.d_in, "d_out": model.d_out, "hidden": model.hidden,
-                            "depth": model.depth, "activation": model.activation,
-                            "bias": model.linears[0].bias is not None,
-                            "check_finite": bool(model.check_finite)}
+    for name, cls in MODEL_CLASSES.items():
+        if isinstance(model, cls):
+            return name, {p: getattr(model, p) for p in _parameters(cls)}
     raise TypeError(f"model must be one of {sorted(MODEL_CLASSES)} (or a subclass), "
                     f"got {type(model).__name__}")
 
 
-def _deep_configs(model: DeepMoE) -> list[MoEConfig]:
-    """One MoEConfig per layer. A dense layer keeps only its shape, so its config is the first MoE
-    layer's with that shape (any config with the same shape rebuilds the same layer)."""
-    moe = [layer.config for layer in model.layers if isinstance(layer, MoELayer)]
-    base = moe[0] if moe else MoEConfig()
-    configs = []
-    for layer in model.layers:
-        if isinstance(layer, MoELayer):
-            configs.append(layer.config)
-        else:
-            configs.append(base.replace(expert_hidden=layer.hidden, expert_depth=layer.depth,
-                                        activation=layer.activation,
-                                        expert_bias=layer.linears[0].bias is not None))
-    configs[0] = configs[0].replace(check_finite=bool(model.check_finite))  # DeepMoE reads layer 0's
-    return configs
-
-
-def _to_json(value: Any) -> Any:
-    if isinstance(value, MoEConfig):
-        return dataclasses.asdict(value)
-    if isinstance(value, (list, tuple)):
-        return [_to_json(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _to_json(v) for k, v in value.items()}
-    return value
+def _parameters(cls: type) -> dict[str, Any]:
+    """The constructor parameters of ``cls`` and their annotated types."""
+    hints = typing.get_type_hints(cls.__init__)
+    names = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    return {p: hints[p] for p in names}
 
 
 def arguments_json(arguments: dict[str, Any]) -> dict[str, Any]:
     """Constructor arguments in their JSON form (for comparing two descriptions)."""
-    return _to_json(arguments)
+    return to_json(arguments)
 
 
 # -- parsing config.json --------------------------------------------------------------------------
@@ -207,9 +176,17 @@ def parse_config(text: str, path: Path) -> CheckpointConfig:
     name = model["class"]
     if name not in MODEL_CLASSES:
         fail(f"unknown model class {name!r}; this moelab rebuilds {sorted(MODEL_CLASSES)}")
-    _exact_keys(model["arguments"], set(_ARGUMENTS[name]), "model.arguments", fail)
-    arguments = {key: _from_json(value, _ARGUMENTS[name][key], f"model.arguments.{key}", fail)
-                 for key, value in model["arguments"].items()}
+    hints = _parameters(MODEL_CLASSES[name])
+    _exact_keys(model["arguments"], set(hints), "model.arguments", fail)
+    arguments = {}
+    for key, value in model["arguments"].items():
+        if version == 1 and key == "config":
+            value = _nest_v1(value)
+        try:
+            arguments[key] = from_json(value, hints[key], f"model.arguments.{key}")
+        except (TypeError, ValueError) as exc:
+            where = getattr(exc, "config_key", None)
+            fail(f"{where} is not a valid {exc.config_class}: {exc}" if where else str(exc))
 
     size, digest = weights["bytes"], weights["sha256"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -262,62 +239,22 @@ def _tensor_spec(spec: Any, where: str, fail) -> TensorSpec:
     return TensorSpec(DTYPES[dtype], tuple(shape))
 
 
-def _from_json(value: Any, hint: Any, key: str, fail) -> Any:
-    """``value`` converted to ``hint`` (int, float, bool, str, None, list[...], MoEConfig or a union
-    of these), or a CheckpointError naming ``key``."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        for option in typing.get_args(hint):
-            if _json_kind_matches(value, option):
-                return _from_json(value, option, key, fail)
-        fail(f"{key} must be {_describe(hint)}, got {value!r}")
-    if hint is MoEConfig:
-        if not isinstance(value, dict):
-            fail(f"{key} must be a JSON object of MoEConfig fields, got {value!r}")
-        hints = typing.get_type_hints(MoEConfig)
-        known = {f.name for f in dataclasses.fields(MoEConfig)}
-        unknown = sorted(set(value) - known)
-        if unknown:
-            fail(f"unknown MoEConfig field(s) {unknown} in {key}")
-        # Fields missing from the file (added to MoEConfig after it was written) take their defaults.
-        kwargs = {k: _from_json(v, hints[k], f"{key}.{k}", fail) for k, v in value.items()}
-        try:
-            return MoEConfig(**kwargs)
-        except (TypeError, ValueError) as exc:
-            fail(f"{key} is not a valid MoEConfig: {exc}")
-    if typing.get_origin(hint) is list:
-        if not isinstance(value, list):
-            fail(f"{key} must be a list, got {value!r}")
-        (item,) = typing.get_args(hint)
-        return [_from_json(v, item, f"{key}[{i}]", fail) for i, v in enumerate(value)]
-    if not _json_kind_matches(value, hint):
-        fail(f"{key} must be {_describe(hint)}, got {value!r}")
-    return float(value) if hint is float else value
+def _nest_v1(config: Any) -> Any:
+    """A version-1 (flat) MoEConfig dict, or a list of them, in the nested form."""
+    if isinstance(config, list):
+        return [_nest_v1(c) for c in config]
+    if not isinstance(config, dict):
+        return config
+    nested: dict[str, Any] = {}
+    for key, value in config.items():
+        if key in LEGACY_NAMES:
+            part, field_name = LEGACY_NAMES[key]
+            nested.setdefault(part, {})[field_name] = value
+        else:
+            nested[key] = value
+    return nested
 
 
-def _json_kind_matches(value: Any, hint: Any) -> bool:
-    if hint is MoEConfig:
-        return isinstance(value, dict)
-    if typing.get_origin(hint) is list:
-        return isinstance(value, list)
-    if hint is type(None):
-        return value is None
-    if hint is bool:
-        return isinstance(value, bool)
-    if isinstance(value, bool):
-        return False
-    if hint is int:
-        return isinstance(value, int)
-    if hint is float:
-        return isinstance(value, (int, float))
-    if hint is str:
-        return isinstance(value, str)
-    raise TypeError(f"unsupported argument type {hint}")  # a bug in _ARGUMENTS, not in the file
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    return {MoEConfig: "a MoEConfig object", int: "an int", float: "a number", bool: "a boolean",
-            str: "a string"}.get(hint, str(hint))
+def rename_v1_tensors(config: CheckpointConfig, model: nn.Module) -> dict[str, str]:
+    """{version-1 tensor name: today's name} for ``model`` (empty for newer formats)."""
+    return legacy_names(model) if config.format_version == 1 else {}

@@ -13,6 +13,7 @@ check: a checkpoint never loads with wrong contents.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ from moelab.checkpoints.config import (
     describe,
     dtype_name,
     parse_config,
+    rename_v1_tensors,
 )
 
 WEIGHTS_NAME = "model.safetensors"
@@ -154,6 +156,11 @@ def load_state(directory: str | Path) -> tuple[CheckpointConfig, dict[str, Tenso
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path.parent / CONFIG_NAME}: {config.model_class} rejects the saved "
                               f"arguments: {exc}") from None
+    renames = rename_v1_tensors(config, reference)
+    if renames:  # a version-1 file: today's names for the expert tensors
+        state = {renames.get(k, k): v for k, v in state.items()}
+        config = dataclasses.replace(
+            config, tensors={renames.get(k, k): v for k, v in config.tensors.items()})
     problem = _structure_mismatch(_specs(reference.state_dict()), state, dtypes=False)
     if problem:
         raise CheckpointError(f"{path.parent / CONFIG_NAME} does not match {path}: the "

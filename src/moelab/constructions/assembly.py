@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from moelab.layers import DeepMoE, MoEConfig, MoELayer
+from moelab.layers import DeepMoE, ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 _F64 = torch.float64
 #: one affine map (W (I, O), b (O,))
@@ -135,17 +135,14 @@ class LayerSpec:
         return max(max((w.shape[1] for w, _ in maps[:-1]), default=1) for maps in self.experts)
 
     def config(self) -> MoEConfig:
-        common = {
-            "num_experts": self.num_experts, "top_k": 1, "weighting": "paper",
-            "expert_depth": self.expert_depth, "expert_hidden": max(self.hidden, 1),
-        }
+        experts = ExpertConfig(depth=self.expert_depth, hidden=max(self.hidden, 1))
         if self.mlp_router is not None:
-            return MoEConfig(
-                router="mlp", router_bias=True, router_depth=len(self.mlp_router),
-                router_hidden=self.mlp_router[0][0].shape[1], **common,
-            )
-        bias = self.router is not None and self.router[1] is not None
-        return MoEConfig(router="linear", router_bias=bias, **common)
+            router = RouterConfig(top_k=1, weighting="paper", scorer="mlp", bias=True,
+                                  depth=len(self.mlp_router), hidden=self.mlp_router[0][0].shape[1])
+        else:
+            bias = self.router is not None and self.router[1] is not None
+            router = RouterConfig(top_k=1, weighting="paper", scorer="linear", bias=bias)
+        return MoEConfig(num_experts=self.num_experts, router=router, experts=experts)
 
 
 def _pad(maps: list[Affine], hidden: int) -> list[Affine]:
@@ -165,7 +162,7 @@ def _pad(maps: list[Affine], hidden: int) -> list[Affine]:
 @torch.no_grad()
 def write_layer(layer: MoELayer, spec: LayerSpec) -> MoELayer:
     """Copy ``spec``'s expert and router weights into ``layer`` (built from ``spec.config()``)."""
-    H = layer.config.expert_hidden
+    H = layer.config.experts.hidden
     for e, maps in enumerate(spec.experts):
         for k, (w, b) in enumerate(_pad(maps, H)):
             layer.experts.weights[k][e].copy_(w)

@@ -2,7 +2,7 @@
 
 The linear-router constructions spend a layer on routing features: layer 1 computes tau ~ rho for the
 manifold case, layer 2l the piece scores for Eq. (4). A router that is itself a two-layer ReLU net
-(``MoEConfig(router="mlp", router_depth=2)``) computes those features inside the router, so:
+(``RouterConfig(scorer="mlp", depth=2)``) computes those features inside the router, so:
 
 * manifold (Cor 4.9): depth 1. The router's hidden layer is tau's units, its output layer tau's
   output map; the E experts are the chart experts of :mod:`moelab.constructions.manifold`, reading

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from moelab.distributed.expert_parallel import shard_model
 from moelab.distributed.replicated import allreduce_replicated_grads
 from moelab.distributed.state import full_state_dict
-from moelab.layers import DeepMoE, MoEConfig
+from moelab.layers import DeepMoE, ExpertConfig, MoEConfig
 from moelab.tasks import build_manifold_task
 
 
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> float:
         task = build_manifold_task("circle", D=16, seed=args.seed)  # the same task on every rank
         with torch.random.fork_rng(devices=[]):  # the same initial weights on every rank
             torch.manual_seed(args.seed)
-            model = DeepMoE([16, 32, 1], MoEConfig(num_experts=args.experts, expert_hidden=16))
+            model = DeepMoE([16, 32, 1], MoEConfig(num_experts=args.experts, experts=ExpertConfig(hidden=16)))
         model = shard_model(model.to(device))
         opt = torch.optim.Adam(model.parameters(), lr=args.lr)
         data = torch.Generator().manual_seed(1000 * (args.seed + 1) + rank)  # each rank its own data

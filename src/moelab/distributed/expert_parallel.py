@@ -1,7 +1,9 @@
 """Expert parallelism: an MoE layer whose experts are sharded over the ranks of a process group.
 
-Every rank holds the full router and shared experts (replicated) and a contiguous slice of E / W
-experts: rank r owns experts [r * L, (r + 1) * L), L = E / W. A forward pass on a rank's own tokens:
+Sharding swaps two components of an ordinary :class:`~moelab.layers.moe.MoELayer`: its experts
+become this rank's slice, and its dispatcher an :class:`ExpertParallelDispatcher` (all-to-all);
+the router and shared experts stay replicated. Rank r owns experts [r * L, (r + 1) * L),
+L = E / W. A forward pass on a rank's own tokens:
 
 1. route them with the replicated router (the same :class:`~moelab.layers.outputs.Routing` the
    single-process layer computes for these tokens);
@@ -15,10 +17,7 @@ experts: rank r owns experts [r * L, (r + 1) * L), L = E / W. A forward pass on 
 
 Gradients flow through both exchanges, so an expert's gradient is complete on its owning rank (it
 sees the rows of every rank); replicated parameters get per-rank partial gradients, summed by
-:func:`~moelab.distributed.replicated.allreduce_replicated_grads`.
-
-Shape legend: T local tokens, S slots per token, E experts, W ranks, L = E / W local experts,
-N kept assignments of this rank, M rows received from all ranks, I/O in/out widths.
+:func:`~moelab.distributed.replicated.allreduce_replicated_grads`. Shapes: see :mod:`moelab.layers`.
 """
 
 from __future__ import annotations
@@ -30,11 +29,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from moelab._validation import check_features, one_of
+from moelab._validation import one_of
 from moelab.distributed.comm import all_to_all_rows, exchange_counts
-from moelab.layers.dispatch import DISPATCH_MODES, combine_cells, sort_by_expert
+from moelab.layers.dispatch import DISPATCH_MODES, Dispatched, combine_cells, sort_by_expert
+from moelab.layers.experts import ExpertBank
 from moelab.layers.moe import MoELayer
-from moelab.layers.outputs import MoEOutput, Routing
+from moelab.layers.outputs import Routing
 
 
 def _require_initialized(what: str) -> None:
@@ -65,72 +65,39 @@ def _slice_experts(experts: nn.Module, num_experts: int, lo: int, hi: int) -> nn
     return local
 
 
-class ExpertParallelMoE(MoELayer):
-    """An :class:`~moelab.layers.moe.MoELayer` whose experts are split over the ranks of ``group``.
+class ExpertParallelDispatcher:
+    """The all-to-all dispatcher of a sharded :class:`~moelab.layers.moe.MoELayer`.
 
-    Build it with :func:`shard_moe_layer` (or :func:`shard_model` for a whole model). It is a
-    ``MoELayer``, so :class:`~moelab.layers.stack.DeepMoE`, ``collect_aux_losses`` and
-    ``last_output`` work unchanged, and its state-dict keys are the full layer's (the expert tensors
-    hold the local slice: ``experts.weights.0`` is (L, in, out) instead of (E, in, out)).
-
-    On each rank, :meth:`run` returns what the single-process layer returns for that rank's tokens:
-    the output, the :class:`~moelab.layers.outputs.Routing` of the local tokens (``tokens_per_expert``
-    counts local tokens only) and the auxiliary losses of the local batch. Capacity limits and the
-    balancing losses are therefore computed per rank, from the local tokens. Every rank of the group
-    must call :meth:`run` (and backward) the same number of times: each call is a collective.
+    It runs the layer's experts (this rank's slice) on the rows that every rank routes to them
+    (see the module docstring); it always takes the sorted, grouped path (the dense path computes
+    the same function), so a layer's ``dispatch`` setting is checked and otherwise ignored. Every
+    rank of ``group`` must run the layer (and backward) the same number of times: each call is a
+    collective.
 
     Attributes:
         group: the process group (None: the default group).
         world_size, rank: W and this rank's index within ``group``.
-        num_local_experts: L = E / W.
+        num_experts: E, over all ranks; num_local_experts: L = E / W.
         expert_range: (lo, hi), the global ids of the local experts, lo <= e < hi.
     """
 
-    def __init__(self, layer: MoELayer, group: dist.ProcessGroup | None = None) -> None:
-        if not isinstance(layer, MoELayer) or isinstance(layer, ExpertParallelMoE):
-            raise TypeError(
-                f"layer must be a (not yet sharded) MoELayer, got {type(layer).__name__}"
-            )
-        _require_initialized("ExpertParallelMoE")
+    def __init__(self, num_experts: int, group: dist.ProcessGroup | None = None) -> None:
+        _require_initialized("ExpertParallelDispatcher")
         world, rank = dist.get_world_size(group), dist.get_rank(group)
-        E = layer.num_experts
-        if E % world:
+        if num_experts % world:
             raise ValueError(
-                f"num_experts={E} is not divisible by the expert-parallel world size {world}; "
-                f"use a number of experts that is a multiple of {world} or a group of a size dividing {E}"
+                f"num_experts={num_experts} is not divisible by the expert-parallel world size "
+                f"{world}; use a number of experts that is a multiple of {world} or a group of a "
+                f"size dividing {num_experts}"
             )
-        # MoELayer.__init__ would build all E experts; take the layer's pieces instead.
-        nn.Module.__init__(self)
-        self.config, self.d_in, self.d_out = layer.config, layer.d_in, layer.d_out
         self.group, self.world_size, self.rank = group, world, rank
-        self.num_local_experts = L = E // world
+        self.num_experts = num_experts
+        self.num_local_experts = L = num_experts // world
         self.expert_range = (rank * L, (rank + 1) * L)
-        self.router = copy.deepcopy(layer.router)
-        self.experts = _slice_experts(layer.experts, E, *self.expert_range)
-        self.shared = copy.deepcopy(layer.shared)
-        self._has_recon = getattr(layer.experts, "decoder", None) is not None
-        self.last_output = None
 
-    def run(self, x: Tensor, *, dispatch_mode: str | None = None) -> MoEOutput:
-        """Forward pass of the local tokens x (..., d_in) with routing and auxiliary losses.
-
-        ``dispatch_mode`` is checked and otherwise ignored: the expert-parallel path is always the
-        sorted, grouped one (the dense path computes the same function).
-        """
-        if dispatch_mode is not None:
-            one_of("dispatch", dispatch_mode, DISPATCH_MODES)
-        check_features(x, self.d_in, finite=self.config.check_finite)
-        lead = x.shape[:-1]
-        x_TI = x.reshape(-1, self.d_in)
-        routing = self.router(x_TI)
-        y_TO, recon = self._dispatch(x_TI, routing)
-        if self.shared is not None:
-            y_TO = y_TO + self.shared(x_TI)
-        result = MoEOutput(y_TO.reshape(*lead, self.d_out), routing, self._aux_losses(routing, recon))
-        self.last_output = result
-        return result
-
-    def _dispatch(self, x_TI: Tensor, routing: Routing) -> tuple[Tensor, Tensor | None]:
+    def __call__(self, x_TI: Tensor, routing: Routing, experts: ExpertBank, *,
+                 mode: str = "auto") -> Dispatched:
+        one_of("dispatch", mode, DISPATCH_MODES)
         S = routing.expert_ids.shape[1]
         W, L = self.world_size, self.num_local_experts
         # This rank's kept (token, slot) cells sorted by expert, as in the single-process path.
@@ -145,26 +112,33 @@ class ExpertParallelMoE(MoELayer):
         # local expert for the grouped matmuls, then restore the received order.
         local_M = torch.arange(L, device=x_TI.device).repeat(W).repeat_interleave(recv_WL.reshape(-1))
         order_M = torch.argsort(local_M, stable=True)
-        out = self.experts.forward_grouped(x_MI[order_M], recv_WL.sum(0))
+        out = experts.forward_grouped(x_MI[order_M], recv_WL.sum(0))
+        d_out = out.y.shape[1]
         y_MF = out.y if out.recon_error is None else torch.cat([out.y, out.recon_error[:, None]], 1)
         y_MF = y_MF.new_zeros(y_MF.shape).index_copy(0, order_M, y_MF)
         y_NF = all_to_all_rows(y_MF, send_sizes, recv_sizes, self.group)
 
-        y_TO = combine_cells(y_NF[:, : self.d_out], cell_N, routing)
+        y_TO = combine_cells(y_NF[:, :d_out], cell_N, routing)
         recon = None
-        if self._has_recon:
-            recon_N = y_NF[:, self.d_out]
+        if getattr(experts, "decoder", None) is not None:
+            recon_N = y_NF[:, d_out]
             recon = recon_N.mean() if recon_N.numel() else x_TI.new_zeros(())
-        return y_TO, recon
+        return Dispatched(y_TO, recon)
 
-    def extra_repr(self) -> str:
+    def __repr__(self) -> str:
         lo, hi = self.expert_range
-        return (f"{self.d_in} -> {self.d_out}, experts [{lo}, {hi}) of {self.num_experts} "
-                f"on rank {self.rank} of {self.world_size}")
+        return (f"ExpertParallelDispatcher(experts [{lo}, {hi}) of {self.num_experts} on rank "
+                f"{self.rank} of {self.world_size})")
 
 
-def shard_moe_layer(layer: MoELayer, group: dist.ProcessGroup | None = None) -> ExpertParallelMoE:
-    """The expert-parallel version of ``layer`` over ``group`` (None: the default group).
+def is_expert_parallel(layer: nn.Module) -> bool:
+    """Whether ``layer`` is an MoE layer sharded by :func:`shard_moe_layer`."""
+    return isinstance(layer, MoELayer) and isinstance(layer.dispatcher, ExpertParallelDispatcher)
+
+
+def shard_moe_layer(layer: MoELayer, group: dist.ProcessGroup | None = None) -> MoELayer:
+    """The expert-parallel version of ``layer`` over ``group`` (None: the default group): an
+    ``MoELayer`` holding this rank's slice of the experts and an :class:`ExpertParallelDispatcher`.
 
     ``layer`` is left untouched: its router and shared experts are copied, and this rank's slice of
     its experts. Every rank must start from the same full weights (build them with the same seed, or
@@ -172,7 +146,14 @@ def shard_moe_layer(layer: MoELayer, group: dist.ProcessGroup | None = None) -> 
     :func:`~moelab.distributed.state.load_full_state_dict` afterwards). Raises ValueError when the
     number of experts is not divisible by the group size.
     """
-    return ExpertParallelMoE(layer, group)
+    if not isinstance(layer, MoELayer) or is_expert_parallel(layer):
+        raise TypeError(f"layer must be a (not yet sharded) MoELayer, got {type(layer).__name__}")
+    dispatcher = ExpertParallelDispatcher(layer.num_experts, group)
+    experts = _slice_experts(layer.experts, layer.num_experts, *dispatcher.expert_range)
+    # Copy everything but the experts (the full bank is never duplicated), then swap components.
+    sharded = copy.deepcopy(layer, {id(layer.experts): experts})
+    sharded.dispatcher = dispatcher
+    return sharded
 
 
 def shard_model(model: nn.Module, group: dist.ProcessGroup | None = None) -> nn.Module:
@@ -182,12 +163,12 @@ def shard_model(model: nn.Module, group: dist.ProcessGroup | None = None) -> nn.
     sharded layers are left alone). Returns ``model``, or the sharded layer when ``model`` is itself
     an ``MoELayer``.
     """
-    if isinstance(model, ExpertParallelMoE):
+    if is_expert_parallel(model):
         return model
     if isinstance(model, MoELayer):
         return shard_moe_layer(model, group)
     targets = [(name, module) for name, module in model.named_modules()
-               if isinstance(module, MoELayer) and not isinstance(module, ExpertParallelMoE)]
+               if isinstance(module, MoELayer) and not is_expert_parallel(module)]
     for name, layer in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
@@ -195,8 +176,9 @@ def shard_model(model: nn.Module, group: dist.ProcessGroup | None = None) -> nn.
     return model
 
 
-def expert_parallel_layers(model: nn.Module) -> Iterator[tuple[str, ExpertParallelMoE]]:
-    """(qualified name, layer) of every :class:`ExpertParallelMoE` in ``model`` ("" for the model)."""
+def expert_parallel_layers(model: nn.Module) -> Iterator[tuple[str, MoELayer]]:
+    """(qualified name, layer) of every sharded MoE layer in ``model`` ("" for the model); the
+    layer's ``dispatcher`` is its :class:`ExpertParallelDispatcher`."""
     for name, module in model.named_modules():
-        if isinstance(module, ExpertParallelMoE):
+        if is_expert_parallel(module):
             yield name, module

@@ -15,25 +15,27 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from moelab.distributed.expert_parallel import ExpertParallelMoE, expert_parallel_layers
+from moelab.distributed.expert_parallel import expert_parallel_layers
+from moelab.layers.moe import MoELayer
 
 
 @torch.no_grad()
-def gather_expert_state(layer: ExpertParallelMoE) -> dict[str, Tensor]:
-    """The full expert bank of ``layer`` on every rank: {name: tensor of leading size E}.
+def gather_expert_state(layer: MoELayer) -> dict[str, Tensor]:
+    """The full expert bank of a sharded ``layer`` on every rank: {name: tensor of leading size E}.
 
-    Names are those of ``layer.experts.state_dict()`` (e.g. ``weights.0``: (E, in, out)). A
-    collective over ``layer.group``: every rank must call it.
+    Names are those of ``layer.experts.state_dict()`` (e.g. ``weight1``: (E, in, out)). A
+    collective over the layer's group: every rank must call it.
     """
     full = {}
+    sharding = layer.dispatcher
     for name, local in layer.experts.state_dict().items():
-        pieces = [torch.empty_like(local) for _ in range(layer.world_size)]
-        dist.all_gather(pieces, local.contiguous(), group=layer.group)
+        pieces = [torch.empty_like(local) for _ in range(sharding.world_size)]
+        dist.all_gather(pieces, local.contiguous(), group=sharding.group)
         full[name] = torch.cat(pieces)
     return full
 
 
-def _expert_prefixes(model: nn.Module) -> dict[str, ExpertParallelMoE]:
+def _expert_prefixes(model: nn.Module) -> dict[str, MoELayer]:
     return {(f"{name}.experts." if name else "experts."): layer
             for name, layer in expert_parallel_layers(model)}
 
@@ -70,6 +72,6 @@ def load_full_state_dict(model: nn.Module, state: Mapping[str, Tensor], *, stric
                 f"state[{key!r}] has shape {tuple(tensor.shape)}; expected a full expert tensor "
                 f"with leading size num_experts={layer.num_experts}"
             )
-        lo, hi = layer.expert_range
+        lo, hi = layer.dispatcher.expert_range
         local[key] = tensor[lo:hi]
     return model.load_state_dict(local, strict=strict)

@@ -5,7 +5,7 @@ A training run is fully described by a :class:`RunConfig`, a hand-built construc
 determines the result is the run's identity (re-running skips runs already stored): task and
 model fields their kind does not read (:data:`TASK_FIELDS`, :data:`MODEL_FIELDS`) are left out.
 ``--set key=value`` overrides reach any field by its dotted path (``train.steps=100``,
-``model.moe.expert_hidden=32``, ``task.D=64``), checked against the dataclass fields and converted
+``model.moe.experts.hidden=32``, ``task.D=64``), checked against the dataclass fields and converted
 to the field's type; unknown keys and values of the wrong type are errors that name the key.
 """
 
@@ -15,15 +15,15 @@ import dataclasses
 import hashlib
 import json
 import math
-import types
 import typing
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, is_dataclass
 from typing import Any
 
 from moelab._validation import one_of, positive_int
 from moelab.layers.moe import MoEConfig
 from moelab.training.loop import TrainConfig
+from moelab.typed_json import build as _build
 
 TASK_KINDS = ("manifold", "piecewise")
 MODEL_KINDS = ("moe", "dense")
@@ -205,72 +205,8 @@ def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _build(cls, data: Any, path: str):
-    if not isinstance(data, dict):
-        raise TypeError(f"{path or 'config'} must be a mapping, got {type(data).__name__}")
-    hints = _hints(cls)
-    names = {f.name for f in fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {[_join(path, k) for k in unknown]}; "
-                         f"known: {sorted(names)}")
-    kwargs = {}
-    for name, value in data.items():
-        hint = hints[name]
-        if is_dataclass(hint):
-            kwargs[name] = _build(hint, value, _join(path, name))
-        else:
-            kwargs[name] = _check_type(_join(path, name), value, hint)
-    return cls(**kwargs)
-
-
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
-
-
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    """``value`` if it fits ``hint`` (JSON-level types; ints accepted for floats), else TypeError."""
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(hint):
-            try:
-                return _check_type(key, value, option)
-            except TypeError as exc:
-                errors.append(str(exc))
-        raise TypeError(f"{key} must be {_describe(hint)}, got {value!r}")
-    if hint is type(None):
-        if value is None:
-            return None
-        raise TypeError(f"{key} must be None, got {value!r}")
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"{key} must be a mapping, got {value!r}")
-        _, vtype = typing.get_args(hint)
-        return {str(k): _check_type(f"{key}[{k!r}]", v, vtype) for k, v in value.items()}
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-    else:
-        raise TypeError(f"{key} has an unsupported type {hint}")
-    raise TypeError(f"{key} must be {_describe(hint)}, got {value!r} ({type(value).__name__})")
-
-
-def _describe(hint: Any) -> str:
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "None"
-    return getattr(hint, "__name__", str(hint))
 
 
 def parse_value(text: str) -> Any:

@@ -6,6 +6,7 @@ store (the scheduler, :mod:`moelab.experiments.schedule`, does that).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,10 +49,16 @@ def single_thread() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+#: Runs draw from torch's process-wide default generator (initialisation, router noise, each
+#: inside a forked RNG state) and set its thread count: two runs in threads of one process would
+#: interleave their draws, so runs in threads (e.g. a ThreadPoolExecutor) take turns.
+_PROCESS_STATE = threading.Lock()
+
+
 def execute(run: AnyRun, *, progress: bool = False) -> RunOutcome:
     """Build, initialise, train and measure a training run, or build and measure a construction
-    (deterministic given the config)."""
-    with single_thread():
+    (deterministic given the config; runs in threads of one process take turns)."""
+    with _PROCESS_STATE, single_thread():
         if isinstance(run, ConstructionRun):
             return _measure_construction(run)
         return _train_and_measure(run, progress=progress)

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from moelab.analysis import expert_paths
 from moelab.experiments.build import BuiltTask
+from moelab.layers import record_routing
 
 
 @torch.no_grad()
@@ -25,10 +26,10 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
     """
     model.eval()
     x, _ = task.sampler(n, torch.Generator().manual_seed(seed + 2_000_003))
-    paths = expert_paths(model, x).paths
-    # That forward pass left each layer's routing of x on its last_output.
+    with record_routing(model) as record:  # the routing of expert_paths' forward pass
+        paths = expert_paths(model, x).paths
     load = [(r.tokens_per_expert.float() / r.tokens_per_expert.sum()).tolist()
-            for r in (layer.last_output.routing for layer in model.moe_layers)]
+            for r in record.routings]
     truth = task.truth(x)
     path_ids, inverse = torch.unique(paths, dim=0, return_inverse=True)
     joint = torch.zeros(task.n_truth, len(path_ids), dtype=torch.long)

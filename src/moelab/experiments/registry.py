@@ -24,7 +24,7 @@ from moelab.experiments.config import (
     apply_overrides,
 )
 from moelab.experiments.spec import Axis, Experiment
-from moelab.layers.moe import MoEConfig
+from moelab.layers import ExpertConfig, MoEConfig
 from moelab.reporting.declare import (
     Beats,
     Bounds,
@@ -82,7 +82,7 @@ def best_recipe(lr: float) -> dict[str, object]:
     targets): data-dependent initialisation (Voronoi routers from k-means, expert kinks on their own
     data), hard top-1 routing (the paper's weighting, so the router keeps its balanced initial
     partition), Adam with 100 warm-up steps and cosine decay."""
-    return {"model.init": "data", "model.moe.weighting": "paper", "train.lr": lr,
+    return {"model.init": "data", "model.moe.router.weighting": "paper", "train.lr": lr,
             "train.schedule": "cosine", "train.warmup_steps": 100}
 
 
@@ -93,9 +93,10 @@ def _recipes(paper_steps: int, best_steps: int, best_lr: float) -> Axis:
     ))
 
 
-def _moe(**kw) -> MoEConfig:
-    # Inputs are generated, so the per-step finiteness check is skipped in experiments.
-    return MoEConfig(check_finite=False, **kw)
+def _moe(num_experts: int, hidden: int) -> MoEConfig:
+    """The paper's layer shape (linear router, top-1, two-layer ReLU experts of width ``hidden``).
+    Inputs are generated, so the per-step finiteness check is skipped in experiments."""
+    return MoEConfig(num_experts=num_experts, experts=ExpertConfig(hidden=hidden), check_finite=False)
 
 
 def _with(run: RunConfig, overrides: dict[str, object]) -> RunConfig:
@@ -112,7 +113,7 @@ def table3() -> Experiment:
               "(it is set by the intrinsic d = 1): ~3.4e-4 at every D.",
         base=unnamed(
             task=TaskSpec(kind="manifold", manifold="circle", D=16, n_charts=4),
-            model=ModelSpec(layers=1, moe=_moe(num_experts=4, top_k=1, expert_hidden=10)),
+            model=ModelSpec(layers=1, moe=_moe(4, 10)),
             train=TrainConfig(steps=2000, test_size=10_000),
         ),
         axes=(Axis.of("D", "task.D", (16, 32, 64, 128)), _recipes(2000, 5000, 1e-2)),
@@ -146,7 +147,7 @@ def table4() -> Experiment:
               "shallow one with as many experts (1 x 6) plateaus: 6 experts cannot cover 9 pieces.",
         base=unnamed(
             task=TaskSpec(kind="piecewise", E=3, L=2, output="vector"),
-            model=ModelSpec(layers=1, moe=_moe(num_experts=6, top_k=1, expert_hidden=16)),
+            model=ModelSpec(layers=1, moe=_moe(6, 16)),
             train=TrainConfig(steps=5000, test_size=10_000),
         ),
         axes=(
@@ -154,7 +155,7 @@ def table4() -> Experiment:
                 ("2-3-MoE", {"model.layers": 2, "model.moe.num_experts": 3, "model.width": 4}),
                 ("1-6-MoE", {"model.layers": 1, "model.moe.num_experts": 6}),
             )),
-            Axis.of("m", "model.moe.expert_hidden", (16, 32, 64, 128)),
+            Axis.of("m", "model.moe.experts.hidden", (16, 32, 64, 128)),
             Axis.of("output", "task.output", ("vector", "sum", "product")),
             _recipes(5000, 5000, 3e-3),
         ),
@@ -203,7 +204,7 @@ def _active_parameters(cell) -> float:
 @register("dense-vs-moe")
 def dense_vs_moe() -> Experiment:
     """The paper's claim that a dense net needs about E times more activated parameters."""
-    moe = [(f"moe-m{m}", {"model.kind": "moe", "model.moe.expert_hidden": m}) for m in (8, 16, 32)]
+    moe = [(f"moe-m{m}", {"model.kind": "moe", "model.moe.experts.hidden": m}) for m in (8, 16, 32)]
     dense = [(f"dense-h{h}", {"model.kind": "dense", "model.dense_hidden": h})
              for h in (8, 16, 32, 64, 128)]
     return Experiment(
@@ -212,7 +213,7 @@ def dense_vs_moe() -> Experiment:
               "parameters than an MoE with E experts.",
         base=_with(unnamed(
             task=TaskSpec(kind="manifold", manifold="circle", D=16),
-            model=ModelSpec(layers=1, moe=_moe(num_experts=4, expert_hidden=16)),
+            model=ModelSpec(layers=1, moe=_moe(4, 16)),
             train=TrainConfig(steps=3000),
         ), {**best_recipe(1e-2)}),
         axes=(
@@ -259,7 +260,7 @@ def depth() -> Experiment:
               "with L*E experts separates at most L*E.",
         base=_with(unnamed(
             task=TaskSpec(kind="piecewise", E=3, L=2, output="vector"),
-            model=ModelSpec(layers=2, moe=_moe(num_experts=3, expert_hidden=32)),
+            model=ModelSpec(layers=2, moe=_moe(3, 32)),
             train=TrainConfig(steps=4000),
         ), {**best_recipe(3e-3)}),
         axes=(Axis("model", tuple(variants)),),
@@ -294,13 +295,13 @@ def gating() -> Experiment:
               "routers (suggestion 1).",
         base=_with(unnamed(
             task=TaskSpec(kind="manifold", manifold="spiral", D=16),
-            model=ModelSpec(layers=1, moe=_moe(num_experts=10, expert_hidden=16)),
+            model=ModelSpec(layers=1, moe=_moe(10, 16)),
             train=TrainConfig(steps=4000),
-        ), {**best_recipe(1e-2), "model.moe.weighting": "switch"}),
+        ), {**best_recipe(1e-2), "model.moe.router.weighting": "switch"}),
         axes=(Axis("model", (
             ("1 layer, linear router", {"model.layers": 1}),
-            ("1 layer, MLP router", {"model.layers": 1, "model.moe.router": "mlp",
-                                     "model.moe.router_hidden": 64}),
+            ("1 layer, MLP router", {"model.layers": 1, "model.moe.router.scorer": "mlp",
+                                     "model.moe.router.hidden": 64}),
             ("2 layers, linear routers", {"model.layers": 2, "model.width": 16}),
         )),),
         seeds=2,
@@ -328,16 +329,16 @@ def lowdim_experts() -> Experiment:
         base=_with(unnamed(
             task=TaskSpec(kind="manifold", manifold="circle", D=16, n_charts=4,
                           embedding="isometry"),
-            model=ModelSpec(layers=1, moe=_moe(num_experts=4, expert_hidden=16)),
+            model=ModelSpec(layers=1, moe=_moe(4, 16)),
             train=TrainConfig(steps=3000),
         ), {**best_recipe(1e-2)}),
         axes=(
             Axis.of("D", "task.D", (16, 64, 256)),
             Axis("experts", (
                 ("plain", {}),
-                ("f_low o Enc", {"model.moe.latent_dim": 2}),
-                ("f_low o Enc + recon", {"model.moe.latent_dim": 2,
-                                         "model.moe.latent_decoder": True,
+                ("f_low o Enc", {"model.moe.experts.latent_dim": 2}),
+                ("f_low o Enc + recon", {"model.moe.experts.latent_dim": 2,
+                                         "model.moe.experts.latent_decoder": True,
                                          "train.aux_weights": {"reconstruction": 0.1}}),
             )),
         ),
@@ -368,7 +369,7 @@ def intrinsic() -> Experiment:
         claim="At fixed D the error grows with d; at fixed d it does not change with D.",
         base=_with(unnamed(
             task=TaskSpec(kind="manifold", manifold="circle", D=32, target="ridge", smoothness=2),
-            model=ModelSpec(layers=1, moe=_moe(num_experts=8, expert_hidden=32)),
+            model=ModelSpec(layers=1, moe=_moe(8, 32)),
             train=TrainConfig(steps=3000),
         ), {**best_recipe(1e-2)}),
         axes=(Axis("task", tuple(variants)),),

@@ -8,13 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+
+def _identity(x: Tensor) -> Tensor:
+    return x
+
+
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": F.relu,
     "gelu": F.gelu,
     "silu": F.silu,
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
-    "identity": lambda x: x,
+    "identity": _identity,  # a named function, so modules using it pickle
 }
 
 

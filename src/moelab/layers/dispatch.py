@@ -9,26 +9,32 @@ Three paths compute the same function:
   masks and mixes them. Work is proportional to T*E. For tiny experts (the paper's regime) this is
   the faster path: it launches a handful of kernels; for two-layer experts the mix is folded into
   the second matmul.
-* ``"reference"``: the plain version of ``"dense"`` — :meth:`forward_all` (every expert's output on
+* ``"reference"``: the plain version of ``"dense"`` — ``forward_all`` (every expert's output on
   every token), then the weighted sum. Never chosen by ``"auto"``; the tests' yardstick.
 
 Both combines are deterministic: every output cell is written once and then reduced in a fixed
 order (no atomic scatter-add), so a re-run gives the same bits.
 
-Shape legend: T tokens, S slots per token, N kept assignments, E experts, I/O in/out widths.
+A :class:`LocalDispatcher` is the component an :class:`~moelab.layers.moe.MoELayer` owns to run
+these paths; expert parallelism swaps in an all-to-all dispatcher with the same call signature
+(:class:`Dispatcher`). The experts are any :class:`~moelab.layers.experts.ExpertBank`.
+Shapes: see :mod:`moelab.layers`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import Tensor
 
 from moelab._validation import one_of
+from moelab.layers.config import DispatchMode, choices
+from moelab.layers.experts import ExpertBank
 from moelab.layers.outputs import Routing
 
-DISPATCH_MODES = ("auto", "grouped", "dense", "reference")
+DISPATCH_MODES = choices(DispatchMode)
 
 #: ``"auto"`` takes the dense path when computing every expert on every token costs at most this
 #: many multiply-adds. Below it, the dense path's few large kernels beat sorting and grouping.
@@ -44,25 +50,40 @@ class Dispatched:
     recon_loss: Tensor | None
 
 
-def expert_macs_per_token(experts) -> int:
-    """Multiply-adds one expert spends on one token (weights only; cached on the bank)."""
-    cached = getattr(experts, "_macs_per_token", None)
-    if cached is None:
-        cached = sum(w[0].numel() for w in experts.parameters() if w.dim() == 3)
-        experts._macs_per_token = cached
-    return cached
+class Dispatcher(Protocol):
+    """Runs ``experts`` on the assignments of ``routing`` and combines: x (T, I) -> y (T, O)."""
+
+    def __call__(self, x_TI: Tensor, routing: Routing, experts: ExpertBank, *,
+                 mode: str) -> Dispatched: ...
 
 
-def choose_path(mode: str, num_tokens: int, experts, routing: Routing) -> str:
+class LocalDispatcher:
+    """All experts on this process: the paths of this module (see the module docstring)."""
+
+    def __call__(self, x_TI: Tensor, routing: Routing, experts: ExpertBank, *,
+                 mode: str = "auto") -> Dispatched:
+        return dispatch_and_combine(x_TI, routing, experts, mode=mode)
+
+    def __repr__(self) -> str:
+        return "LocalDispatcher()"
+
+
+def expert_macs_per_token(experts: ExpertBank) -> int:
+    """Multiply-adds one expert spends on one token (weights only)."""
+    return experts.macs_per_token
+
+
+def choose_path(mode: str, num_tokens: int, experts: ExpertBank, routing: Routing) -> str:
     """Resolve ``"auto"`` to ``"dense"`` or ``"grouped"`` (see :data:`DENSE_WORK_LIMIT`)."""
     one_of("dispatch", mode, DISPATCH_MODES)
     if mode != "auto":
         return mode
-    dense_work = num_tokens * routing.num_experts * expert_macs_per_token(experts)
+    dense_work = num_tokens * routing.num_experts * experts.macs_per_token
     return "dense" if dense_work <= DENSE_WORK_LIMIT else "grouped"
 
 
-def dispatch_and_combine(x_TI: Tensor, routing: Routing, experts, *, mode: str = "auto") -> Dispatched:
+def dispatch_and_combine(x_TI: Tensor, routing: Routing, experts: ExpertBank, *,
+                         mode: str = "auto") -> Dispatched:
     """Run ``experts`` on the assignments of ``routing`` and combine: x (T, I) -> y (T, O)."""
     path = choose_path(mode, x_TI.shape[0], experts, routing)
     if path == "grouped":
@@ -70,10 +91,9 @@ def dispatch_and_combine(x_TI: Tensor, routing: Routing, experts, *, mode: str =
     return _dense(x_TI, routing, experts, fused=path == "dense")
 
 
-def _dense(x_TI: Tensor, routing: Routing, experts, *, fused: bool) -> Dispatched:
+def _dense(x_TI: Tensor, routing: Routing, experts: ExpertBank, *, fused: bool) -> Dispatched:
     w_TE = routing.combine_weights()
-    mixed = getattr(experts, "forward_mixed", None) if fused else None
-    y_TO = mixed(x_TI, w_TE) if mixed is not None else None
+    y_TO = experts.forward_mixed(x_TI, w_TE) if fused else None
     if y_TO is not None:  # two-layer experts: every expert and the mix in two flat matmuls
         return Dispatched(y_TO, None)
     out = experts.forward_all(x_TI)
@@ -88,10 +108,14 @@ def _dense(x_TI: Tensor, routing: Routing, experts, *, fused: bool) -> Dispatche
 
 def sort_by_expert(routing: Routing) -> tuple[Tensor, Tensor]:
     """The kept (token, slot) cells as flat indices t * S + s, sorted by expert (stable, so cells of
-    one expert stay in token order), and the expert of each: two (N,) long tensors."""
+    one expert stay in token order), and the expert of each: two (N,) long tensors.
+
+    When the router knows that every assignment is kept (no capacity limit, token choice),
+    ``routing.all_kept`` says so and no mask is read: no host sync, static shapes.
+    """
     T, S = routing.expert_ids.shape
     ids_N = routing.expert_ids.reshape(-1)
-    if bool(routing.kept.all()):
+    if routing.all_kept:
         cell_N = torch.arange(T * S, device=ids_N.device)
     else:
         cell_N = routing.kept.reshape(-1).nonzero().squeeze(1)
@@ -110,10 +134,11 @@ def combine_cells(y_NO: Tensor, cell_N: Tensor, routing: Routing) -> Tensor:
     return cells.view(T, S, y_NO.shape[1]).sum(1)
 
 
-def _grouped(x_TI: Tensor, routing: Routing, experts) -> Dispatched:
+def _grouped(x_TI: Tensor, routing: Routing, experts: ExpertBank) -> Dispatched:
     S = routing.expert_ids.shape[1]
     cell_N, ids_N = sort_by_expert(routing)
-    counts_E = torch.bincount(ids_N, minlength=routing.num_experts)
+    # Rows per expert, as a tensor of static shape (E,): bincount's shape depends on the data.
+    counts_E = ids_N.new_zeros(routing.num_experts).index_add_(0, ids_N, torch.ones_like(ids_N))
     # index_select: its backward is a plain index_add (the [] gather's is a slower index_put).
     out = experts.forward_grouped(x_TI.index_select(0, cell_N // S), counts_E)
     recon = None if out.recon_error is None else _mean_or_zero(out.recon_error, x_TI)

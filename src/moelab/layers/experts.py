@@ -1,39 +1,66 @@
-"""Banks of E experts with batched weights.
+"""Banks of E experts with batched weights, and the :class:`ExpertBank` protocol dispatch uses.
 
 An expert is an l-layer feed-forward network R^{d_in} -> R^{d_out} (PAPER.md Sec. 1: "l-layer, width m"
 means l affine maps with m hidden units each). The E experts of a bank share their shapes, so each
-layer's weights are held as one (E, in, out) tensor and all experts run at once: either every expert on
-every token (:meth:`forward_all`, batched matmul) or each expert on its own contiguous group of tokens
-(:meth:`forward_grouped`, grouped matmul).
-
-Shape legend: E experts, T tokens, N routed rows (tokens sorted by expert), I/O in/out widths.
+affine map's weights are one (E, in, out) parameter and all experts run at once. Each kind of
+expert is written once, as a function of an affine-map operation; the bank runs it either on every
+token for every expert (:meth:`Experts.forward_all`, batched matmul) or on each expert's own group
+of tokens (:meth:`Experts.forward_grouped`, grouped matmul). Shapes: see :mod:`moelab.layers`.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import pairwise
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moelab._validation import positive_int
 from moelab.layers.activations import get_activation
+from moelab.layers.config import ExpertConfig
+
+#: An affine map applied to a batch: (h, weight, bias or None) -> h'.
+Affine = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 @dataclass(frozen=True)
 class ExpertResult:
     """What a bank of experts returns.
 
-    ``y`` is (N, O) from :meth:`forward_grouped` or (E, T, O) from :meth:`forward_all`;
-    ``recon_error`` has the same leading shape (N or (E, T)) and holds the squared reconstruction
-    error ||Dec(Enc(x)) - x||^2 of low-dimensional experts, or is None.
+    ``y`` is (N, O) from ``forward_grouped`` or (E, T, O) from ``forward_all``; ``recon_error`` has
+    the same leading shape (N or (E, T)) and holds the squared reconstruction error
+    ||Dec(Enc(x)) - x||^2 of low-dimensional experts, or is None.
     """
 
     y: Tensor
     recon_error: Tensor | None = None
+
+
+@runtime_checkable
+class ExpertBank(Protocol):
+    """What :mod:`moelab.layers.dispatch` needs from a bank of E experts."""
+
+    num_experts: int
+    d_in: int
+    d_out: int
+    #: Multiply-adds one expert spends on one token (weights only); ``"auto"`` dispatch uses it.
+    macs_per_token: int
+
+    def forward_all(self, x_TI: Tensor) -> ExpertResult:
+        """Every expert on every token: x (T, I), or (E, T, I) per expert, -> y (E, T, O)."""
+        ...
+
+    def forward_grouped(self, x_NI: Tensor, counts_E: Tensor) -> ExpertResult:
+        """Expert e on its own rows: x (N, I) sorted by expert, ``counts_E`` rows each -> (N, O)."""
+        ...
+
+    def forward_mixed(self, x_TI: Tensor, w_TE: Tensor) -> Tensor | None:
+        """sum_e w_TE[:, e] * expert_e(x): (T, O), or None where the bank has no fused mix."""
+        ...
 
 
 def _grouped_mm_ok(x_NI: Tensor, w_EIO: Tensor) -> bool:
@@ -53,8 +80,16 @@ def grouped_linear(
 
     Rows must be sorted by expert with ``counts_E[e]`` rows for expert e; ``offsets_E`` is the
     int32 cumulative sum of ``counts_E``. Uses ``torch.nn.functional.grouped_mm`` where the kernel
-    accepts the operands and one matmul per non-empty group otherwise (same result).
+    accepts the operands and one matmul per non-empty group otherwise (same result; that fallback
+    reads the group sizes on the host). Under ``torch.compile``, where the kernel takes only
+    bfloat16 and the host read would break the graph, each row is multiplied by its own expert's
+    gathered weight instead (no sync, static shapes; memory N * I * O).
     """
+    if torch.compiler.is_compiling() and x_NI.dtype != torch.bfloat16:
+        expert_N = torch.arange(w_EIO.shape[0], device=x_NI.device).repeat_interleave(
+            counts_E, output_size=x_NI.shape[0])
+        y_NO = torch.bmm(x_NI[:, None, :], w_EIO[expert_N]).squeeze(1)
+        return y_NO if b_EO is None else y_NO + b_EO[expert_N]
     if _grouped_mm_ok(x_NI, w_EIO):
         y_NO = F.grouped_mm(x_NI.contiguous(), w_EIO, offs=offsets_E)
         if b_EO is not None:
@@ -69,111 +104,131 @@ def grouped_linear(
     return torch.cat(outs) if outs else x_NI.new_zeros(0, w_EIO.shape[2])
 
 
-class Experts(nn.Module):
-    """E independent feed-forward experts, each ``depth`` affine maps of hidden width ``hidden``.
+def batched_linear(h: Tensor, w_EIO: Tensor, b_EO: Tensor | None) -> Tensor:
+    """Every expert's affine map on every row: h (T, I) or (E, T, I) -> (E, T, O)."""
+    if h.dim() == 2:
+        h = h.expand(w_EIO.shape[0], *h.shape)
+    return torch.bmm(h, w_EIO) if b_EO is None else torch.baddbmm(b_EO[:, None, :], h, w_EIO)
 
-    ``depth=2`` is the paper's two-layer expert A2 act(A1 x + b1) + b2; ``depth=1`` is a single affine
-    map. ``gated=True`` gives the SwiGLU-shaped expert of Mixtral, W2 (act(W1 x) * (W3 x)) (depth 2
-    only; use ``activation="silu"`` for the Mixtral shape). Layer k's weight is a parameter of shape
-    (E, in_k, out_k) named ``weight{k}``; biases are (E, out_k).
+
+def _uniform(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
+    # nn.Linear's default init, per expert: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    bound = 1.0 / math.sqrt(fan_in)
+    return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
+
+
+class Experts(nn.Module):
+    """E independent feed-forward experts shaped by an :class:`~moelab.layers.config.ExpertConfig`.
+
+    ``depth=2`` is the paper's two-layer expert A2 act(A1 x + b1) + b2; ``depth=1`` is a single
+    affine map. Parameters, for depth l and widths d_0 = I, d_1 = ... = d_{l-1} = H, d_l = O:
+    ``weight1`` ... ``weight{l}`` of shape (E, d_{k-1}, d_k) and ``bias1`` ... ``bias{l}`` of shape
+    (E, d_k) (no biases with ``bias=False``); expert e computes ``h @ weight{k}[e] + bias{k}[e]``.
+
+    ``gated=True`` gives the SwiGLU-shaped expert of Mixtral, down(act(gate x) * (value x)):
+    ``weight_gate`` (E, I, H), ``weight_down`` (E, H, O), ``weight_value`` (E, I, H) and the biases
+    ``bias_gate`` (E, H), ``bias_down`` (E, O), ``bias_value`` (E, H) (use ``activation="silu"``
+    for Mixtral's shape). State dicts with the names of moelab 0.1 (``weights.0`` ...,
+    ``biases.0`` ...; the gated value branch at index 2) still load.
     """
 
-    def __init__(
-        self,
-        num_experts: int,
-        d_in: int,
-        d_out: int,
-        *,
-        hidden: int,
-        depth: int = 2,
-        activation: str = "relu",
-        gated: bool = False,
-        bias: bool = True,
-    ) -> None:
+    def __init__(self, num_experts: int, d_in: int, d_out: int, config: ExpertConfig) -> None:
         super().__init__()
-        self.num_experts = positive_int("num_experts", num_experts)
-        self.d_in = positive_int("d_in", d_in)
-        self.d_out = positive_int("d_out", d_out)
-        self.hidden = positive_int("expert_hidden", hidden)
-        self.depth = positive_int("expert_depth", depth)
-        self.activation = activation
-        self._act = get_activation(activation)
-        if gated and depth != 2:
-            raise ValueError(f"gated experts have expert_depth=2, got expert_depth={depth}")
-        self.gated = gated
-        widths = [d_in] + [hidden] * (depth - 1) + [d_out]
-        self.weights = nn.ParameterList()
-        self.biases = nn.ParameterList() if bias else None
-        for fan_in, fan_out in pairwise(widths):
-            self._add_layer(fan_in, fan_out)
-        if gated:  # the gate's value branch W3, applied to the input beside W1
-            self._add_layer(d_in, hidden)
+        self.num_experts, self.d_in, self.d_out = num_experts, d_in, d_out
+        self.config = config
+        self.hidden, self.depth, self.gated = config.hidden, config.depth, config.gated
+        self.activation = config.activation
+        self._act = get_activation(config.activation)
+        widths = [d_in] + [config.hidden] * (config.depth - 1) + [d_out]
+        shapes = list(pairwise(widths))
+        if config.gated:  # the gate's value branch, applied to the input beside the gate
+            shapes.append((d_in, config.hidden))
+            self.map_names: tuple[str, ...] = ("_gate", "_down", "_value")
+        else:
+            self.map_names = tuple(str(k + 1) for k in range(config.depth))
+        # Draw order (every weight, then its bias) is moelab 0.1's, so seeded banks are unchanged.
+        drawn = [(_uniform((num_experts, i, o), i),
+                  _uniform((num_experts, o), i) if config.bias else None) for i, o in shapes]
+        for name, (w, _) in zip(self.map_names, drawn, strict=True):
+            self.register_parameter(f"weight{name}", w)
+        for name, (_, b) in zip(self.map_names, drawn, strict=True):
+            self.register_parameter(f"bias{name}", b)
+        self.macs_per_token = sum(i * o for i, o in shapes)
+        self._register_load_state_dict_pre_hook(self._rename_legacy_keys)
 
-    def _add_layer(self, fan_in: int, fan_out: int) -> None:
-        # nn.Linear's default init, per expert: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-        bound = 1.0 / math.sqrt(fan_in)
-        w = torch.empty(self.num_experts, fan_in, fan_out).uniform_(-bound, bound)
-        self.weights.append(nn.Parameter(w))
-        if self.biases is not None:
-            b = torch.empty(self.num_experts, fan_out).uniform_(-bound, bound)
-            self.biases.append(nn.Parameter(b))
+    @property
+    def weights(self) -> tuple[Tensor, ...]:
+        """The weights in the order of the affine maps (gated: gate, down, value)."""
+        return tuple(getattr(self, f"weight{n}") for n in self.map_names)
 
-    def _bias(self, k: int) -> Tensor | None:
-        return None if self.biases is None else self.biases[k]
+    @property
+    def biases(self) -> tuple[Tensor, ...] | None:
+        """The biases in the order of :attr:`weights`, or None without biases."""
+        if not self.config.bias:
+            return None
+        return tuple(getattr(self, f"bias{n}") for n in self.map_names)
+
+    def expert(self, x: Tensor, affine: Affine) -> Tensor:
+        """The expert function, written once: ``affine(h, weight, bias)`` applies one map."""
+        params = self._parameters  # plain dict reads: this runs in every forward pass
+        maps = [(params[f"weight{n}"], params[f"bias{n}"]) for n in self.map_names]
+        if self.gated:
+            (w_gate, b_gate), (w_down, b_down), (w_value, b_value) = maps
+            h = self._act(affine(x, w_gate, b_gate)) * affine(x, w_value, b_value)
+            return affine(h, w_down, b_down)
+        h = x
+        for k, (w, b) in enumerate(maps):
+            h = affine(h, w, b)
+            if k < self.depth - 1:
+                h = self._act(h)
+        return h
 
     def forward_all(self, x_TI: Tensor) -> ExpertResult:
         """Every expert on every token: x (T, I), or (E, T, I) per expert, -> y (E, T, O).
 
         This is the plain reference computation (no sorting, no grouping).
         """
-        def affine(h, k):  # h: (T, I) or (E, T, I)
-            w, b = self.weights[k], self._bias(k)
-            if h.dim() == 2:
-                h = h.expand(w.shape[0], *h.shape)
-            return torch.bmm(h, w) if b is None else torch.baddbmm(b[:, None, :], h, w)
+        return ExpertResult(self.expert(x_TI, batched_linear))
 
-        if self.gated:
-            h = self._act(affine(x_TI, 0)) * affine(x_TI, 2)
-            return ExpertResult(affine(h, 1))
-        h = x_TI
-        for k in range(self.depth):
-            h = affine(h, k)
-            if k < self.depth - 1:
-                h = self._act(h)
-        return ExpertResult(h)
+    def forward_grouped(self, x_NI: Tensor, counts_E: Tensor) -> ExpertResult:
+        """Expert e on its own rows: x (N, I) sorted by expert, ``counts_E`` rows each -> y (N, O)."""
+        offsets_E = counts_E.cumsum(0).to(torch.int32)
+
+        def affine(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+            return grouped_linear(h, w, b, counts_E, offsets_E)
+
+        return ExpertResult(self.expert(x_NI, affine))
 
     def forward_mixed(self, x_TI: Tensor, w_TE: Tensor) -> Tensor | None:
         """sum_e w_TE[:, e] * expert_e(x) for two-layer, ungated experts as two flat matmuls,
         (T, I) -> (T, O); None for other shapes (use :meth:`forward_all`).
 
-        The first layers of all experts are one (I, E*H) matmul; the weighted mix of the second
-        layers is one (E*H, O) matmul of the weighted hidden units, since the mix is linear.
+        :meth:`expert` with a mixing affine map: the first maps of all experts are one (I, E*H)
+        matmul; the weighted mix of the second maps is one (E*H, O) matmul of the weighted hidden
+        units, since the mix is linear.
         """
         if self.depth != 2 or self.gated:
             return None
         T, E, H = x_TI.shape[0], self.num_experts, self.hidden
-        w1_IF = self.weights[0].transpose(0, 1).reshape(self.d_in, E * H)
-        b1 = self._bias(0)
-        h_TF = x_TI @ w1_IF if b1 is None else torch.addmm(b1.reshape(-1), x_TI, w1_IF)
-        h_TF = (self._act(h_TF).view(T, E, H) * w_TE[:, :, None]).view(T, E * H)
-        w2_FO = self.weights[1].reshape(E * H, self.d_out)
-        b2 = self._bias(1)
-        return h_TF @ w2_FO if b2 is None else torch.addmm(w_TE @ b2, h_TF, w2_FO)
 
-    def forward_grouped(self, x_NI: Tensor, counts_E: Tensor) -> ExpertResult:
-        """Expert e on its own rows: x (N, I) sorted by expert, ``counts_E`` rows each -> y (N, O)."""
-        offsets_E = counts_E.cumsum(0).to(torch.int32)
-        if self.gated:
-            gate = grouped_linear(x_NI, self.weights[0], self._bias(0), counts_E, offsets_E)
-            value = grouped_linear(x_NI, self.weights[2], self._bias(2), counts_E, offsets_E)
-            h = self._act(gate) * value
-            return ExpertResult(grouped_linear(h, self.weights[1], self._bias(1), counts_E, offsets_E))
-        h = x_NI
-        for k in range(self.depth):
-            h = grouped_linear(h, self.weights[k], self._bias(k), counts_E, offsets_E)
-            if k < self.depth - 1:
-                h = self._act(h)
-        return ExpertResult(h)
+        def mixing(h: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+            if h.dim() == 2:  # first map, every expert at once: (T, I) -> (T, E, H)
+                w_IF = w.transpose(0, 1).reshape(self.d_in, E * H)
+                h_TF = h @ w_IF if b is None else torch.addmm(b.reshape(-1), h, w_IF)
+                return h_TF.view(T, E, H)
+            # second map, mixed: (T, E, H) weighted by w_TE -> (T, O)
+            h_TF = (h * w_TE[:, :, None]).view(T, E * H)
+            w_FO = w.reshape(E * H, self.d_out)
+            return h_TF @ w_FO if b is None else torch.addmm(w_TE @ b, h_TF, w_FO)
+
+        return self.expert(x_TI, mixing)
+
+    def _rename_legacy_keys(self, state_dict, prefix, *args) -> None:
+        """load_state_dict pre-hook: moelab 0.1's ``weights.k`` / ``biases.k`` -> today's names."""
+        for k, name in enumerate(self.map_names):
+            for old, new in ((f"weights.{k}", f"weight{name}"), (f"biases.{k}", f"bias{name}")):
+                if prefix + old in state_dict:
+                    state_dict[prefix + new] = state_dict.pop(prefix + old)
 
     def extra_repr(self) -> str:
         kind = "gated " if self.gated else ""
@@ -183,55 +238,66 @@ class Experts(nn.Module):
         )
 
 
+def legacy_names(model: nn.Module) -> dict[str, str]:
+    """moelab 0.1's state-dict name of every expert tensor of ``model`` whose name has changed:
+    {old name: new name} (``experts.weights.0`` -> ``experts.weight1``, ...)."""
+    renames = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, Experts):
+            dot = f"{prefix}." if prefix else ""
+            for k, name in enumerate(module.map_names):
+                renames[f"{dot}weights.{k}"] = f"{dot}weight{name}"
+                if module.config.bias:
+                    renames[f"{dot}biases.{k}"] = f"{dot}bias{name}"
+    return renames
+
+
 class LowDimExperts(nn.Module):
     """Low-dimensional experts f_low o Enc (PAPER.md Sec. 4, suggestion 3).
 
     Enc: R^{d_in} -> R^{latent} is a per-expert affine map (it stands for the chart map phi_i), and
-    f_low: R^{latent} -> R^{d_out} is a small :class:`Experts` bank. With ``decoder=True`` each expert
-    also has an affine Dec: R^{latent} -> R^{d_in}, and the squared reconstruction error
+    f_low: R^{latent} -> R^{d_out} is a small :class:`Experts` bank. With ``latent_decoder`` each
+    expert also has an affine Dec: R^{latent} -> R^{d_in}, and the squared reconstruction error
     ||Dec(Enc(x)) - x||^2 of every routed row is returned for the reconstruction loss.
     Parameters per expert: (d_in + 1) * latent for Enc plus those of f_low, instead of O(d_in * hidden).
     """
 
-    def __init__(
-        self,
-        num_experts: int,
-        d_in: int,
-        d_out: int,
-        *,
-        latent: int,
-        hidden: int,
-        depth: int = 2,
-        activation: str = "relu",
-        decoder: bool = False,
-        bias: bool = True,
-    ) -> None:
+    def __init__(self, num_experts: int, d_in: int, d_out: int, config: ExpertConfig) -> None:
         super().__init__()
-        self.num_experts = positive_int("num_experts", num_experts)
-        self.d_in, self.d_out = d_in, d_out
-        self.latent = positive_int("latent_dim", latent)
-        self.encoder = Experts(num_experts, d_in, latent, hidden=latent, depth=1, bias=bias)
-        self.f_low = Experts(
-            num_experts, latent, d_out, hidden=hidden, depth=depth, activation=activation, bias=bias
-        )
-        self.decoder = (
-            Experts(num_experts, latent, d_in, hidden=latent, depth=1, bias=bias) if decoder else None
-        )
+        if config.latent_dim is None:
+            raise ValueError("LowDimExperts needs an ExpertConfig with latent_dim set")
+        self.num_experts, self.d_in, self.d_out = num_experts, d_in, d_out
+        self.config = config
+        self.latent = latent = config.latent_dim
+        affine = ExpertConfig(hidden=latent, depth=1, bias=config.bias)
+        self.encoder = Experts(num_experts, d_in, latent, affine)
+        self.f_low = Experts(num_experts, latent, d_out, ExpertConfig(
+            hidden=config.hidden, depth=config.depth, activation=config.activation,
+            bias=config.bias))
+        self.decoder = Experts(num_experts, latent, d_in, affine) if config.latent_decoder else None
+        self.macs_per_token = sum(m.macs_per_token for m in self.children())
+
+    def _run(self, x: Tensor, run: Callable[[Experts, Tensor], Tensor]) -> ExpertResult:
+        z = run(self.encoder, x)
+        y = run(self.f_low, z)
+        recon = None
+        if self.decoder is not None:
+            recon = (run(self.decoder, z) - x).square().sum(-1)
+        return ExpertResult(y, recon)
 
     def forward_all(self, x_TI: Tensor) -> ExpertResult:
-        z_ETL = self.encoder.forward_all(x_TI).y
-        y_ETO = self.f_low.forward_all(z_ETL).y
-        recon = None
-        if self.decoder is not None:
-            xhat_ETI = self.decoder.forward_all(z_ETL).y
-            recon = (xhat_ETI - x_TI).square().sum(-1)
-        return ExpertResult(y_ETO, recon)
+        return self._run(x_TI, lambda bank, h: bank.forward_all(h).y)
 
     def forward_grouped(self, x_NI: Tensor, counts_E: Tensor) -> ExpertResult:
-        z_NL = self.encoder.forward_grouped(x_NI, counts_E).y
-        y_NO = self.f_low.forward_grouped(z_NL, counts_E).y
-        recon = None
-        if self.decoder is not None:
-            xhat_NI = self.decoder.forward_grouped(z_NL, counts_E).y
-            recon = (xhat_NI - x_NI).square().sum(-1)
-        return ExpertResult(y_NO, recon)
+        return self._run(x_NI, lambda bank, h: bank.forward_grouped(h, counts_E).y)
+
+    def forward_mixed(self, x_TI: Tensor, w_TE: Tensor) -> None:
+        """No fused mix: the reconstruction error needs every expert's own output."""
+        return None
+
+
+def build_experts(num_experts: int, d_in: int, d_out: int, config: ExpertConfig) -> ExpertBank:
+    """The bank ``config`` describes: :class:`LowDimExperts` when ``latent_dim`` is set."""
+    if config.latent_dim is not None:
+        return LowDimExperts(num_experts, d_in, d_out, config)
+    return Experts(num_experts, d_in, d_out, config)

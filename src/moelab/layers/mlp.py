@@ -35,6 +35,7 @@ class MLP(nn.Module):
         self.depth = positive_int("depth", depth)
         act = get_activation(activation)
         self.activation = activation
+        self.bias = bias
         widths = [d_in] + [hidden] * (depth - 1) + [d_out]
         self.linears = nn.ModuleList(
             nn.Linear(a, b, bias=bias) for a, b in pairwise(widths)
@@ -56,12 +57,14 @@ class DenseMLP(MLP):
     losses, so training and analysis code treats dense and MoE models alike.
     """
 
-    def __init__(self, d_in: int, d_out: int, *, check_finite: bool = True, **kwargs) -> None:
-        super().__init__(d_in, d_out, **kwargs)
+    def __init__(self, d_in: int, d_out: int, *, hidden: int, depth: int = 2,
+                 activation: str = "relu", bias: bool = True, check_finite: bool = True) -> None:
+        super().__init__(d_in, d_out, hidden=hidden, depth=depth, activation=activation, bias=bias)
         self.check_finite = check_finite
 
     def run(self, x: Tensor) -> ModelOutput:
-        check_features(x, self.d_in, finite=self.check_finite)
+        check_features(x, self.d_in, finite=self.check_finite, like=self.linears[0].weight,
+                       owner="the model")
         return ModelOutput(y=super().forward(x), aux_losses={}, layers=())
 
     def forward(self, x: Tensor) -> Tensor:

@@ -1,11 +1,8 @@
-"""The small frozen records that layers and models return.
-
-Shape legend: T tokens (all leading dimensions of the input flattened), E experts, S routing slots
-per token (S = K for token-choice routing, S = E for expert-choice routing), O output width.
-"""
+"""The small frozen records that layers and models return. Shapes: see :mod:`moelab.layers`."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import operator
 from collections.abc import Callable, Iterator, Mapping
@@ -53,7 +50,7 @@ class LazyLosses(Mapping[str, Tensor]):
         return cls({name: total(name) for name in names})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Routing:
     """Which experts each token uses, and with what weight.
 
@@ -70,6 +67,8 @@ class Routing:
             the capacity limit. Expert choice: the fraction of tokens that no expert took.
         clean_logits, noise_std: (T, E), for the noisy top-k load loss; None without that noise.
         expert_choice: whether the slots are expert-choice slots (S = E, slot e is expert e).
+        all_kept: True when the router guarantees that every slot is kept (no capacity limit),
+            so dispatch need not read ``kept`` (no host sync); False means "look at ``kept``".
     """
 
     expert_ids: Tensor
@@ -82,6 +81,13 @@ class Routing:
     clean_logits: Tensor | None = None
     noise_std: Tensor | None = None
     expert_choice: bool = False
+    all_kept: bool = False
+
+    def detach(self) -> Routing:
+        """The same routing with every tensor detached from the autograd graph."""
+        return dataclasses.replace(self, **{
+            f.name: getattr(self, f.name).detach() for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), Tensor)})
 
     @property
     def num_experts(self) -> int:

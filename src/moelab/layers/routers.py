@@ -13,7 +13,8 @@ the selected logits (PAPER.md Sec. 1). This module offers that and the common al
 * auxiliary-loss-free balancing (DeepSeek-V3): a per-expert bias added to the scores for selection
   only, moved by :meth:`Router.update_balance_bias`.
 
-Shape legend: T tokens, D input width, E experts, K experts per token, S slots per token, C capacity.
+The router takes its :class:`~moelab.layers.config.RouterConfig` as-is (the config checked its
+fields when it was built). Shapes: see :mod:`moelab.layers`.
 """
 
 from __future__ import annotations
@@ -24,25 +25,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moelab._validation import one_of, positive_float, positive_int
+from moelab._validation import positive_int
+from moelab.layers.config import (
+    CapacityPriority,
+    Noise,
+    RouterConfig,
+    RoutingKind,
+    Scorer,
+    Weighting,
+    choices,
+)
 from moelab.layers.mlp import MLP
 from moelab.layers.outputs import Routing
 
-#: How the selected experts' outputs are weighted (token choice).
-#:  - ``"paper"``: softmax over the K selected logits (the paper's alpha). With K = 1 the weight is
-#:    exactly 1: hard routing, and the router receives **no gradient** from the task loss.
-#:  - ``"switch"`` (default): the full softmax probability of each selected expert, not renormalised
-#:    (Switch Transformer). With K = 1 the router is trained through the weight p_i(x).
-#:  - ``"sigmoid"``: sigmoid scores normalised over the selected experts (DeepSeek-V3).
-#:  - ``"unweighted"``: weight 1 for every selected expert (the outputs are summed).
-WEIGHTINGS = ("paper", "switch", "sigmoid", "unweighted")
-SCORERS = ("linear", "mlp")
-ROUTINGS = ("token_choice", "expert_choice")
-NOISES = ("none", "jitter", "noisy_topk")
-#: Which assignments an over-full expert keeps. ``"position"`` (default; Switch, GShard): all first
-#: choices before any second choice, then earlier tokens first. ``"score"`` (batch-prioritised
-#: routing, Riquelme et al. 2021): higher combine weight first.
-CAPACITY_PRIORITIES = ("position", "score")
+WEIGHTINGS = choices(Weighting)
+SCORERS = choices(Scorer)
+ROUTINGS = choices(RoutingKind)
+NOISES = choices(Noise)
+CAPACITY_PRIORITIES = choices(CapacityPriority)
 
 
 def _fraction(mask: Tensor) -> Tensor:
@@ -56,71 +56,52 @@ class Router(nn.Module):
     Args:
         d_in: input width D.
         num_experts: E.
-        top_k: K, experts per token (token choice), 1 <= K <= E. Under expert choice K only sets
-            the capacity C = ceil(capacity_factor * T * K / E).
-        scorer: ``"linear"`` or ``"mlp"``; ``mlp_hidden`` and ``mlp_depth`` shape the MLP scorer.
-        bias: whether the linear scorer has a bias (False reproduces the paper's g(x) = W_R x).
-        weighting: one of :data:`WEIGHTINGS`.
-        routing: ``"token_choice"`` or ``"expert_choice"``.
-        noise: ``"none"``, ``"jitter"`` (multiply the router input by U(1 - eps, 1 + eps)) or
-            ``"noisy_topk"`` (add N(0, softplus(W_noise x)^2) to the logits). Training mode only.
-        jitter_eps: eps of the input jitter.
-        capacity_factor: None for dropless token choice; else C as above (under expert choice
-            None means 1.0).
-        capacity_priority: one of :data:`CAPACITY_PRIORITIES`.
-        balance_bias: keep a per-expert bias added to the selection scores only (DeepSeek-V3).
+        config: the :class:`~moelab.layers.config.RouterConfig` (top_k <= E).
         generator: the random source of the noise (None: torch's default generator).
     """
 
-    def __init__(
-        self,
-        d_in: int,
-        num_experts: int,
-        *,
-        top_k: int = 1,
-        scorer: str = "linear",
-        bias: bool = True,
-        mlp_hidden: int = 32,
-        mlp_depth: int = 2,
-        weighting: str = "switch",
-        routing: str = "token_choice",
-        noise: str = "none",
-        jitter_eps: float = 1e-2,
-        capacity_factor: float | None = None,
-        capacity_priority: str = "position",
-        balance_bias: bool = False,
-        generator: torch.Generator | None = None,
-    ) -> None:
+    def __init__(self, d_in: int, num_experts: int, config: RouterConfig | None = None, *,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
+        config = RouterConfig() if config is None else config
+        if not isinstance(config, RouterConfig):
+            raise TypeError(f"config must be a RouterConfig, got {type(config).__name__}")
         self.d_in = positive_int("d_in", d_in)
         self.num_experts = positive_int("num_experts", num_experts)
-        self.top_k = positive_int("top_k", top_k)
-        if top_k > num_experts:
-            raise ValueError(f"top_k={top_k} must be <= num_experts={num_experts}")
-        self.scorer_kind = one_of("router", scorer, SCORERS)
-        self.weighting = one_of("weighting", weighting, WEIGHTINGS)
-        self.routing = one_of("routing", routing, ROUTINGS)
-        self.noise = one_of("noise", noise, NOISES)
-        self.jitter_eps = positive_float("jitter_eps", jitter_eps, allow_zero=True)
-        self.capacity_factor = (
-            None if capacity_factor is None else positive_float("capacity_factor", capacity_factor)
-        )
-        self.capacity_priority = one_of("capacity_priority", capacity_priority, CAPACITY_PRIORITIES)
+        if config.top_k > num_experts:
+            raise ValueError(f"top_k={config.top_k} must be <= num_experts={num_experts}")
+        self.config = config
+        self.top_k = config.top_k
+        self.scorer_kind = config.scorer
+        self.weighting = config.weighting
+        self.routing = config.routing
+        self.noise = config.noise
+        self.jitter_eps = config.jitter_eps
+        self.capacity_factor = config.capacity_factor
+        self.capacity_priority = config.capacity_priority
         self.generator = generator
-        if scorer == "linear":
-            self.scorer: nn.Module = nn.Linear(d_in, num_experts, bias=bias)
+        if config.scorer == "linear":
+            self.scorer: nn.Module = nn.Linear(d_in, num_experts, bias=config.bias)
         else:
-            self.scorer = MLP(d_in, num_experts, hidden=mlp_hidden, depth=mlp_depth, bias=bias)
+            self.scorer = MLP(d_in, num_experts, hidden=config.hidden, depth=config.depth,
+                              bias=config.bias)
         # Noisy top-k: W_noise starts at zero, so the noise scale starts at softplus(0) everywhere.
         self.noise_proj = (
-            nn.Linear(d_in, num_experts, bias=False) if noise == "noisy_topk" else None
+            nn.Linear(d_in, num_experts, bias=False) if config.noise == "noisy_topk" else None
         )
         if self.noise_proj is not None:
             nn.init.zeros_(self.noise_proj.weight)
-        self.balance_bias = balance_bias
+        self.balance_bias = config.balance_bias
         self.register_buffer(
-            "expert_bias", torch.zeros(num_experts) if balance_bias else None, persistent=True
+            "expert_bias", torch.zeros(num_experts) if config.balance_bias else None,
+            persistent=True
         )
+
+    @property
+    def scorer_weight(self) -> Tensor:
+        """The scorer's first weight: the router's dtype and device."""
+        scorer = self.scorer
+        return scorer.weight if isinstance(scorer, nn.Linear) else scorer.linears[0].weight
 
     # -- scores -------------------------------------------------------------------------------
     def _logits(self, x_TD: Tensor) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -179,7 +160,8 @@ class Router(nn.Module):
 
         kept_TK = torch.ones_like(ids_TK, dtype=torch.bool)
         capacity = self.capacity(T)
-        if capacity is not None and capacity < T * self.top_k:
+        limited = capacity is not None and capacity < T * self.top_k
+        if limited:
             kept_TK = self._within_capacity(ids_TK, weights_TK.detach(), capacity)
             weights_TK = weights_TK * kept_TK
             counts_E = torch.bincount(ids_TK[kept_TK], minlength=E)
@@ -187,8 +169,9 @@ class Router(nn.Module):
         else:
             counts_E = torch.bincount(ids_TK.reshape(-1), minlength=E)
             dropped = torch.zeros((), device=ids_TK.device)
-        return Routing(ids_TK, weights_TK, kept_TK, logits_TE, probs_TE, counts_E, dropped,
-                       clean_TE, std_TE)
+        return Routing(expert_ids=ids_TK, weights=weights_TK, kept=kept_TK, logits=logits_TE,
+                       probs=probs_TE, tokens_per_expert=counts_E, dropped_fraction=dropped,
+                       clean_logits=clean_TE, noise_std=std_TE, all_kept=not limited)
 
     def _within_capacity(self, ids_TK: Tensor, weights_TK: Tensor, capacity: int) -> Tensor:
         """Which assignments fit: each expert keeps its first ``capacity`` by priority order."""
@@ -218,8 +201,9 @@ class Router(nn.Module):
         ids_TE = torch.arange(E, device=logits_TE.device).expand(T, E)
         counts_E = kept_TE.sum(0)
         dropped = _fraction(~kept_TE.any(-1))
-        return Routing(ids_TE, weights_TE, kept_TE, logits_TE, probs_TE, counts_E, dropped,
-                       clean_TE, std_TE, expert_choice=True)
+        return Routing(expert_ids=ids_TE, weights=weights_TE, kept=kept_TE, logits=logits_TE,
+                       probs=probs_TE, tokens_per_expert=counts_E, dropped_fraction=dropped,
+                       clean_logits=clean_TE, noise_std=std_TE, expert_choice=True)
 
     # -- auxiliary-loss-free balancing -------------------------------------------------------------
     @torch.no_grad()

@@ -52,17 +52,19 @@ class DeepMoE(nn.Module):
         n_layers = len(widths) - 1
         self.moe_every = positive_int("moe_every", moe_every)
         configs = self._per_layer(config, n_layers)
+        #: The configuration as given: one MoEConfig for every layer, or a tuple of them.
+        self.config = configs[0] if config is None else (
+            config if isinstance(config, MoEConfig) else tuple(configs))
         self.residual = residual
         self.layers = nn.ModuleList()
         for i in range(n_layers):
             cfg = configs[i]
             if (i + 1) % moe_every == 0:
                 self.layers.append(MoELayer(widths[i], widths[i + 1], cfg))
-            else:
-                self.layers.append(
-                    MLP(widths[i], widths[i + 1], hidden=cfg.expert_hidden, depth=cfg.expert_depth,
-                        activation=cfg.activation, bias=cfg.expert_bias)
-                )
+            else:  # a dense layer shaped like one expert
+                e = cfg.experts
+                self.layers.append(MLP(widths[i], widths[i + 1], hidden=e.hidden, depth=e.depth,
+                                       activation=e.activation, bias=e.bias))
         self.check_finite = configs[0].check_finite
 
     @staticmethod
@@ -91,16 +93,31 @@ class DeepMoE(nn.Module):
     def moe_layers(self) -> list[MoELayer]:
         return [layer for layer in self.layers if isinstance(layer, MoELayer)]
 
-    def run(self, x: Tensor) -> ModelOutput:
-        """Forward pass returning every MoE layer's routing and the summed auxiliary losses."""
-        check_features(x, self.d_in, finite=self.check_finite)
+    def run(self, x: Tensor, *, dispatch_mode: str | None = None) -> ModelOutput:
+        """Forward pass returning every MoE layer's routing and the summed auxiliary losses.
+
+        The input is checked once here (shape, dtype, device and, with ``check_finite``, finite
+        values); the layers inside do not check again. ``dispatch_mode`` overrides every MoE
+        layer's ``config.dispatch`` (``"auto"``, ``"grouped"``, ``"dense"`` or ``"reference"``).
+        """
+        first = self.layers[0]
+        like = first.router.scorer_weight if isinstance(first, MoELayer) else first.linears[0].weight
+        check_features(x, self.d_in, finite=self.check_finite, like=like, owner="the model")
         outputs: list[MoEOutput] = []
+
+        def capture(_layer: MoELayer, out: MoEOutput) -> None:
+            outputs.append(out)
+
         for layer in self.layers:
             if isinstance(layer, MoELayer):
-                layer(x)  # through __call__, so module hooks see every layer
-                out = layer.last_output
-                outputs.append(out)
-                h = out.y
+                # Through __call__, so module hooks see every layer; the layer hands its full
+                # output to ``capture``.
+                layer._recorders.append(capture)
+                try:
+                    layer(x, dispatch_mode=dispatch_mode, check_finite=False)
+                finally:
+                    layer._recorders.remove(capture)
+                h = outputs[-1].y
             else:
                 h = layer(x)
             x = x + h if self.residual and h.shape == x.shape else h

@@ -1,5 +1,8 @@
-"""Training and evaluation for any model with ``run(x) -> output with .y and .aux_losses``.
+"""Training and evaluation for any ``nn.Module``.
 
+Models with ``run(x) -> output with .y and .aux_losses`` (the moelab models) are run through it;
+any other module (e.g. an ``nn.Sequential`` holding MoE layers) is run through ``forward`` while
+:func:`~moelab.layers.record_routing` gathers the auxiliary losses of every MoE layer inside it.
 The loop knows nothing about a particular model or task: it draws batches from a *sampler*
 ``sampler(n, generator) -> (x, y)`` (fresh samples every step, as in the paper, or a fixed training
 set), minimises the squared loss plus the weighted auxiliary losses (weighted here and nowhere
@@ -16,8 +19,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,12 +30,19 @@ from tqdm.auto import tqdm
 
 from moelab._validation import one_of, positive_float, positive_int
 from moelab.layers.moe import MoELayer
+from moelab.layers.recording import RoutingRecord, record_routing
 
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
 AUX_LOSSES = ("load_balance", "z_loss", "importance", "load", "reconstruction")
+#: The auxiliary losses that reach the router's parameters.
+ROUTER_LOSSES = ("load_balance", "z_loss", "importance", "load")
+
+
+class RouterGradientWarning(UserWarning):
+    """A training setup in which some router can never learn (no gradient, no bias update)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,7 +125,72 @@ def _run(model: nn.Module, x: Tensor):
 @dataclass(frozen=True)
 class _Plain:
     y: Tensor
-    aux_losses: dict = field(default_factory=dict)
+    aux_losses: Mapping[str, Tensor] = field(default_factory=dict)
+
+
+def _train_forward(model: nn.Module, x: Tensor, *, record: bool) -> tuple[Any, RoutingRecord | None]:
+    """The model's output (with ``.y`` and ``.aux_losses``) and, if asked or needed, the record of
+    its MoE layers. A model without ``run`` gets the auxiliary losses of every MoE layer inside
+    it, gathered by recording the forward pass (not detached: they are trained on)."""
+    if hasattr(model, "run"):
+        if not record:
+            return model.run(x), None
+        with record_routing(model, detach=True) as rec:
+            out = model.run(x)
+        return out, rec
+    with record_routing(model, detach=False) as rec:
+        y = model(x)
+    return _Plain(y, rec.aux_losses), rec
+
+
+def _checked_pair(pair: Any, what: str) -> tuple[Tensor, Tensor]:
+    """A sampler's (x, y), or a TypeError saying what it returned instead; ``what`` names the
+    source ("the sampler returned", "test_set is")."""
+    if (not isinstance(pair, (tuple, list)) or len(pair) != 2
+            or not all(isinstance(t, Tensor) for t in pair)):
+        kinds = (f"({', '.join(type(t).__name__ for t in pair)})"
+                 if isinstance(pair, (tuple, list)) else type(pair).__name__)
+        raise TypeError(
+            f"{what} {kinds}, not a pair (x, y) of torch tensors; convert numpy "
+            "arrays with torch.as_tensor (e.g. lambda n, g: tuple(map(torch.as_tensor, f(n, g))))"
+        )
+    x, y = pair
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{what} x of shape {tuple(x.shape)} and y of shape "
+                         f"{tuple(y.shape)}: they must have the same number of rows")
+    return x, y
+
+
+def _flat_pair(pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """Prediction and target as (n, out); a ValueError naming both shapes if they differ
+    (a target of shape (n,) matches an output of shape (n, 1))."""
+    n = y.shape[0]
+    pred_f, y_f = pred.reshape(n, -1), y.reshape(n, -1)
+    if pred_f.shape != y_f.shape:
+        raise ValueError(
+            f"the model's output has shape {tuple(pred.shape)} but the sampler's targets have "
+            f"shape {tuple(y.shape)}; they must match (no broadcasting)"
+        )
+    return pred_f, y_f
+
+
+def _warn_if_routers_cannot_learn(model: nn.Module, config: TrainConfig) -> None:
+    """Warn once when a top-1 router with the paper's weighting gets no gradient and no bias update."""
+    if any(config.aux_weights.get(name, 0) for name in ROUTER_LOSSES):
+        return
+    stuck = [name or type(model).__name__ for name, m in model.named_modules()
+             if isinstance(m, MoELayer) and m.router.top_k == 1 and m.router.weighting == "paper"
+             and m.router.routing == "token_choice"
+             and not (m.router.expert_bias is not None and config.balance_bias_rate)]
+    if stuck:
+        warnings.warn(
+            f"the router(s) of {stuck} will not learn: top-1 routing with weighting='paper' has "
+            "combine weight exactly 1 (no gradient to the router), and no router auxiliary loss "
+            f"{list(ROUTER_LOSSES)} is weighted and no balance bias is updated. Set aux_weights, "
+            "use weighting='switch', or balance_bias with balance_bias_rate > 0 if the router "
+            "should train (a fixed router, e.g. after data_init, is a valid choice).",
+            RouterGradientWarning, stacklevel=3,
+        )
 
 
 @torch.no_grad()
@@ -125,7 +202,8 @@ def evaluate(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 8192) 
         preds = torch.cat([_run(model, xb).y for xb in x.split(batch_size)])
     finally:
         model.train(was_training)
-    err = preds.reshape(y.shape[0], -1) - y.reshape(y.shape[0], -1)
+    pred_f, y_f = _flat_pair(preds, y)
+    err = pred_f - y_f
     return Metrics(mse=float(err.square().mean()), sup_error=float(err.abs().max()))
 
 
@@ -141,7 +219,8 @@ class _Batches:
 
     def next(self) -> tuple[Tensor, Tensor]:
         if not self._queue:
-            x, y = self.sampler(self.batch_size * self.chunk, self.generator)
+            x, y = _checked_pair(self.sampler(self.batch_size * self.chunk, self.generator),
+                                 "the sampler returned")
             self._queue = list(zip(x.split(self.batch_size), y.split(self.batch_size),
                                    strict=True))[::-1]
         return self._queue.pop()
@@ -186,12 +265,16 @@ def train(
     """
     config = config or TrainConfig()
     data_gen = torch.Generator().manual_seed(seed)
+    given = "test_set is" if test_set is not None else "the sampler returned"
     if test_set is None:
         test_set = sampler(config.test_size, torch.Generator().manual_seed(seed + 1_000_003))
-    fixed = sampler(config.train_size, data_gen) if config.train_size else None
+    test_set = _checked_pair(test_set, given)
+    fixed = (_checked_pair(sampler(config.train_size, data_gen), "the sampler returned")
+             if config.train_size else None)
     fresh = _Batches(sampler, config.batch_size, data_gen)
-    balanced = [m for m in model.modules()
-                if isinstance(m, MoELayer) and m.router.expert_bias is not None]
+    balance = bool(config.balance_bias_rate) and any(
+        isinstance(m, MoELayer) and m.router.expert_bias is not None for m in model.modules())
+    _warn_if_routers_cannot_learn(model, config)
     optimizer = _optimizer(model, config)
     history: list[dict[str, float]] = []
     evals: list[dict[str, float]] = []
@@ -208,11 +291,18 @@ def train(
                 x, y = fresh.next()
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(config, step)
-            out = _run(model, x)
-            mse = (out.y.reshape(y.shape[0], -1) - y.reshape(y.shape[0], -1)).square().mean()
+            out, record = _train_forward(model, x, record=balance)
+            pred_f, y_f = _flat_pair(out.y, y)
+            mse = (pred_f - y_f).square().mean()
             loss = mse
             for name, weight in config.aux_weights.items():
-                if weight and name in out.aux_losses:
+                if weight and name not in out.aux_losses:
+                    raise ValueError(
+                        f"aux_weights[{name!r}]={weight} but the model produces no {name!r} loss "
+                        f"(it produces {sorted(out.aux_losses)}); remove the weight or change "
+                        "the model"
+                    )
+                if weight:
                     loss = loss + weight * out.aux_losses[name]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
@@ -221,11 +311,12 @@ def train(
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            if config.balance_bias_rate:
-                for layer in balanced:
-                    layer.router.update_balance_bias(
-                        layer.last_output.routing.tokens_per_expert, config.balance_bias_rate
-                    )
+            if balance:
+                for layer, layer_out in zip(record.layers, record.outputs, strict=True):
+                    if layer.router.expert_bias is not None:
+                        layer.router.update_balance_bias(
+                            layer_out.routing.tokens_per_expert, config.balance_bias_rate
+                        )
             if step % config.log_every == 0 or step == config.steps - 1:
                 row = {"step": step, "loss": loss.item(), "mse": mse.item(),
                        "lr": optimizer.param_groups[0]["lr"]}

@@ -1,0 +1,271 @@
+"""The configurations of the MoE layer, nested the way its modules are.
+
+:class:`MoEConfig` holds the layer's own settings and one :class:`RouterConfig` and one
+:class:`ExpertConfig`; :class:`~moelab.layers.routers.Router` and the expert banks take their part
+as-is. Each config checks its fields once, when it is built; choice fields are ``Literal`` types, so
+the typed-JSON parser (:mod:`moelab.typed_json`) and ``--set`` overrides check them by their type.
+
+The flat spelling of moelab 0.1, ``MoEConfig(num_experts=4, top_k=1, expert_hidden=10)``, still
+works and warns (:data:`LEGACY_NAMES` maps each old name to its nested place).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from moelab._validation import one_of, positive_float, positive_int
+
+Scorer = Literal["linear", "mlp"]
+#: How the selected experts' outputs are weighted (token choice).
+#:  - ``"paper"``: softmax over the K selected logits (the paper's alpha). With K = 1 the weight is
+#:    exactly 1: hard routing, and the router receives **no gradient** from the task loss.
+#:  - ``"switch"`` (default): the full softmax probability of each selected expert, not renormalised
+#:    (Switch Transformer). With K = 1 the router is trained through the weight p_i(x).
+#:  - ``"sigmoid"``: sigmoid scores normalised over the selected experts (DeepSeek-V3).
+#:  - ``"unweighted"``: weight 1 for every selected expert (the outputs are summed).
+Weighting = Literal["paper", "switch", "sigmoid", "unweighted"]
+RoutingKind = Literal["token_choice", "expert_choice"]
+Noise = Literal["none", "jitter", "noisy_topk"]
+#: Which assignments an over-full expert keeps. ``"position"`` (default; Switch, GShard): all first
+#: choices before any second choice, then earlier tokens first. ``"score"`` (batch-prioritised
+#: routing, Riquelme et al. 2021): higher combine weight first.
+CapacityPriority = Literal["position", "score"]
+Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+DispatchMode = Literal["auto", "grouped", "dense", "reference"]
+
+
+def choices(kind: Any) -> tuple[str, ...]:
+    """The values of a ``Literal`` choice type."""
+    return typing.get_args(kind)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RouterConfig:
+    """How a :class:`~moelab.layers.routers.Router` scores, selects and weights the experts.
+
+    ``top_k`` K experts per token (under expert choice K only sets the capacity); ``scorer``
+    ``"linear"`` (``bias`` False is the paper's g(x) = W_R x) or ``"mlp"`` of ``hidden`` width and
+    ``depth`` affine maps; ``weighting`` (see :data:`Weighting`); ``routing`` token or expert
+    choice; ``noise`` (training mode only): ``"jitter"`` multiplies the router input by
+    U(1 - jitter_eps, 1 + jitter_eps), ``"noisy_topk"`` adds N(0, softplus(W_noise x)^2) to the
+    logits; ``capacity_factor`` None for dropless token choice, else C = ceil(factor * T * K / E)
+    assignments per expert, kept by ``capacity_priority``; ``balance_bias`` keeps DeepSeek-V3's
+    per-expert selection bias.
+    """
+
+    top_k: int = 1
+    scorer: Scorer = "linear"
+    bias: bool = True
+    hidden: int = 32
+    depth: int = 2
+    weighting: Weighting = "switch"
+    routing: RoutingKind = "token_choice"
+    noise: Noise = "none"
+    jitter_eps: float = 1e-2
+    capacity_factor: float | None = None
+    capacity_priority: CapacityPriority = "position"
+    balance_bias: bool = False
+
+    def __post_init__(self) -> None:
+        positive_int("router.top_k", self.top_k)
+        one_of("router.scorer", self.scorer, choices(Scorer))
+        positive_int("router.hidden", self.hidden)
+        positive_int("router.depth", self.depth)
+        one_of("router.weighting", self.weighting, choices(Weighting))
+        one_of("router.routing", self.routing, choices(RoutingKind))
+        one_of("router.noise", self.noise, choices(Noise))
+        positive_float("router.jitter_eps", self.jitter_eps, allow_zero=True)
+        if self.capacity_factor is not None:
+            positive_float("router.capacity_factor", self.capacity_factor)
+        one_of("router.capacity_priority", self.capacity_priority, choices(CapacityPriority))
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExpertConfig:
+    """The shape of one expert: ``depth`` affine maps (the paper's l) of ``hidden`` width (the
+    paper's m) with ``activation``; ``gated`` for the SwiGLU shape (depth 2); ``bias`` for biases;
+    ``latent_dim`` d makes low-dimensional experts f_low o Enc (suggestion 3), with a decoder and a
+    reconstruction loss if ``latent_decoder``."""
+
+    hidden: int = 16
+    depth: int = 2
+    activation: Activation = "relu"
+    gated: bool = False
+    bias: bool = True
+    latent_dim: int | None = None
+    latent_decoder: bool = False
+
+    def __post_init__(self) -> None:
+        positive_int("experts.hidden", self.hidden)
+        positive_int("experts.depth", self.depth)
+        one_of("experts.activation", self.activation, choices(Activation))
+        if self.gated and self.depth != 2:
+            raise ValueError(f"gated experts have experts.depth=2, got experts.depth={self.depth}")
+        if self.latent_dim is not None:
+            positive_int("experts.latent_dim", self.latent_dim)
+            if self.gated:
+                raise ValueError("gated=True cannot be combined with latent_dim (low-dim experts)")
+        elif self.latent_decoder:
+            raise ValueError("latent_decoder=True needs latent_dim (low-dimensional experts)")
+
+
+@dataclass(frozen=True, kw_only=True, init=False)
+class MoEConfig:
+    """Everything that shapes one MoE layer except its input and output widths.
+
+    ``num_experts`` E; ``router`` and ``experts`` (see :class:`RouterConfig`,
+    :class:`ExpertConfig`); ``shared_experts`` > 0 adds a dense network of hidden width
+    ``shared_experts * experts.hidden`` applied to every token; ``dispatch`` is ``"auto"``,
+    ``"grouped"``, ``"dense"`` or ``"reference"`` (see :mod:`moelab.layers.dispatch`);
+    ``check_finite`` rejects NaN/Inf inputs at the model's entry (one device sync per forward
+    pass of the model, none inside the layers; False skips it).
+
+    The defaults are the paper's layer (linear router, top-1, two-layer ReLU experts) except for the
+    weighting: ``"switch"`` by default, because the paper's weighting gives a top-1 router no
+    gradient; ``router=RouterConfig(weighting="paper", bias=False)`` is the paper's layer exactly.
+    """
+
+    num_experts: int = 4
+    router: RouterConfig = field(default_factory=RouterConfig)
+    experts: ExpertConfig = field(default_factory=ExpertConfig)
+    shared_experts: int = 0
+    dispatch: DispatchMode = "auto"
+    check_finite: bool = True
+
+    def __init__(self, **kwargs: Any) -> None:
+        legacy = {name: kwargs.pop(name) for name in list(kwargs) if _is_legacy(name, kwargs[name])}
+        if legacy:
+            warnings.warn(
+                f"MoEConfig({', '.join(f'{k}=...' for k in legacy)}) is the flat spelling of "
+                "moelab 0.1; use the nested one: "
+                + ", ".join(f"{k} -> {'.'.join(LEGACY_NAMES[k])}" for k in legacy)
+                + " (e.g. MoEConfig(num_experts=4, router=RouterConfig(top_k=1), "
+                "experts=ExpertConfig(hidden=10)))",
+                DeprecationWarning, stacklevel=2,
+            )
+            kwargs = _nest(kwargs, legacy)
+        _init_fields(self, **kwargs)
+
+    def __post_init__(self) -> None:
+        positive_int("num_experts", self.num_experts)
+        if not isinstance(self.router, RouterConfig):
+            raise TypeError(f"router must be a RouterConfig, got {type(self.router).__name__}")
+        if not isinstance(self.experts, ExpertConfig):
+            raise TypeError(f"experts must be an ExpertConfig, got {type(self.experts).__name__}")
+        if self.router.top_k > self.num_experts:
+            raise ValueError(f"top_k={self.router.top_k} must be <= num_experts={self.num_experts}")
+        if isinstance(self.shared_experts, bool) or not isinstance(self.shared_experts, int) or (
+                self.shared_experts < 0):
+            raise ValueError(f"shared_experts must be an int >= 0, got {self.shared_experts!r}")
+        one_of("dispatch", self.dispatch, choices(DispatchMode))
+
+    def replace(self, **changes: Any) -> MoEConfig:
+        """A copy with some fields changed (``dataclasses.replace``; flat names are nested)."""
+        legacy = {k: changes.pop(k) for k in list(changes) if _is_legacy(k, changes[k])}
+        if legacy:
+            warnings.warn(f"MoEConfig.replace({', '.join(legacy)}=...): flat names are deprecated; "
+                          "use the nested ones", DeprecationWarning, stacklevel=2)
+            changes = _nest({"router": self.router, "experts": self.experts, **changes}, legacy)
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_flat(cls, values: dict[str, Any]) -> MoEConfig:
+        """A config from the flat field names of moelab 0.1 (as in version-1 checkpoints)."""
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return cls(**values)
+
+
+def _init_fields(self: MoEConfig, **kwargs: Any) -> None:
+    names = {f.name for f in dataclasses.fields(MoEConfig)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise TypeError(f"MoEConfig got unexpected keyword argument(s) {unknown}; known: "
+                        f"{sorted(names)} (and the deprecated flat names {sorted(LEGACY_NAMES)})")
+    for f in dataclasses.fields(MoEConfig):
+        if f.name in kwargs:
+            value = kwargs[f.name]
+        else:
+            value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        object.__setattr__(self, f.name, value)
+    self.__post_init__()
+
+
+#: The flat names of moelab 0.1 and where each now lives, e.g. ``expert_hidden`` ->
+#: ``experts.hidden`` (the dotted ``--set`` key ``model.moe.expert_hidden`` becomes
+#: ``model.moe.experts.hidden``).
+LEGACY_NAMES: dict[str, tuple[str, str]] = {
+    "top_k": ("router", "top_k"),
+    "router_bias": ("router", "bias"),
+    "router_hidden": ("router", "hidden"),
+    "router_depth": ("router", "depth"),
+    "weighting": ("router", "weighting"),
+    "routing": ("router", "routing"),
+    "noise": ("router", "noise"),
+    "jitter_eps": ("router", "jitter_eps"),
+    "capacity_factor": ("router", "capacity_factor"),
+    "capacity_priority": ("router", "capacity_priority"),
+    "balance_bias": ("router", "balance_bias"),
+    "expert_hidden": ("experts", "hidden"),
+    "expert_depth": ("experts", "depth"),
+    "activation": ("experts", "activation"),
+    "gated": ("experts", "gated"),
+    "expert_bias": ("experts", "bias"),
+    "latent_dim": ("experts", "latent_dim"),
+    "latent_decoder": ("experts", "latent_decoder"),
+    # "router" as a string was the scorer's name; as a RouterConfig it is the nested router.
+    "router": ("router", "scorer"),
+}
+
+
+def _flat_property(name: str, part: str, field_name: str) -> property:
+    def read(self: MoEConfig) -> Any:
+        warnings.warn(f"MoEConfig.{name} is deprecated: read MoEConfig.{part}.{field_name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(getattr(self, part), field_name)
+    read.__doc__ = f"Deprecated flat name of ``{part}.{field_name}``."
+    return property(read)
+
+
+for _name, (_part, _field) in LEGACY_NAMES.items():
+    if _name != "router":  # MoEConfig.router is the nested RouterConfig itself
+        setattr(MoEConfig, _name, _flat_property(_name, _part, _field))
+
+
+def _is_legacy(name: str, value: Any) -> bool:
+    if name == "router":  # the scorer's name in moelab 0.1
+        return isinstance(value, str)
+    return name in LEGACY_NAMES
+
+
+def _nest(kwargs: dict[str, Any], legacy: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the flat ``legacy`` values moved into the nested router and experts configs;
+    errors name the flat argument the caller wrote."""
+    parts: dict[str, dict[str, Any]] = {"router": {}, "experts": {}}
+    for name, value in legacy.items():
+        part, field_name = LEGACY_NAMES[name]
+        parts[part][field_name] = value
+    out = dict(kwargs)
+    for part, cls in (("router", RouterConfig), ("experts", ExpertConfig)):
+        if not parts[part]:
+            continue
+        base = out.get(part, cls())
+        try:
+            out[part] = dataclasses.replace(base, **parts[part])
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(_flat_message(str(exc))) from None
+    return out
+
+
+_NESTED_TO_FLAT = {f"{part}.{name}": flat for flat, (part, name) in LEGACY_NAMES.items()}
+
+
+def _flat_message(message: str) -> str:
+    """An error about a nested field, reworded with the flat name the caller used."""
+    return re.sub(r"\b(router|experts)\.(\w+)",
+                  lambda m: _NESTED_TO_FLAT.get(m.group(0), m.group(0)), message)

@@ -1,0 +1,71 @@
+"""Nested layer configs: one frozen config per component, used as-is, the flat spelling deprecated."""
+
+import dataclasses
+import pickle
+
+import pytest
+import torch
+
+from moelab.layers import LEGACY_NAMES, ExpertConfig, MoEConfig, MoELayer, RouterConfig
+
+
+def test_the_layer_hands_each_component_its_part_of_the_config():
+    config = MoEConfig(num_experts=5, router=RouterConfig(top_k=2, scorer="mlp", hidden=7),
+                       experts=ExpertConfig(hidden=9, depth=3))
+    layer = MoELayer(4, 2, config)
+    assert layer.config is config
+    assert layer.router.config is config.router and layer.experts.config is config.experts
+    assert layer.router.scorer.linears[0].out_features == 7
+    assert layer.experts.weight2.shape == (5, 9, 9)
+
+
+def test_the_flat_spelling_warns_names_the_nested_one_and_builds_the_same_config():
+    with pytest.warns(DeprecationWarning, match=r"expert_hidden -> experts.hidden"):
+        flat = MoEConfig(num_experts=4, top_k=1, expert_hidden=10, router="mlp", router_bias=False)
+    nested = MoEConfig(num_experts=4, router=RouterConfig(top_k=1, scorer="mlp", bias=False),
+                       experts=ExpertConfig(hidden=10))
+    assert flat == nested
+    with pytest.warns(DeprecationWarning, match=r"read MoEConfig.experts.hidden"):
+        assert nested.expert_hidden == 10
+    with pytest.warns(DeprecationWarning):
+        assert nested.replace(weighting="paper").router.weighting == "paper"
+    torch.manual_seed(0)
+    a = MoELayer(3, 1, flat)
+    torch.manual_seed(0)
+    b = MoELayer(3, 1, nested)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_every_flat_name_has_a_nested_home():
+    nested = {("router", f.name) for f in dataclasses.fields(RouterConfig)}
+    nested |= {("experts", f.name) for f in dataclasses.fields(ExpertConfig)}
+    assert set(LEGACY_NAMES.values()) == nested
+
+
+@pytest.mark.parametrize(
+    ("build", "error", "pattern"),
+    [
+        (lambda: RouterConfig(top_k=0), ValueError, r"router.top_k must be >= 1, got 0"),
+        (lambda: RouterConfig(weighting="softmax"), ValueError,
+         r"router.weighting='softmax' is unknown; expected one of \['paper', 'switch'"),
+        (lambda: ExpertConfig(hidden=0), ValueError, r"experts.hidden must be >= 1, got 0"),
+        (lambda: ExpertConfig(gated=True, depth=3), ValueError, r"gated experts have experts.depth=2"),
+        (lambda: MoEConfig(num_experts=2, router=RouterConfig(top_k=3)), ValueError,
+         r"top_k=3 must be <= num_experts=2"),
+        (lambda: MoEConfig(router={"top_k": 2}), TypeError, r"router must be a RouterConfig, got dict"),
+        (lambda: MoEConfig(expert_width=3), TypeError,
+         r"unexpected keyword argument\(s\) \['expert_width'\]"),
+    ],
+)
+def test_each_config_checks_its_fields_once_at_construction(build, error, pattern):
+    with pytest.raises(error, match=pattern):
+        build()
+
+
+def test_configs_are_frozen_keyword_only_and_picklable():
+    config = MoEConfig(router=RouterConfig(top_k=2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.num_experts = 3
+    with pytest.raises(TypeError):
+        RouterConfig(2)
+    assert pickle.loads(pickle.dumps(config)) == config
