@@ -1,15 +1,18 @@
 """What moelab's MoE layer is timed against, each built to compute the same function as a given layer.
 
 * :func:`hf_mixtral_block`: Hugging Face's ``MixtralSparseMoeBlock`` holding a gated layer's weights.
+* :func:`torchtitan_moe`: torchtitan's ``MoE`` (router, local token dispatcher, grouped experts),
+  configured to Mixtral's routing, holding a gated layer's weights.
 * :class:`LoopMoE`: the common eager MoE, a Python loop over ``nn.Linear`` experts, holding a
   two-layer ReLU layer's weights.
 * :func:`dense_active`: one MLP of the experts' shape, to be run on all T*K routed rows at once (the
   compute floor of a top-K layer; its weights are its own, since it computes another function).
 
-The only code that reads moelab's parameter names is :func:`mixtral_state_dict` and
-:func:`loop_state_dict`; each returns the other implementation's state dict built from the layer's
-parameters by differentiable reshapes, so it serves both to load weights (``load_state_dict``) and,
-through ``torch.func.functional_call``, to carry gradients back to the moelab layer's parameters.
+The only code that reads moelab's parameter names is :func:`mixtral_state_dict`,
+:func:`torchtitan_state_dict` and :func:`loop_state_dict`; each returns the other implementation's
+state dict built from the layer's parameters by differentiable reshapes, so it serves both to load
+weights (``load_state_dict``) and, through ``torch.func.functional_call``, to carry gradients back
+to the moelab layer's parameters.
 tests/layers/test_peer_parity.py holds each baseline to moelab's layer in outputs and gradients.
 
 Shape legend: E experts, D model width, H expert hidden width, I/O in/out widths.
@@ -51,6 +54,59 @@ def hf_mixtral_block(layer: MoELayer, *, implementation: str) -> nn.Module:
     block = MixtralSparseMoeBlock(config)
     block.load_state_dict(mixtral_state_dict(layer))  # strict: every entry present, shapes checked
     return block
+
+
+def torchtitan_state_dict(layer: MoELayer) -> dict[str, Tensor]:
+    """torchtitan ``MoE``'s state dict holding a gated, bias-free ``layer``'s weights.
+
+    torchtitan's grouped experts are w2 (silu(w1 x) * w3 x) with ``F.linear``-shaped weights per
+    expert: w1, w3 (E, H, D) and w2 (E, D, H); its router's gate is an ``nn.Linear`` (E, D).
+    """
+    gate_EDH, down_EHD, value_EDH = layer.experts.weights  # moelab's W1, W2, W3
+    return {
+        "router.gate.weight": layer.router.scorer.weight,  # (E, D)
+        "routed_experts.inner_experts.w1_EFD": gate_EDH.transpose(1, 2),  # (E, H, D)
+        "routed_experts.inner_experts.w2_EDF": down_EHD.transpose(1, 2),  # (E, D, H)
+        "routed_experts.inner_experts.w3_EFD": value_EDH.transpose(1, 2),  # (E, H, D)
+    }
+
+
+def torchtitan_moe(layer: MoELayer) -> nn.Module:
+    """torchtitan's ``MoE`` holding a gated, bias-free ``layer``'s weights; (B, S, D) -> (B, S, D).
+
+    Configured to Mixtral's routing, which is moelab's ``weighting="paper"``: softmax over all E
+    logits, top-K, then the K probabilities renormalised to sum to 1 (``route_norm``), which is the
+    softmax over the K selected logits; no route scale, no load-balancing expert bias
+    (``load_balance_coeff=None``), no shared experts, the local (single-process) token dispatcher.
+    What remains different is fixed in torchtitan's code: its grouped experts cast the routed tokens
+    and the expert weights to bfloat16 and run all three grouped matmuls in bfloat16, casting only
+    the experts' output back to float32 (the routing scores multiply it after the experts, in float32).
+    Building it leaves the global random state as it was (its own initial weights are overwritten).
+    """
+    from torchtitan.models.common.linear import Linear
+    from torchtitan.models.common.moe import GroupedExperts, MoE, RoutedExperts, TokenChoiceTopKRouter
+    from torchtitan.models.common.token_dispatcher import LocalTokenDispatcher
+
+    d, num_experts, top_k = layer.d_in, layer.num_experts, layer.config.top_k
+    config = MoE.Config(
+        num_experts=num_experts,
+        router=TokenChoiceTopKRouter.Config(
+            num_experts=num_experts, gate=Linear.Config(in_features=d, out_features=num_experts),
+            top_k=top_k, score_func="softmax", route_norm=True, route_scale=1.0,
+        ),
+        routed_experts=RoutedExperts.Config(
+            inner_experts=GroupedExperts.Config(
+                dim=d, hidden_dim=layer.experts.hidden, num_experts=num_experts
+            ),
+            token_dispatcher=LocalTokenDispatcher.Config(num_experts=num_experts, top_k=top_k),
+        ),
+        load_balance_coeff=None,
+        shared_experts=None,
+    )
+    with torch.random.fork_rng(devices=[]):  # nn.Linear's initialiser draws from the global generator
+        moe = config.build()
+    moe.load_state_dict(torchtitan_state_dict(layer))  # strict: every entry present, shapes checked
+    return moe
 
 
 def loop_state_dict(layer: MoELayer) -> dict[str, Tensor]:

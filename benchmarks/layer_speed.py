@@ -24,13 +24,14 @@ import os
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from baselines import LoopMoE, dense_active, hf_mixtral_block
+from baselines import LoopMoE, dense_active, hf_mixtral_block, torchtitan_moe
 from moelab.layers import MoEConfig, MoELayer
 
 # -- what is timed ------------------------------------------------------------------------------------
@@ -73,15 +74,16 @@ REGIMES = (
         baselines=("dense_active",), budget=LARGE, quick=LARGE_QUICK,
     ),
     # Mixtral-shaped experts (SiLU-gated, no biases, softmax over the top-2 logits) against Hugging
-    # Face's Mixtral block with both of its expert implementations, and the compute floor.
+    # Face's Mixtral block with both of its expert implementations, the compute floor, and
+    # torchtitan's MoE.
     Regime(
         name="gated", tokens=2048, d_in=256, d_out=256,
         moe=MoEConfig(
             num_experts=8, top_k=2, expert_hidden=512, gated=True, activation="silu",
             expert_bias=False, router_bias=False, weighting="paper",
         ),
-        baselines=("hf_grouped_mm", "dense_active", "hf_eager"), budget=LARGE, quick=LARGE_QUICK,
-        init_std=0.02,
+        baselines=("hf_grouped_mm", "dense_active", "hf_eager", "torchtitan"),
+        budget=LARGE, quick=LARGE_QUICK, init_std=0.02,
     ),
     # The paper's layer (top-1, two-layer ReLU experts of width m, d_out = 1) against the common
     # eager loop over experts.
@@ -151,6 +153,18 @@ def hf_contender(layer: MoELayer, x: Tensor, gen: torch.Generator, *, implementa
     return Contender(lambda: block(x_BSD), block, (x_BSD,), kernels)
 
 
+def torchtitan_contender(layer: MoELayer, x: Tensor, gen: torch.Generator) -> Contender:
+    """torchtitan's MoE with ``layer``'s weights and Mixtral's routing, on the same tokens as (1, T, D).
+
+    Its experts run in bfloat16 (aten::_grouped_mm, which on CPU is a loop of aten::mm over the
+    experts); its combine is aten::scatter_add under deterministic algorithms.
+    """
+    moe = torchtitan_moe(layer)
+    x_BSD = x.detach().view(1, *x.shape).clone().requires_grad_(True)
+    kernels = ("aten::_grouped_mm", "aten::mm", "aten::scatter_add")
+    return Contender(lambda: moe(x_BSD), moe, (x_BSD,), kernels)
+
+
 def loop_contender(layer: MoELayer, x: Tensor, gen: torch.Generator) -> Contender:
     loop = LoopMoE.like(layer)
     return Contender(lambda: loop(x), loop, (x,))
@@ -158,20 +172,43 @@ def loop_contender(layer: MoELayer, x: Tensor, gen: torch.Generator) -> Contende
 
 @dataclass(frozen=True)
 class Baseline:
-    """How to build a baseline next to moelab's layer and its input, and the package it needs."""
+    """How to build a baseline next to moelab's layer and its input; the module it needs to import
+    (None: only torch) and how to install it."""
 
     build: Callable[[MoELayer, Tensor, torch.Generator], Contender]
     needs: str | None = None
+    install: str = ""
+
+
+HF_INSTALL = "pip install -c constraints.txt -e '.[bench]'"
+TORCHTITAN_INSTALL = "see benchmarks/README.md: torchtitan is installed with --no-deps"
 
 
 BASELINES = {
     "dense_active": Baseline(dense_active_contender),
     "hf_grouped_mm": Baseline(
-        functools.partial(hf_contender, implementation="grouped_mm"), needs="transformers"
+        functools.partial(hf_contender, implementation="grouped_mm"), needs="transformers",
+        install=HF_INSTALL,
     ),
-    "hf_eager": Baseline(functools.partial(hf_contender, implementation="eager"), needs="transformers"),
+    "hf_eager": Baseline(
+        functools.partial(hf_contender, implementation="eager"), needs="transformers",
+        install=HF_INSTALL,
+    ),
+    "torchtitan": Baseline(
+        torchtitan_contender, needs="torchtitan.models.common.moe", install=TORCHTITAN_INSTALL
+    ),
     "loop": Baseline(loop_contender),
 }
+
+
+def import_error(module: str) -> ImportError | None:
+    """Why ``module`` does not import (torchtitan, installed without its dependencies, may lack one
+    of the few it needs), or None if it does."""
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        return error
+    return None
 
 
 def init_normal_(module: nn.Module, std: float, generator: torch.Generator) -> None:
@@ -238,9 +275,10 @@ def run_regime(regime: Regime, budget: Budget, gen: torch.Generator) -> tuple[di
     contenders = {f"moelab_{mode}": moelab_contender(layer, x, mode) for mode in MOELAB_MODES}
     for name in regime.baselines:
         baseline = BASELINES[name]
-        if baseline.needs is not None and importlib.util.find_spec(baseline.needs) is None:
-            print(f"{baseline.needs} is not installed: skipping {regime.name}/{name} "
-                  "(pip install -c constraints.txt -e '.[bench]')")
+        error = None if baseline.needs is None else import_error(baseline.needs)
+        if error is not None:
+            print(f"{baseline.needs} does not import ({error}): skipping {regime.name}/{name} "
+                  f"({baseline.install})")
             continue
         contenders[name] = baseline.build(layer, x, gen)
     info = {"auto_path": auto_path(layer, x)}
@@ -299,6 +337,7 @@ def summary(results: Results, quick: bool) -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": package_version("transformers"),
+        "torchtitan": package_version("torchtitan"),
         "quick": quick,
     }
 
@@ -316,11 +355,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
+    # torchtitan's router asks for float32 autocast, unsupported on CPU: it warns and runs in float32.
+    warnings.filterwarnings("ignore", message="In CPU autocast", category=UserWarning)
     torch.manual_seed(args.seed)  # moelab's and nn.Linear's initialisers use the default generator
     gen = torch.Generator().manual_seed(args.seed)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (default), "
           f"{platform.processor() or platform.machine()}, "
-          f"transformers {package_version('transformers')}, fp32")
+          f"transformers {package_version('transformers')}, "
+          f"torchtitan {package_version('torchtitan')}, fp32 (torchtitan's experts: bf16)")
     load_before = os.getloadavg()[0]
     print(f"1-minute load average before: {load_before:.2f} (other work on these cores adds noise)")
     results = {

@@ -104,6 +104,111 @@ def test_mixtral_state_dict_fills_every_entry_of_the_block():
         assert torch.equal(value, state[name]), name
 
 
+# -- torchtitan's MoE ------------------------------------------------------------------------------------
+
+#: torchtitan's router asks for float32 autocast on CPU, which torch does not support; it warns and
+#: computes in float32 anyway.
+_titan_autocast_warning = pytest.mark.filterwarnings("ignore:In CPU autocast:UserWarning")
+
+
+@pytest.fixture
+def titan():
+    """Skip unless torchtitan's MoE imports (torchtitan plus spmd_types, tyro, docstring_parser, triton:
+    see benchmarks/README.md)."""
+    return pytest.importorskip("torchtitan.models.common.moe")
+
+
+def _relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got - expected).norm() / expected.norm()).item()
+
+
+#: torchtitan's grouped experts compute in bfloat16 (8 significant bits, eps = 2**-8): routed tokens,
+#: expert weights, the hidden activations and the experts' outputs are all rounded to it. Each rounding
+#: is a relative error of at most eps/2, and they add up over the three matmuls to about 1.5 eps in
+#: norm (measured 5.3e-3..8.6e-3 over 90 seeds and shapes, outputs and every gradient). 4 eps bounds
+#: that with margin and still fails on any real disagreement (a wrong expert, weight or routing
+#: weight moves the output by O(1) relative to its norm).
+TITAN_RTOL = 4 * 2**-8
+
+
+@_titan_autocast_warning
+@pytest.mark.parametrize(("num_experts", "top_k"), [(8, 2), (4, 1), (4, 3)])
+def test_gated_layer_matches_torchtitan_moe(titan, num_experts, top_k):
+    torch.manual_seed(0)
+    layer = _gated_layer(num_experts=num_experts, top_k=top_k)
+    moe = baselines.torchtitan_moe(layer)
+    x = torch.randn(T, D)
+    with torch.no_grad():
+        out = layer.run(x)
+        scores_TK, ids_TK, _ = (t.view(T, -1) for t in moe.router(x.view(1, T, D)))
+        y_titan = moe(x.view(1, T, D)).view(T, D)
+
+    # The same routing, in float32: torchtitan's top-K is unsorted, moelab's best first.
+    order, moelab_order = ids_TK.argsort(dim=1), out.routing.expert_ids.argsort(dim=1)
+    assert torch.equal(ids_TK.gather(1, order), out.routing.expert_ids.gather(1, moelab_order))
+    torch.testing.assert_close(
+        scores_TK.gather(1, order), out.routing.weights.gather(1, moelab_order), atol=1e-6, rtol=0
+    )
+    # The same layer output, up to the experts' bfloat16 arithmetic.
+    assert out.y.abs().max() > 0.1  # the comparison below is not of near-zero outputs
+    assert _relative_error(y_titan, out.y) < TITAN_RTOL
+
+    cotangent = torch.randn(T, D)
+    expected = _grads(layer, layer, x, cotangent)
+    state = baselines.torchtitan_state_dict
+    got = _grads(
+        lambda x: torch.func.functional_call(moe, state(layer), (x.view(1, T, D),)).view(T, D),
+        layer, x, cotangent,
+    )
+    assert got.keys() == expected.keys()
+    for name in expected:
+        if top_k == 1 and name == "router.scorer.weight":
+            # Renormalised top-1 weights are 1 on both sides, so the router gets no gradient: exactly
+            # zero in moelab; in torchtitan the two terms of d(s / (s + 1e-20))/ds cancel only to
+            # float32 rounding (about 2e-7 here, against input gradients of order 1).
+            torch.testing.assert_close(got[name], expected[name], atol=1e-6, rtol=0, msg=name)
+        else:
+            assert _relative_error(got[name], expected[name]) < TITAN_RTOL, name
+
+
+@_titan_autocast_warning
+def test_torchtitan_moe_differs_from_the_layer_only_by_bfloat16_experts(titan):
+    """Why the tolerance above is needed: torchtitan's output is, to float32 rounding, moelab's routing
+    with every expert evaluated in bfloat16 (inputs and weights cast, each matmul's output rounded),
+    scaled by the routing weight in float32 after the expert."""
+    torch.manual_seed(0)
+    layer = _gated_layer(num_experts=4, top_k=2)
+    moe = baselines.torchtitan_moe(layer)
+    x = torch.randn(T, D)
+    with torch.no_grad():
+        routing = layer.run(x).routing
+        w1_EDH, w2_EHD, w3_EDH = (w.bfloat16() for w in layer.experts.weights)
+        expected = torch.zeros(T, D)
+        for e in range(layer.num_experts):
+            t, k = torch.where(routing.expert_ids == e)
+            x_bf16 = x[t].bfloat16()
+            h = torch.nn.functional.silu(x_bf16 @ w1_EDH[e]) * (x_bf16 @ w3_EDH[e])
+            expected.index_add_(0, t, (h @ w2_EHD[e]).float() * routing.weights[t, k, None])
+        y_titan = moe(x.view(1, T, D)).view(T, D)
+    torch.testing.assert_close(y_titan, expected, atol=1e-6, rtol=0)
+
+
+def test_torchtitan_state_dict_fills_every_entry_of_the_moe(titan):
+    layer = _gated_layer(num_experts=4, top_k=2)
+    moe = baselines.torchtitan_moe(layer)
+    state = baselines.torchtitan_state_dict(layer)
+    assert state.keys() == moe.state_dict().keys()
+    for name, value in moe.state_dict().items():
+        assert torch.equal(value, state[name]), name
+
+
+def test_building_torchtitan_moe_leaves_the_global_generator_alone(titan):
+    layer = _gated_layer(num_experts=4, top_k=2)
+    before = torch.get_rng_state()
+    baselines.torchtitan_moe(layer)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
 # -- the eager loop over nn.Linear experts --------------------------------------------------------------
 
 
