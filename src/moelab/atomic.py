@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write"]
+__all__ = ["atomic_path", "atomic_paths", "atomic_write"]
 
 
 @contextmanager
@@ -27,18 +27,34 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     covers bytes and text. The temporary file is created empty (mode 0o666 less the umask, like
     ``open``) before it is yielded, so no other writer can claim the same name.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
+    with atomic_paths(path) as (tmp,):
         yield tmp
-        _fsync_file(tmp)
-        os.replace(tmp, path)
+
+
+@contextmanager
+def atomic_paths(*paths: str | Path) -> Iterator[tuple[Path, ...]]:
+    """:func:`atomic_path` for files that belong together (a checkpoint's weights and config):
+    every file is written and fsynced before the first rename, then they are renamed in the given
+    order, so a failure while writing leaves every destination as it was."""
+    targets = [Path(p) for p in paths]
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(6)}.tmp")
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            temps.append(tmp)
+        yield tuple(temps)
+        for tmp in temps:
+            _fsync_file(tmp)
+        for tmp, target in zip(temps, targets, strict=True):
+            os.replace(tmp, target)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    for directory in dict.fromkeys(target.parent for target in targets):
+        _fsync_directory(directory)
 
 
 def atomic_write(path: str | Path, data: bytes | str, *, encoding: str = "utf-8") -> Path:

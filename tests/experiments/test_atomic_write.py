@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from moelab.atomic import atomic_path, atomic_write
+from moelab.atomic import atomic_path, atomic_paths, atomic_write
 
 
 def test_writes_bytes_and_text_and_replaces(tmp_path):
@@ -43,3 +43,20 @@ def test_bad_data_type_is_named(tmp_path):
     with pytest.raises(TypeError, match="data must be bytes or str, got int"):
         atomic_write(tmp_path / "f", 3)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_that_belong_together_are_all_written_before_any_replaces_its_old_one(tmp_path):
+
+
+    a, b = tmp_path / "a.bin", tmp_path / "b.json"
+    a.write_text("old a")
+    b.write_text("old b")
+    with pytest.raises(RuntimeError), atomic_paths(a, b) as (ta, tb):
+        ta.write_text("new a")
+        raise RuntimeError("crash before b is written")
+    assert (a.read_text(), b.read_text()) == ("old a", "old b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "b.json"]
+    with atomic_paths(a, b) as (ta, tb):
+        ta.write_text("new a")
+        tb.write_text("new b")
+    assert (a.read_text(), b.read_text()) == ("new a", "new b")

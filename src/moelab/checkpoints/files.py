@@ -4,11 +4,11 @@ Loading never unpickles: the weights are parsed by safetensors from the bytes th
 the model is rebuilt from the JSON description by calling its constructor. Every check runs before
 any tensor reaches a model, and a failed load leaves the files untouched.
 
-Writing is crash-safe: both files are first written in full to temporary files in the checkpoint
-directory (flushed to disk), then renamed into place, weights first and ``config.json`` last. A crash
-before the renames leaves the previous checkpoint as it was; a crash between the two renames (a
-window of one system call) leaves new weights beside the old config, which then fails its SHA-256
-check: a checkpoint never loads with wrong contents.
+Writing is crash-safe (:func:`moelab.atomic.atomic_paths`): both files are first written in full to
+temporary files in the checkpoint directory (flushed to disk), then renamed into place, weights first
+and ``config.json`` last. A crash before the renames leaves the previous checkpoint as it was; a crash
+between the two renames (a window of one system call) leaves new weights beside the old config, which
+then fails its SHA-256 check: a checkpoint never loads with wrong contents.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import secrets
 import stat
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from moelab import __version__
+from moelab.atomic import atomic_paths
 from moelab.checkpoints.config import (
     DTYPES,
     FORMAT_VERSION,
@@ -84,30 +84,20 @@ def save_checkpoint(
     if directory.exists() and not directory.is_dir():
         raise ValueError(f"directory={str(directory)!r} exists and is not a directory")
     directory.mkdir(parents=True, exist_ok=True)
-    weights_tmp = _temp_path(directory, WEIGHTS_NAME)
-    config_tmp = _temp_path(directory, CONFIG_NAME)
-    try:
+    # Both files are written and flushed before either replaces its predecessor; weights are renamed
+    # first and config.json last (see the module docstring).
+    with atomic_paths(directory / WEIGHTS_NAME, directory / CONFIG_NAME) as (weights_tmp, config_tmp):
         safetensors.torch.save_file(tensors, weights_tmp, metadata={"format": "pt"})
-        digest, size = _sha256_and_sync(weights_tmp)
+        # safetensors creates its file 0600; give it the permissions of a normally created file.
+        os.chmod(weights_tmp, stat.S_IMODE(os.stat(config_tmp).st_mode))
+        digest, size = _sha256(weights_tmp)
         config = CheckpointConfig(
             model_class=class_name, arguments=arguments, tensors=_specs(tensors),
             weights_sha256=digest, weights_bytes=size, moelab_version=__version__,
             format_version=FORMAT_VERSION, metadata=metadata,
         )
         text = json.dumps(config.to_dict(), indent=2, allow_nan=False) + "\n"
-        with open(config_tmp, "x", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        # safetensors creates its file 0600; give it the permissions of a normally created file.
-        os.chmod(weights_tmp, stat.S_IMODE(os.stat(config_tmp).st_mode))
-        os.replace(weights_tmp, directory / WEIGHTS_NAME)
-        os.replace(config_tmp, directory / CONFIG_NAME)
-    except BaseException:
-        weights_tmp.unlink(missing_ok=True)
-        config_tmp.unlink(missing_ok=True)
-        raise
-    _sync_directory(directory)
+        config_tmp.write_text(text, encoding="utf-8")
     return directory
 
 
@@ -283,32 +273,14 @@ def _json_object(name: str, value: Any) -> dict[str, Any]:
         raise ValueError(f"{name} must be JSON-serialisable (no NaN/Inf): {exc}") from None
 
 
-def _temp_path(directory: Path, name: str) -> Path:
-    """A fresh hidden name beside ``name`` (not created: the writer creates it with the usual
-    permissions, which ``tempfile.mkstemp``'s 0600 would not give)."""
-    return directory / f".{name}.{secrets.token_hex(8)}.tmp"
 
 
-def _sha256_and_sync(path: Path) -> tuple[str, int]:
-    """SHA-256 and size of the bytes on disk, after flushing them to the device."""
+def _sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file's bytes."""
     h, size = hashlib.sha256(), 0
     with open(path, "rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
             size += len(chunk)
-        os.fsync(f.fileno())
     return h.hexdigest(), size
 
-
-def _sync_directory(directory: Path) -> None:
-    """Make the renames durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
