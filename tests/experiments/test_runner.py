@@ -103,3 +103,12 @@ def test_runner_keeps_its_names():
     assert runner.execute is execute.execute and runner.routing_summary is measure.routing_summary
     assert runner.run_all is schedule.run_all and runner.store_outcome is schedule.store_outcome
     assert runner.BuiltTask is build.BuiltTask and runner.RunOutcome is execute.RunOutcome
+
+
+def test_a_recipe_that_fixes_its_routers_on_purpose_does_not_warn(recwarn):
+    from moelab.training.loop import RouterGradientWarning
+
+    best = [r for r in table3().runs(seeds=1, overrides={**TINY, "task.D": 8})
+            if r.labels["recipe"] == "best"]
+    execute(best[0])
+    assert not [w for w in recwarn if issubclass(w.category, RouterGradientWarning)]
