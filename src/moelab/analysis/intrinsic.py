@@ -1,7 +1,7 @@
 """Intrinsic dimension of a point cloud from nearest-neighbour distances.
 
 The MoE rates of Thm 4.8 and 5.2 are set by the intrinsic dimension d of the data manifold, not by the
-ambient D (PAPER.md Sec. 2); these estimators check the d of a task's samples, or of a layer's
+ambient D (docs/paper.md Sec. 2); these estimators check the d of a task's samples, or of a layer's
 representations.
 
 * ``"mle"``: Levina & Bickel (2005), per point m_i = [(1/(k-1)) sum_{j<k} log(T_k / T_j)]^{-1} with

@@ -11,7 +11,7 @@ from moelab.layers.moe import MoELayer
 
 @dataclass(frozen=True)
 class ParameterCount:
-    """``total`` parameters and ``active`` parameters per token (PAPER.md Sec. 3: a dense net needs
+    """``total`` parameters and ``active`` parameters per token (docs/paper.md Sec. 3: a dense net needs
     about E times more *activated* parameters). ``active`` may be fractional under expert choice,
     where the number of experts per token is only fixed on average."""
 

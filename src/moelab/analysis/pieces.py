@@ -3,7 +3,7 @@
 Along x(t) = a + t (b - a), t in [0, 1], a ReLU network or a hard-routed MoE is affine on finitely many
 intervals. Their number measures what depth and routing buy: a depth-L tent tower has 2^L pieces on
 [0, 1] (Telgarsky), and an L-layer top-1 MoE with linear routers and affine experts has at most E^L
-along any line, against L*E for the naive count (PAPER.md Sec. 3, "E^L tasks rather than L*E").
+along any line, against L*E for the naive count (docs/paper.md Sec. 3, "E^L tasks rather than L*E").
 
 Method. The representation is carried, in float64, as a partition of [0, 1] into intervals on each of
 which it is affine in t, h(t) = p + t q. An affine layer maps (p, q) directly. A ReLU (or leaky ReLU)
@@ -339,7 +339,7 @@ def count_pieces(
     ``nn.ReLU``, ``nn.LeakyReLU``, ``nn.Identity``; activations "relu" or "identity".
 
     An MoE layer is piecewise affine when each selected expert's combine weight is constant: weighting
-    "paper" or "sigmoid" with top_k = 1 (weight 1; the paper's hard routing, PAPER.md Sec. 1) or
+    "paper" or "sigmoid" with top_k = 1 (weight 1; the paper's hard routing, docs/paper.md Sec. 1) or
     "unweighted". Other weightings raise a ValueError unless ``routing_intervals_only=True``; then
     tracing stops being exact after the first such layer (its output is weighted by softmax
     probabilities), and the result counts the maximal intervals on which every MoE layer's selected

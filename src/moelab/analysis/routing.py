@@ -1,6 +1,6 @@
 """Routing statistics: expert paths through a deep MoE, agreement with ground-truth pieces, load.
 
-A depth-L MoE can send inputs along up to E^L expert paths, one per composed subtask (PAPER.md
+A depth-L MoE can send inputs along up to E^L expert paths, one per composed subtask (docs/paper.md
 Sec. 3, Thm 5.2/5.3); :func:`expert_paths` counts the paths a model actually uses on data. Experts
 carry no labels, so agreement of the routing with a task's ground-truth chart or piece labels is
 measured up to relabelling: :func:`match_experts` finds the one-to-one matching of expert ids to labels

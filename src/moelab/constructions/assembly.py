@@ -3,7 +3,7 @@
 A construction describes each expert as a sum of ReLU units: unit k computes relu(<w_k, x> + b_k)
 and adds v_k times that to the output, on top of an output bias (a two-layer net,
 A2 relu(A1 x + b1) + b2). :class:`Net` collects the units of one expert, including the pass-through
-channels that carry a value unchanged through a ReLU layer (PAPER.md Sec. 1):
+channels that carry a value unchanged through a ReLU layer (docs/paper.md Sec. 1):
 
 * ``z = relu(z) - relu(-z)``: two units, exact for every z;
 * ``z = relu(z - lo) + lo``: one unit, exact for z >= lo (used where a lower bound is known).

@@ -9,7 +9,7 @@ Layer 1 (dense; ``feature_experts`` copies of one net, 1 by default) maps x in R
   ridge fit elsewhere).
 
 Layer 2's router reads only the tau block (W_R = [0 | I], no bias): top-1 picks i* = argmax tau, a
-chart whose domain contains x (the 1/(2E) argument, PAPER.md Sec. 3). Expert i computes g_i o phi_i,
+chart whose domain contains x (the 1/(2E) argument, docs/paper.md Sec. 3). Expert i computes g_i o phi_i,
 g_i ~ f o phi_i^{-1} on phi_i(U_i) (:mod:`moelab.constructions.charts`):
 
 * ``expert_depth=2`` (Cor 4.9): phi_i is affine and folds into the first affine map;

@@ -1,4 +1,4 @@
-"""Nonlinear routers halve the depth (PAPER.md Sec. 4, suggestion 1).
+"""Nonlinear routers halve the depth (docs/paper.md Sec. 4, suggestion 1).
 
 The linear-router constructions spend a layer on routing features: layer 1 computes tau ~ rho for the
 manifold case, layer 2l the piece scores for Eq. (4). A router that is itself a two-layer ReLU net

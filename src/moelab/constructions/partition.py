@@ -2,7 +2,7 @@
 
 The first layer of the shallow construction outputs tau(x) with ||tau - rho||_inf < 1/(2E) on M. Then
 top-1 routing on tau picks a chart containing x: sum_i rho_i = 1 gives max_i rho_i >= 1/E, so the
-chart i* = argmax tau has rho_{i*} > max rho - 2 ||tau - rho|| > 0 (PAPER.md Sec. 3). Two builds:
+chart i* = argmax tau has rho_{i*} > max rho - 2 ||tau - rho|| > 0 (docs/paper.md Sec. 3). Two builds:
 
 ``"profile"`` (circle, exact up to 1-D interpolation). With E equally spaced centres, reflecting the
 circle about c_i permutes the other charts, so rho_i depends on the angle delta to c_i only, i.e. on

@@ -30,7 +30,7 @@ def circle_demo(
     *, D: int = 16, steps: int = 500, lr: float = 1e-2, seed: int = 0, progress: bool = True
 ) -> DemoResult:
     """Train a 1-4-MoE (one MoE layer, 4 two-layer ReLU experts of width 10, top-1) on
-    f(x) = sin(5 x_1) + cos(3 x_2) on the unit circle in R^D (PAPER.md Sec. 5, Experiment I), with
+    f(x) = sin(5 x_1) + cos(3 x_2) on the unit circle in R^D (docs/paper.md Sec. 5, Experiment I), with
     moelab's best recipe: data-dependent initialisation, hard top-1 routing, 100 warm-up steps and a
     cosine-decayed learning rate from ``lr``; batch 128 of fresh samples per step.
     """

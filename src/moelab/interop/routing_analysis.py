@@ -9,7 +9,7 @@ the intrinsic dimension of the hidden states each expert receives
 (:func:`moelab.analysis.intrinsic_dimension`, Levina-Bickel MLE).
 
 Across layers: the expert path of each token (its top-1 expert in every MoE layer; the paper's paths,
-PAPER.md Sec. 3) and, for each pair of consecutive MoE layers, the co-occurrence counts of top-1
+docs/paper.md Sec. 3) and, for each pair of consecutive MoE layers, the co-occurrence counts of top-1
 experts C[i, j] = #{tokens with top-1 i in the first layer and j in the second}, with their
 normalised mutual information NMI = I(A; B) / ((H(A) + H(B)) / 2) (the arithmetic normalisation,
 scikit-learn's default; 1 when both layers give every token the same single expert).

@@ -1,6 +1,6 @@
 """Banks of E experts with batched weights, and the :class:`ExpertBank` protocol dispatch uses.
 
-An expert is an l-layer feed-forward network R^{d_in} -> R^{d_out} (PAPER.md Sec. 1: "l-layer, width m"
+An expert is an l-layer feed-forward network R^{d_in} -> R^{d_out} (docs/paper.md Sec. 1: "l-layer, width m"
 means l affine maps with m hidden units each). The E experts of a bank share their shapes, so each
 affine map's weights are one (E, in, out) parameter and all experts run at once. Each kind of
 expert is written once, as a function of an affine-map operation; the bank runs it either on every
@@ -253,7 +253,7 @@ def legacy_names(model: nn.Module) -> dict[str, str]:
 
 
 class LowDimExperts(nn.Module):
-    """Low-dimensional experts f_low o Enc (PAPER.md Sec. 4, suggestion 3).
+    """Low-dimensional experts f_low o Enc (docs/paper.md Sec. 4, suggestion 3).
 
     Enc: R^{d_in} -> R^{latent} is a per-expert affine map (it stands for the chart map phi_i), and
     f_low: R^{latent} -> R^{d_out} is a small :class:`Experts` bank. With ``latent_decoder`` each

@@ -1,6 +1,6 @@
 """The MoE layer: router + dispatcher + experts (+ shared experts), wired by a thin module.
 
-Forward pass (PAPER.md Sec. 1): K = argTopK(g(x)), y = sum_{k in K} alpha_k(x) f^(k)(x), plus, with
+Forward pass (docs/paper.md Sec. 1): K = argTopK(g(x)), y = sum_{k in K} alpha_k(x) f^(k)(x), plus, with
 shared experts (the paper's suggestion 2(ii)), a dense network applied to every token.
 
 The layer keeps no state between calls. :meth:`MoELayer.run` returns a

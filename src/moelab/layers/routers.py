@@ -1,7 +1,7 @@
 """Routers (gating networks): score the experts, select them, weight them, enforce capacity.
 
 The paper's router is linear, g(x) = W_R x, with top-1 selection and weights given by a softmax over
-the selected logits (PAPER.md Sec. 1). This module offers that and the common alternatives:
+the selected logits (docs/paper.md Sec. 1). This module offers that and the common alternatives:
 
 * scorers: ``"linear"`` (W x, bias optional) or ``"mlp"`` (a small ReLU network; the paper's
   suggestion 1: a nonlinear router can realise the partition of unity itself);

@@ -10,7 +10,7 @@ is row-major, sum_l piece[:, l] * E^(L - 1 - l), in [0, E^L); it is int64, so as
 a task with E^L > 2^63 pieces is a ValueError (the per-coordinate pieces remain).
 
 Subfunctions: ``subfunctions[l][j]`` (0-based) maps the raw coordinate z = x_l of points in piece j,
-an (m,) float64 tensor, to (m,) values. The built-in ``"paper"`` set (PAPER.md Sec. 5, 6) alternates
+an (m,) float64 tensor, to (m,) values. The built-in ``"paper"`` set (docs/paper.md Sec. 5, 6) alternates
 the two Experiment II families over the coordinates, with the paper's 1-based i = j + 1:
 
 * l = 1, 3, 5, ... (1-based): ``ParabolaPiece``, f_{l,i}(z) = (-1)^i i (z - i + 1)(z - i);
@@ -20,7 +20,7 @@ Both vanish at the integers, so f is continuous on [0, E]^L; the parabolas' slop
 f is C^0 only, as the paper states. L = 2, E = 3 is Experiment II.
 
 Outputs: ``"vector"`` (Eq. 4, (n, L)), ``"sum"`` (sum_l f_l, (n, 1)), ``"product"`` (prod_l f_l,
-(n, 1)); PAPER.md Sec. 6 explains why all three are offered.
+(n, 1)); docs/paper.md Sec. 6 explains why all three are offered.
 
 Shape legend: n samples, L coordinates (levels), E pieces per coordinate.
 """
