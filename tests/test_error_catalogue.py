@@ -25,7 +25,7 @@ from moelab.experiments.config import RunConfig, apply_overrides, parse_override
 from moelab.experiments.registry import get_experiment
 from moelab.experiments.store import ResultStore, StoreError
 from moelab.interop.hf_models import check_moe_config, load_model, random_model, token_ids
-from moelab.layers import DeepMoE, MoEConfig, MoELayer, collect_aux_losses
+from moelab.layers import DeepMoE, ExpertConfig, MoEConfig, MoELayer, collect_aux_losses
 from moelab.tasks import make_manifold_task, make_piecewise_task
 from moelab.training import TrainConfig, train
 
@@ -38,6 +38,13 @@ class Case:
     call: Callable[[Path], object]  # receives a directory holding a stored run and a checkpoint
     error: type[BaseException]
     pattern: str
+
+
+def _ones(model):
+    with torch.no_grad():
+        for param in model.parameters():
+            param.fill_(1.0)
+    return model
 
 
 def _layer():
@@ -278,6 +285,11 @@ CASES = [
     Case("train-aux-missing",
          lambda d: _train_on(_sampler_4_2, aux_weights={"reconstruction": 0.1}), ValueError,
          r"aux_weights\['reconstruction'\]=0.1 but the model produces no 'reconstruction' loss"),
+    Case("layer-overflow", lambda d: _ones(_layer())(_x(3, 4).fill_(3e38)), FloatingPointError,
+         r"output is not finite although the input is"),
+    Case("layer-latent-wide",
+         lambda d: MoELayer(4, 2, MoEConfig(num_experts=3, experts=ExpertConfig(latent_dim=8))),
+         ValueError, r"experts.latent_dim=8 must be <= d_in=4"),
 ]
 
 
@@ -300,7 +312,9 @@ def _fingerprint(d: Path) -> dict[str, str]:
 
 def _documented_messages() -> dict[str, str]:
     """Case id -> the message column of its row in docs/errors.md."""
-    rows = re.findall(r"^\| `([A-Za-z0-9.-]+)` \|.*\| ([^|]*) \|$", DOC.read_text(), flags=re.M)
+    # The last column; an escaped pipe (\\|) inside it is text, not a column separator.
+    rows = re.findall(r"^\| `([A-Za-z0-9.-]+)` \|.*?\| ((?:[^|\\]|\\.)*) \|$", DOC.read_text(),
+                      flags=re.M)
     return dict(rows)
 
 

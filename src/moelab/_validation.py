@@ -53,16 +53,41 @@ def check_features(x: object, width: int, *, name: str = "x", finite: bool = Tru
         )
     if like is not None:
         check_like(x, like, name=name, owner=owner)
-    if finite and x.numel() and torch.compiler.is_compiling():
-        # No host sync and no graph break under torch.compile: the check runs on the device.
-        torch._assert_async(torch.isfinite(x).all(), f"{name} contains non-finite values")
-    elif finite and x.numel() and not bool(torch.isfinite(x).all()):
+    if finite:
+        check_finite_values(x, name=name)
+    return x
+
+
+def check_finite_values(x: Tensor, y: Tensor | None = None, *, name: str = "x",
+                        owner: str = "the layer") -> None:
+    """NaN/Inf in ``x`` is a ValueError; with ``y`` (the output computed from ``x``), a non-finite
+    output of a finite input is a FloatingPointError (the arithmetic overflowed the dtype, e.g.
+    |x| ~ 3e38 in float32). Both flags are read in one host sync; under ``torch.compile`` the
+    checks run on the device instead (``torch._assert_async``: no sync, no graph break)."""
+    flags = [torch.isfinite(x).all()] if x.numel() else []
+    if y is not None and y.numel():
+        flags.append(torch.isfinite(y).all())
+    if not flags:
+        return
+    if torch.compiler.is_compiling():
+        for flag in flags:
+            torch._assert_async(flag, f"{name} or {owner}'s output contains non-finite values")
+        return
+    ok = torch.stack(flags).tolist()
+    if not ok[0]:
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(
             f"{name} contains {bad} non-finite value(s) (NaN or Inf); "
             "pass check_finite=False to skip this check"
         )
-    return x
+    if len(ok) > 1 and not ok[1]:
+        raise FloatingPointError(
+            f"{owner}'s output is not finite although the input is: the arithmetic overflowed "
+            f"{str(x.dtype).removeprefix('torch.')} (largest |{name}| = "
+            f"{float(x.abs().max()):.3g}, the dtype's largest value "
+            f"{torch.finfo(x.dtype).max:.3g}); rescale the input, or pass check_finite=False "
+            "to skip this check"
+        )
 
 
 def check_like(x: Tensor, reference: Tensor, *, name: str = "x", owner: str = "the layer") -> Tensor:

@@ -6,7 +6,7 @@ from itertools import pairwise
 
 from torch import Tensor, nn
 
-from moelab._validation import check_features, positive_int
+from moelab._validation import check_features, check_finite_values, positive_int
 from moelab.layers.activations import get_activation
 from moelab.layers.outputs import ModelOutput
 
@@ -63,9 +63,11 @@ class DenseMLP(MLP):
         self.check_finite = check_finite
 
     def run(self, x: Tensor) -> ModelOutput:
-        check_features(x, self.d_in, finite=self.check_finite, like=self.linears[0].weight,
-                       owner="the model")
-        return ModelOutput(y=super().forward(x), aux_losses={}, layers=())
+        check_features(x, self.d_in, finite=False, like=self.linears[0].weight, owner="the model")
+        y = super().forward(x)
+        if self.check_finite:
+            check_finite_values(x, y, owner="the model")
+        return ModelOutput(y=y, aux_losses={}, layers=())
 
     def forward(self, x: Tensor) -> Tensor:
         return self.run(x).y

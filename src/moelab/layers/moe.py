@@ -18,7 +18,7 @@ from collections.abc import Callable
 from torch import Tensor, nn
 
 from moelab import losses
-from moelab._validation import check_features, positive_int
+from moelab._validation import check_features, check_finite_values, positive_int
 from moelab.layers.config import ExpertConfig, MoEConfig, RouterConfig
 from moelab.layers.dispatch import Dispatcher, LocalDispatcher
 from moelab.layers.experts import ExpertBank, build_experts
@@ -51,6 +51,10 @@ class MoELayer(nn.Module):
             raise TypeError(f"config must be a MoEConfig, got {type(config).__name__}")
         self.d_in = positive_int("d_in", d_in)
         self.d_out = positive_int("d_out", d_out)
+        latent = config.experts.latent_dim
+        if latent is not None and latent > d_in:
+            raise ValueError(f"experts.latent_dim={latent} must be <= d_in={d_in}: low-dimensional "
+                             "experts encode their input into fewer dimensions, not more")
         self.router = Router(d_in, config.num_experts, config.router)
         self.experts: ExpertBank = build_experts(config.num_experts, d_in, d_out, config.experts)
         self.shared = None
@@ -69,23 +73,26 @@ class MoELayer(nn.Module):
             check_finite: bool | None = None) -> MoEOutput:
         """The forward pass with routing and auxiliary losses.
 
-        1. Check x: shape (..., d_in), the parameters' dtype and device, and (if
-           ``config.check_finite`` and ``check_finite`` is not False) finite values.
+        1. Check x: shape (..., d_in), the parameters' dtype and device (finite values are
+           checked with the output, step 5).
         2. Flatten the leading dimensions into T tokens: x (T, I).
         3. Route: the router scores, selects and weights K experts per token (a ``Routing``).
         4. Dispatch: the dispatcher runs each expert on its tokens and sums the weighted outputs,
            y (T, O), by ``dispatch_mode`` (None: ``config.dispatch``).
-        5. Add the shared experts' output, if any, and restore the leading dimensions.
+        5. Add the shared experts' output, if any; if ``config.check_finite`` and ``check_finite``
+           is not False, x must be finite and then y too (else the arithmetic overflowed), read
+           in one host sync. Restore the leading dimensions.
         6. Attach the auxiliary losses (computed lazily, when read) and hand the output to any
            routing recorder.
         """
-        check_features(x, self.d_in, finite=self.config.check_finite and check_finite is not False,
-                       like=self.router.scorer_weight)
+        check_features(x, self.d_in, finite=False, like=self.router.scorer_weight)
         lead = x.shape[:-1]
         x_TI = x.reshape(-1, self.d_in)
         routing = self.router(x_TI)
         out = self.dispatcher(x_TI, routing, self.experts, mode=dispatch_mode or self.config.dispatch)
         y_TO = out.y if self.shared is None else out.y + self.shared(x_TI)
+        if self.config.check_finite and check_finite is not False:
+            check_finite_values(x, y_TO)
         result = MoEOutput(y_TO.reshape(*lead, self.d_out), routing,
                            aux_losses(routing, out.recon_loss, self.config.router.top_k))
         for record in self._recorders:

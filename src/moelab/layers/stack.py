@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from moelab._validation import check_features, positive_int
+from moelab._validation import check_features, check_finite_values, positive_int
 from moelab.layers.mlp import MLP
 from moelab.layers.moe import MoEConfig, MoELayer
 from moelab.layers.outputs import LazyLosses, ModelOutput, MoEOutput
@@ -97,12 +97,14 @@ class DeepMoE(nn.Module):
         """Forward pass returning every MoE layer's routing and the summed auxiliary losses.
 
         The input is checked once here (shape, dtype, device and, with ``check_finite``, finite
-        values); the layers inside do not check again. ``dispatch_mode`` overrides every MoE
+        values, read together with the output's in one host sync); the layers inside do not check
+        again. ``dispatch_mode`` overrides every MoE
         layer's ``config.dispatch`` (``"auto"``, ``"grouped"``, ``"dense"`` or ``"reference"``).
         """
         first = self.layers[0]
         like = first.router.scorer_weight if isinstance(first, MoELayer) else first.linears[0].weight
-        check_features(x, self.d_in, finite=self.check_finite, like=like, owner="the model")
+        check_features(x, self.d_in, finite=False, like=like, owner="the model")
+        x_in = x
         outputs: list[MoEOutput] = []
 
         def capture(_layer: MoELayer, out: MoEOutput) -> None:
@@ -121,6 +123,8 @@ class DeepMoE(nn.Module):
             else:
                 h = layer(x)
             x = x + h if self.residual and h.shape == x.shape else h
+        if self.check_finite:  # the input, then the output: one host sync per forward pass
+            check_finite_values(x_in, x, owner="the model")
         aux = LazyLosses.sum([out.aux_losses for out in outputs])
         return ModelOutput(y=x, aux_losses=aux, layers=tuple(outputs))
 
