@@ -137,6 +137,36 @@ def _dimension_rows(analysis: ModelAnalysis) -> list[str]:
     return rows
 
 
+def _cooccurrence_section(analysis: ModelAnalysis) -> list[str]:
+    md = ["## Co-occurrence across consecutive layers", ""]
+    if analysis.cooccurrence:
+        md += ["Counts of tokens by their top-1 expert in one layer (rows) and the next (columns); NMI: "
+               "their normalised mutual information (0: independent, 1: one determines the other).", "",
+               "| layers | NMI |", "| --- | --- |"]
+        md += [f"| {a} -> {b} | {_fmt(c.nmi)} |" for c in analysis.cooccurrence for a, b in [c.layers]]
+        drawn = ""
+        if len(analysis.cooccurrence) > MAX_PANELS:
+            drawn = f" (the first {MAX_PANELS} pairs; all in {DATA_NAME})"
+        md += ["", f"![co-occurrence]({FIGURES}/cooccurrence.png){drawn}", ""]
+    else:
+        md += ["The model has one MoE layer: no consecutive pairs.", ""]
+    return md
+
+
+def _dimension_section(analysis: ModelAnalysis) -> list[str]:
+    md = ["## Intrinsic dimension of each expert's inputs", ""]
+    if any(s.dimensions for s in analysis.layers):
+        md += ["Levina-Bickel MLE of the hidden states each expert receives, per layer over the experts "
+               "that received enough distinct tokens (per-expert values and the reasons for the others "
+               f"in {DATA_NAME}).", "",
+               "| layer | experts estimated | median | min | max | experts with too few tokens |",
+               "| --- | --- | --- | --- | --- | --- |"]
+        md += _dimension_rows(analysis)
+    else:
+        md += ["Not measured (no hidden states captured)."]
+    return md
+
+
 def write_hf_report(
     analysis: ModelAnalysis,
     out: str | Path,
@@ -189,29 +219,7 @@ def write_hf_report(
     md += [f"| {'-'.join(map(str, p))} | {c} | {c / num_tokens:.3f} |" for p, c in common]
     md += ["", f"![path frequency]({FIGURES}/paths.png)", ""]
 
-    md += ["## Co-occurrence across consecutive layers", ""]
-    if analysis.cooccurrence:
-        md += ["Counts of tokens by their top-1 expert in one layer (rows) and the next (columns); NMI: "
-               "their normalised mutual information (0: independent, 1: one determines the other).", "",
-               "| layers | NMI |", "| --- | --- |"]
-        md += [f"| {a} -> {b} | {_fmt(c.nmi)} |" for c in analysis.cooccurrence for a, b in [c.layers]]
-        drawn = ""
-        if len(analysis.cooccurrence) > MAX_PANELS:
-            drawn = f" (the first {MAX_PANELS} pairs; all in {DATA_NAME})"
-        md += ["", f"![co-occurrence]({FIGURES}/cooccurrence.png){drawn}", ""]
-    else:
-        md += ["The model has one MoE layer: no consecutive pairs.", ""]
-
-    md += ["## Intrinsic dimension of each expert's inputs", ""]
-    if any(s.dimensions for s in analysis.layers):
-        md += ["Levina-Bickel MLE of the hidden states each expert receives, per layer over the experts "
-               "that received enough distinct tokens (per-expert values and the reasons for the others "
-               f"in {DATA_NAME}).", "",
-               "| layer | experts estimated | median | min | max | experts with too few tokens |",
-               "| --- | --- | --- | --- | --- | --- |"]
-        md += _dimension_rows(analysis)
-    else:
-        md += ["Not measured (no hidden states captured)."]
+    md += _cooccurrence_section(analysis) + _dimension_section(analysis)
     md.append("")
     path = out / REPORT_NAME
     atomic_write(path, "\n".join(md).encode())

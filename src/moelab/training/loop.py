@@ -248,6 +248,29 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     return cls(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
 
 
+def _loss(out, y: Tensor, aux_weights: dict[str, float]) -> tuple[Tensor, Tensor]:
+    """(loss, mse): the squared loss plus each weighted auxiliary loss, which must be produced."""
+    pred_f, y_f = _flat_pair(out.y, y)
+    mse = (pred_f - y_f).square().mean()
+    loss = mse
+    for name, weight in aux_weights.items():
+        if weight and name not in out.aux_losses:
+            raise ValueError(
+                f"aux_weights[{name!r}]={weight} but the model produces no {name!r} loss "
+                f"(it produces {sorted(out.aux_losses)}); remove the weight or change the model"
+            )
+        if weight:
+            loss = loss + weight * out.aux_losses[name]
+    return loss, mse
+
+
+def _update_balance_biases(record, rate: float) -> None:
+    """DeepSeek-V3's bias update on every recorded layer that keeps a balance bias."""
+    for layer, layer_out in zip(record.layers, record.outputs, strict=True):
+        if layer.router.expert_bias is not None:
+            layer.router.update_balance_bias(layer_out.routing.tokens_per_expert, rate)
+
+
 def train(
     model: nn.Module,
     sampler: Sampler,
@@ -292,18 +315,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(config, step)
             out, record = _train_forward(model, x, record=balance)
-            pred_f, y_f = _flat_pair(out.y, y)
-            mse = (pred_f - y_f).square().mean()
-            loss = mse
-            for name, weight in config.aux_weights.items():
-                if weight and name not in out.aux_losses:
-                    raise ValueError(
-                        f"aux_weights[{name!r}]={weight} but the model produces no {name!r} loss "
-                        f"(it produces {sorted(out.aux_losses)}); remove the weight or change "
-                        "the model"
-                    )
-                if weight:
-                    loss = loss + weight * out.aux_losses[name]
+            loss, mse = _loss(out, y, config.aux_weights)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -312,11 +324,7 @@ def train(
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             if balance:
-                for layer, layer_out in zip(record.layers, record.outputs, strict=True):
-                    if layer.router.expert_bias is not None:
-                        layer.router.update_balance_bias(
-                            layer_out.routing.tokens_per_expert, config.balance_bias_rate
-                        )
+                _update_balance_biases(record, config.balance_bias_rate)
             if step % config.log_every == 0 or step == config.steps - 1:
                 row = {"step": step, "loss": loss.item(), "mse": mse.item(),
                        "lr": optimizer.param_groups[0]["lr"]}
