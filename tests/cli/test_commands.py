@@ -110,3 +110,17 @@ def test_constructions_experiment_reports_bounds_and_paths(tmp_path, capsys):
     report = (tmp_path / "report.md").read_text()
     assert "## constructions" in report and "| Thm 5.3, Eq. (4), E=3, L=2 | 8 |" in report
     assert "9 / 9" in report and (tmp_path / "figures" / "constructions-rate.png").exists()
+
+
+def test_reproduce_measures_the_table4_contrast_without_the_users_training_overrides(
+        tmp_path, monkeypatch, capsys):
+    import moelab.cli as cli
+    from moelab.experiments.store import ResultStore
+
+    monkeypatch.setattr(cli, "REPRODUCED", ("table3",))
+    args = ["reproduce", "--seeds", "1", "--set", "train.steps=2", "--set", "train.test_size=16",
+            "--set", "task.D=8", "--quiet", "--out", str(tmp_path)]
+    assert main(args) == 0
+    runs = ResultStore(tmp_path, create=False).runs()
+    assert {r.experiment for r in runs} == {"table3", "constructions"}
+    assert (tmp_path / "report.md").exists()
