@@ -9,3 +9,14 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def clean_registry():
+    """Forget the experiments a test registers."""
+    from moelab.experiments.registry import EXPERIMENTS
+
+    before = dict(EXPERIMENTS)
+    yield
+    EXPERIMENTS.clear()
+    EXPERIMENTS.update(before)

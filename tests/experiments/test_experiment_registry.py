@@ -14,14 +14,6 @@ from moelab.experiments.registry import EXPERIMENTS, get_experiment, register, u
 from moelab.experiments.spec import Experiment
 
 
-@pytest.fixture
-def clean_registry():
-    before = dict(EXPERIMENTS)
-    yield
-    EXPERIMENTS.clear()
-    EXPERIMENTS.update(before)
-
-
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))
 def test_the_registered_name_reaches_the_experiment_and_every_run(name):
     exp = get_experiment(name)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 from moelab.experiments.config import TaskSpec
 from moelab.experiments.registry import EXPERIMENTS, register, unnamed
 from moelab.experiments.spec import Axis, Experiment
@@ -18,13 +16,6 @@ from moelab.reporting.declare import Curves, Flat
 DOC = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
 
 
-@pytest.fixture
-def registry():
-    """Forget the experiments a test registers."""
-    before = dict(EXPERIMENTS)
-    yield
-    EXPERIMENTS.clear()
-    EXPERIMENTS.update(before)
 
 
 def _store_fake_runs(directory: Path, name: str, mse) -> None:
@@ -35,7 +26,7 @@ def _store_fake_runs(directory: Path, name: str, mse) -> None:
                   metrics={"test_mse": mse(run)}, routing={}, seconds=1.0, history=[], evals=[])
 
 
-def test_a_toy_experiment_with_a_check_and_a_figure_gets_its_section(tmp_path, registry):
+def test_a_toy_experiment_with_a_check_and_a_figure_gets_its_section(tmp_path, clean_registry):
     @register("toy")
     def toy() -> Experiment:
         return Experiment(
@@ -54,7 +45,7 @@ def test_a_toy_experiment_with_a_check_and_a_figure_gets_its_section(tmp_path, r
     assert (tmp_path / "figures" / "toy-mse.png").read_bytes().startswith(b"\x89PNG")
 
 
-def test_the_example_in_docs_extending_runs_as_written(tmp_path, registry):
+def test_the_example_in_docs_extending_runs_as_written(tmp_path, clean_registry):
     code = re.search(r"```python\n(.*?)```", DOC.read_text(), re.S).group(1)
     exec(compile(code, str(DOC), "exec"), {})
     _store_fake_runs(tmp_path, "width-sweep",
