@@ -16,8 +16,6 @@ from moelab.reporting.declare import Curves, Flat
 DOC = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
 
 
-
-
 def _store_fake_runs(directory: Path, name: str, mse) -> None:
     store = ResultStore(directory)
     for run in EXPERIMENTS[name]().runs():
