@@ -10,13 +10,15 @@ import torch
 
 from moelab.checkpoints import (
     CONFIG_NAME,
+    FORMAT_VERSION,
     WEIGHTS_NAME,
     CheckpointError,
     load_checkpoint,
     load_into,
     load_state,
+    save_checkpoint,
 )
-from moelab.layers import ExpertConfig, MoEConfig, MoELayer, RouterConfig
+from moelab.layers import DeepMoE, ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 
 def _edit_config(directory, change):
@@ -113,7 +115,8 @@ def test_bad_json(saved, expect_failure):
         (lambda c: c.pop("metadata"), r"missing key\(s\) \['metadata'\]"),
         (lambda c: c["model"].update({"class": "Transformer"}),
          "unknown model class 'Transformer'; this moelab rebuilds"),
-        (lambda c: c.update(format_version=3), "format_version 3 is newer than this moelab reads"),
+        (lambda c: c.update(format_version=FORMAT_VERSION + 1),
+         f"format_version {FORMAT_VERSION + 1} is newer than this moelab reads"),
         (lambda c: c.update(format="something-else"), "not a moelab checkpoint config"),
         (lambda c: c["model"]["arguments"].update(d_in="3"),
          "model.arguments.d_in must be int, got '3'"),
@@ -132,8 +135,8 @@ def test_config_with_bad_content(saved, change, message, expect_failure):
 
 def test_duplicate_key_in_json(saved, expect_failure):
     text = (saved / CONFIG_NAME).read_text()
-    twice = '"format_version": 2, "format_version": 2,'
-    (saved / CONFIG_NAME).write_text(text.replace('"format_version": 2,', twice))
+    once = f'"format_version": {FORMAT_VERSION},'
+    (saved / CONFIG_NAME).write_text(text.replace(once, once + " " + once))
     expect_failure(saved, CONFIG_NAME, "duplicate key 'format_version'")
 
 
@@ -190,3 +193,12 @@ def test_loading_never_unpickles(saved, monkeypatch):
     for module, name in [(torch, "load"), (pickle, "load"), (pickle, "loads")]:
         monkeypatch.setattr(module, name, refuse)
     assert isinstance(load_checkpoint(saved), MoELayer)
+
+
+def test_a_stored_model_config_is_checked_on_reading(tmp_path, expect_failure):
+    directory = save_checkpoint(DeepMoE([3, 4, 2]), tmp_path / "deep")
+    _edit_config(directory, lambda c: c["model"]["config"].update(widths=[3, 0, 2]))
+    expect_failure(directory, CONFIG_NAME,
+                   r"model\.config is not a valid DeepMoEConfig: widths\[1\] must be >= 1, got 0")
+    _edit_config(directory, lambda c: c["model"].update(arguments={"widths": [3, 4, 2]}))
+    expect_failure(directory, CONFIG_NAME, r"unknown key\(s\) \['arguments'\] in model")

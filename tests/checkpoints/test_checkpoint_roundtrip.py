@@ -18,8 +18,9 @@ from moelab.checkpoints import (
     read_config,
     save_checkpoint,
 )
-from moelab.checkpoints.config import arguments_json, describe
+from moelab.checkpoints.config import describe, description_json
 from moelab.layers import DeepMoE, DenseMLP, ExpertConfig, MoEConfig, MoELayer, RouterConfig
+from moelab.typed_json import to_json
 
 
 def _with_expert_bias(model):
@@ -93,7 +94,7 @@ def test_round_trip_is_bit_exact_with_identical_outputs_and_routing(tmp_path, na
 
     assert type(loaded) is type(model)
     assert not loaded.training
-    assert arguments_json(describe(loaded)[1]) == arguments_json(describe(model)[1])
+    assert description_json(describe(loaded)[1]) == description_json(describe(model)[1])
     _assert_same_tensors(model, loaded)
     with torch.no_grad():
         y, routings = _routings(model, x)
@@ -137,9 +138,26 @@ def test_directory_holds_exactly_the_two_files_and_a_readable_config(saved, smal
 
 def test_deep_model_with_one_config_stores_it_once(tmp_path):
     model = DeepMoE([3, 4, 2], MoEConfig(router=RouterConfig(top_k=2)), residual=True)
-    config = read_config(save_checkpoint(model, tmp_path / "ckpt"))
-    assert isinstance(config.arguments["config"], MoEConfig)
-    assert config.arguments["config"].router.top_k == 2
+    directory = save_checkpoint(model, tmp_path / "ckpt")
+    config = read_config(directory)
+    assert config.model_config == model.config and config.arguments == {}
+    assert isinstance(config.model_config.moe, MoEConfig)
+    assert config.model_config.moe.router.top_k == 2
+    raw = json.loads((directory / CONFIG_NAME).read_text())["model"]
+    assert sorted(raw) == ["class", "config"] and raw["class"] == "DeepMoE"
+    assert raw["config"]["widths"] == [3, 4, 2] and raw["config"]["residual"] is True
+
+
+@pytest.mark.parametrize("name", ["deep-moe-every-2", "deep-per-layer", "dense", "dense-default"])
+def test_models_with_a_config_are_stored_by_it_and_rebuilt_from_it_alone(tmp_path, name):
+    torch.manual_seed(0)
+    model = MODELS[name]()
+    directory = save_checkpoint(model, tmp_path / name)
+    raw = json.loads((directory / CONFIG_NAME).read_text())["model"]
+    assert raw == {"class": type(model).__name__, "config": to_json(model.config)}
+    config = read_config(directory)
+    assert config.model_config == model.config
+    assert type(model).from_config(config.model_config).config == model.config
 
 
 def test_saving_again_replaces_the_checkpoint(tmp_path):

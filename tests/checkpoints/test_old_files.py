@@ -10,7 +10,8 @@ import pytest
 import safetensors.torch
 import torch
 
-from moelab.checkpoints import load_checkpoint, read_config
+from moelab.checkpoints import load_checkpoint, load_into, load_state, read_config
+from moelab.layers import DeepMoE, DeepMoEConfig, DenseMLPConfig, MoEConfig
 
 DATA = Path(__file__).parent / "data"
 FIXTURES = {
@@ -31,3 +32,17 @@ def test_old_checkpoint_loads_bit_exactly(version, name):
     stored = safetensors.torch.load_file(DATA / name / "model.safetensors")
     assert sum(t.numel() for t in model.state_dict().values()) == sum(
         t.numel() for t in stored.values())
+
+
+def test_version_2_files_of_config_classes_read_as_their_config():
+    config = read_config(DATA / "v2_deep_alternating")
+    assert config.arguments == {}
+    assert config.model_config == DeepMoEConfig(widths=(3, 4, 4, 2), moe=MoEConfig(num_experts=2),
+                                                moe_every=2)
+    dense = read_config(DATA / "v2_dense_mlp").model_config
+    assert dense == DenseMLPConfig(d_in=3, d_out=2, hidden=6, depth=3, activation="gelu",
+                                   bias=False, check_finite=False)
+    target = DeepMoE([3, 4, 4, 2], MoEConfig(num_experts=2), moe_every=2)
+    load_into(target, DATA / "v2_deep_alternating")  # today's model matches the old description
+    _, state = load_state(DATA / "v2_deep_alternating")
+    assert all(torch.equal(target.state_dict()[k], v) for k, v in state.items())

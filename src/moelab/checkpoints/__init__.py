@@ -4,9 +4,9 @@ A checkpoint is a directory with two files:
 
 * ``model.safetensors``: every tensor of the model's state dict (parameters and persistent buffers
   such as the routers' ``expert_bias``), dtypes kept;
-* ``config.json``: the model's class and constructor arguments, the name, dtype and shape of every
-  tensor, the SHA-256 and size of ``model.safetensors``, the moelab and format versions, and the
-  caller's metadata (see :mod:`moelab.checkpoints.config` for the layout).
+* ``config.json``: the model's class and config (or constructor arguments), the name, dtype and
+  shape of every tensor, the SHA-256 and size of ``model.safetensors``, the moelab and format
+  versions, and the caller's metadata (see :mod:`moelab.checkpoints.config` for the layout).
 
 ``save_checkpoint(model, dir)`` then ``load_checkpoint(dir)`` gives a model whose tensors are equal
 (``torch.equal``, same dtypes) to the saved ones, so its outputs and routing are identical;

@@ -1,28 +1,36 @@
 """``config.json``: how to rebuild a checkpoint's model and what its weights file must hold.
 
-The JSON form (format version 2)::
+The JSON form (format version 3)::
 
     {
       "format": "moelab-checkpoint",
-      "format_version": 2,
+      "format_version": 3,
       "moelab_version": "0.1.0",
-      "model": {"class": "MoELayer",
-                "arguments": {"d_in": 3, "d_out": 2,
-                              "config": {"num_experts": 4, "router": {"top_k": 2, ...},
-                                         "experts": {"hidden": 8, ...}, ...}}},
+      "model": {"class": "DeepMoE",
+                "config": {"widths": [3, 4, 2],
+                           "moe": {"num_experts": 4, "router": {"top_k": 2, ...},
+                                   "experts": {"hidden": 8, ...}, ...},
+                           "residual": false, "moe_every": 1}},
       "weights": {"bytes": 2372, "sha256": "<64 hex digits of model.safetensors>",
-                  "tensors": {"router.scorer.weight": {"dtype": "float32", "shape": [4, 3]}, ...}},
+                  "tensors": {"layers.0.router.scorer.weight": {"dtype": "float32",
+                                                                "shape": [4, 3]}, ...}},
       "metadata": {... the caller's JSON ...}
     }
 
-``arguments`` are the model's constructor arguments, read from the model by the names of its
-constructor's parameters (each class keeps them, its nested config included, as attributes), and
-parsed back by their annotated types with :mod:`moelab.typed_json`. Anything unexpected is a
-:class:`CheckpointError` naming the file and the dotted key.
+A model class with a ``from_config`` classmethod (:class:`~moelab.layers.DeepMoE`,
+:class:`~moelab.layers.DenseMLP`) is stored by its whole-model config (``model.config``, the type
+that ``from_config`` takes) and rebuilt from it alone. :class:`~moelab.layers.MoELayer`, whose
+config does not hold its widths, is stored by its constructor ``arguments``
+(``{"d_in": 3, "d_out": 2, "config": {...}}``), read from the model by the names of its
+constructor's parameters. Both are parsed back by their annotated types with
+:mod:`moelab.typed_json`; anything unexpected is a :class:`CheckpointError` naming the file and the
+dotted key.
 
-Version 1 (moelab 0.1) stored each :class:`~moelab.layers.MoEConfig` with flat field names
-(``expert_hidden``, ``top_k``, ...) and the expert tensors as ``experts.weights.k`` /
-``experts.biases.k``; such files still load (the names are mapped on reading).
+Older files still load. Version 2 stored every class by its constructor arguments; for a class
+now stored by its config, those are turned into the config by the class's own constructor (on the
+meta device, allocating nothing). Version 1 (moelab 0.1) stored each
+:class:`~moelab.layers.MoEConfig` with flat field names (``expert_hidden``, ``top_k``, ...) and the
+expert tensors as ``experts.weights.k`` / ``experts.biases.k``; the names are mapped on reading.
 """
 
 from __future__ import annotations
@@ -43,10 +51,16 @@ from moelab.layers.experts import legacy_names
 from moelab.typed_json import from_json, to_json
 
 FORMAT = "moelab-checkpoint"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 #: The model classes a checkpoint can rebuild, by the name stored in ``config.json``.
 MODEL_CLASSES: dict[str, type[nn.Module]] = {"MoELayer": MoELayer, "DeepMoE": DeepMoE, "DenseMLP": DenseMLP}
+
+
+def config_type(cls: type) -> type | None:
+    """The whole-model config type ``cls.from_config`` takes, or None if ``cls`` has none."""
+    from_config = getattr(cls, "from_config", None)
+    return None if from_config is None else typing.get_type_hints(from_config)["config"]
 
 #: Tensor dtypes a checkpoint may hold, by their name in ``config.json`` ("float32", ...).
 DTYPES: dict[str, torch.dtype] = {
@@ -73,9 +87,12 @@ class TensorSpec:
 class CheckpointConfig:
     """The parsed ``config.json`` of a checkpoint.
 
-    ``arguments`` are the keyword arguments of ``MODEL_CLASSES[model_class]`` (MoEConfigs as
-    :class:`MoEConfig` objects), so :meth:`build` gives a freshly initialised model of the saved
-    shape; ``tensors`` lists every tensor of ``model.safetensors`` in the model's state-dict order.
+    ``model_config`` is the whole-model config of a class stored by its config (a
+    :class:`~moelab.layers.DeepMoEConfig` or :class:`~moelab.layers.DenseMLPConfig`; ``arguments``
+    is then empty); otherwise ``arguments`` are the keyword arguments of
+    ``MODEL_CLASSES[model_class]`` (MoEConfigs as :class:`MoEConfig` objects) and ``model_config``
+    is None. :meth:`build` gives a freshly initialised model of the saved shape; ``tensors`` lists
+    every tensor of ``model.safetensors`` in the model's state-dict order.
     """
 
     model_class: str
@@ -86,12 +103,23 @@ class CheckpointConfig:
     moelab_version: str
     format_version: int = FORMAT_VERSION
     metadata: dict[str, Any] = field(default_factory=dict)
+    model_config: Any = None
 
     def build(self, *, device: torch.device | str | None = None) -> nn.Module:
-        """A new model built from :attr:`arguments` (``device="meta"`` allocates nothing)."""
+        """A new model built from :attr:`model_config` or :attr:`arguments` (``device="meta"``
+        allocates nothing)."""
         cls = MODEL_CLASSES[self.model_class]
         with torch.device(device) if device is not None else contextlib.nullcontext():
+            if self.model_config is not None:
+                return cls.from_config(self.model_config)
             return cls(**self.arguments)
+
+    def description(self) -> dict[str, Any]:
+        """The ``model`` entry of ``config.json`` but its class: ``{"config": ...}`` or
+        ``{"arguments": ...}`` (Python values; :func:`to_json` gives the JSON)."""
+        if self.model_config is not None:
+            return {"config": self.model_config}
+        return {"arguments": self.arguments}
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form written to ``config.json``."""
@@ -99,7 +127,7 @@ class CheckpointConfig:
             "format": FORMAT,
             "format_version": self.format_version,
             "moelab_version": self.moelab_version,
-            "model": {"class": self.model_class, "arguments": to_json(self.arguments)},
+            "model": {"class": self.model_class, **to_json(self.description())},
             "weights": {
                 "bytes": self.weights_bytes,
                 "sha256": self.weights_sha256,
@@ -117,15 +145,19 @@ def dtype_name(dtype: torch.dtype) -> str:
 # -- describing a model ---------------------------------------------------------------------------
 
 def describe(model: nn.Module) -> tuple[str, dict[str, Any]]:
-    """(class name, constructor arguments) that rebuild ``model``'s architecture.
+    """(class name, description) that rebuild ``model``'s architecture.
 
-    The arguments are read from the model by the names of its class's constructor parameters. A
-    subclass is described as its moelab base class: an expert-parallel layer (an ``MoELayer``
-    holding a slice of the experts) is saved as the single-process ``MoELayer`` it shards.
+    The description is ``{"config": model.config}`` for a class with ``from_config``, else
+    ``{"arguments": {...}}``, read from the model by the names of its class's constructor
+    parameters (see :meth:`CheckpointConfig.description`). A subclass is described as its moelab
+    base class: an expert-parallel layer (an ``MoELayer`` holding a slice of the experts) is saved
+    as the single-process ``MoELayer`` it shards.
     """
     for name, cls in MODEL_CLASSES.items():
         if isinstance(model, cls):
-            return name, {p: getattr(model, p) for p in _parameters(cls)}
+            if config_type(cls) is not None:
+                return name, {"config": model.config}
+            return name, {"arguments": {p: getattr(model, p) for p in _parameters(cls)}}
     raise TypeError(f"model must be one of {sorted(MODEL_CLASSES)} (or a subclass), "
                     f"got {type(model).__name__}")
 
@@ -137,9 +169,9 @@ def _parameters(cls: type) -> dict[str, Any]:
     return {p: hints[p] for p in names}
 
 
-def arguments_json(arguments: dict[str, Any]) -> dict[str, Any]:
-    """Constructor arguments in their JSON form (for comparing two descriptions)."""
-    return to_json(arguments)
+def description_json(description: dict[str, Any]) -> dict[str, Any]:
+    """A description (see :func:`describe`) in its JSON form, for comparing two of them."""
+    return to_json(description)
 
 
 # -- parsing config.json --------------------------------------------------------------------------
@@ -166,27 +198,35 @@ def parse_config(text: str, path: Path) -> CheckpointConfig:
     _exact_keys(data, {"format", "format_version", "moelab_version", "model", "weights", "metadata"},
                 "", fail)
     model, weights = data["model"], data["weights"]
-    _exact_keys(model, {"class", "arguments"}, "model", fail)
     _exact_keys(weights, {"bytes", "sha256", "tensors"}, "weights", fail)
     if not isinstance(data["moelab_version"], str):
         fail(f"moelab_version must be a string, got {data['moelab_version']!r}")
     if not isinstance(data["metadata"], dict):
         fail(f"metadata must be a JSON object, got {data['metadata']!r}")
 
-    name = model["class"]
+    if not isinstance(model, dict):
+        fail(f"model must be a JSON object, got {model!r}")
+    name = model.get("class")
     if name not in MODEL_CLASSES:
         fail(f"unknown model class {name!r}; this moelab rebuilds {sorted(MODEL_CLASSES)}")
-    hints = _parameters(MODEL_CLASSES[name])
-    _exact_keys(model["arguments"], set(hints), "model.arguments", fail)
-    arguments = {}
-    for key, value in model["arguments"].items():
-        if version == 1 and key == "config":
-            value = _nest_v1(value)
-        try:
-            arguments[key] = from_json(value, hints[key], f"model.arguments.{key}")
-        except (TypeError, ValueError) as exc:
-            where = getattr(exc, "config_key", None)
-            fail(f"{where} is not a valid {exc.config_class}: {exc}" if where else str(exc))
+    cls = MODEL_CLASSES[name]
+    kind = config_type(cls)
+    arguments: dict[str, Any] = {}
+    model_config = None
+    if version >= 3 and kind is not None:
+        _exact_keys(model, {"class", "config"}, "model", fail)
+        model_config = _parse_value(model["config"], kind, "model.config", fail)
+    else:
+        _exact_keys(model, {"class", "arguments"}, "model", fail)
+        hints = _parameters(cls)
+        _exact_keys(model["arguments"], set(hints), "model.arguments", fail)
+        for key, value in model["arguments"].items():
+            if version == 1 and key == "config":
+                value = _nest_v1(value)
+            arguments[key] = _parse_value(value, hints[key], f"model.arguments.{key}", fail)
+        if kind is not None:  # an older file of a class now stored by its config
+            model_config = _config_from_arguments(cls, arguments, fail)
+            arguments = {}
 
     size, digest = weights["bytes"], weights["sha256"]
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
@@ -201,7 +241,26 @@ def parse_config(text: str, path: Path) -> CheckpointConfig:
     return CheckpointConfig(model_class=name, arguments=arguments, tensors=tensors,
                             weights_sha256=digest, weights_bytes=size,
                             moelab_version=data["moelab_version"], format_version=version,
-                            metadata=data["metadata"])
+                            metadata=data["metadata"], model_config=model_config)
+
+
+def _parse_value(value: Any, hint: Any, key: str, fail) -> Any:
+    """``value`` parsed by its type ``hint``; a config that rejects it fails naming ``key``."""
+    try:
+        return from_json(value, hint, key)
+    except (TypeError, ValueError) as exc:
+        where = getattr(exc, "config_key", None)
+        fail(f"{where} is not a valid {exc.config_class}: {exc}" if where else str(exc))
+
+
+def _config_from_arguments(cls: type, arguments: dict[str, Any], fail) -> Any:
+    """The config ``cls``'s constructor makes of ``arguments`` (a version-1 or 2 file); built on
+    the meta device, so nothing is allocated or drawn from the random generator."""
+    try:
+        with torch.device("meta"):
+            return cls(**arguments).config
+    except (TypeError, ValueError) as exc:
+        fail(f"{cls.__name__} rejects the saved arguments: {exc}")
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -34,8 +34,8 @@ from moelab.checkpoints.config import (
     CheckpointConfig,
     CheckpointError,
     TensorSpec,
-    arguments_json,
     describe,
+    description_json,
     dtype_name,
     parse_config,
     rename_v1_tensors,
@@ -56,28 +56,31 @@ def save_checkpoint(
 
     Args:
         model: a :class:`~moelab.layers.MoELayer`, :class:`~moelab.layers.DeepMoE` or
-            :class:`~moelab.layers.DenseMLP`; its constructor arguments go to ``config.json``. A
+            :class:`~moelab.layers.DenseMLP`; its config (an ``MoELayer``: its constructor
+            arguments) goes to ``config.json``. A
             subclass (such as the expert-parallel layer) is saved as, and loads as, its base class.
         directory: the checkpoint directory; an existing checkpoint there is replaced only once
             the new one is completely written.
         state_dict: the tensors to save instead of ``model.state_dict()``, e.g. the full
             (unsharded) state of an expert-parallel model, whose own state dict holds only its
-            shard. It must match a single-process model built from ``model``'s arguments.
+            shard. It must match a single-process model built from ``model``'s configuration.
         metadata: JSON-serialisable extra information (step, run config, ...) kept in
             ``config.json`` and returned by :func:`read_config`.
     """
-    class_name, arguments = describe(model)
+    class_name, description = describe(model)
+    recipe = {"model_class": class_name, "arguments": description.get("arguments", {}),
+              "model_config": description.get("config")}
     tensors = _contiguous_cpu(model.state_dict() if state_dict is None else state_dict)
-    reference = CheckpointConfig(model_class=class_name, arguments=arguments, tensors={},
-                                 weights_sha256="", weights_bytes=0, moelab_version=__version__)
+    reference = CheckpointConfig(**recipe, tensors={}, weights_sha256="", weights_bytes=0,
+                                 moelab_version=__version__)
     problem = _structure_mismatch(_specs(reference.build(device="meta").state_dict()), tensors,
                                   dtypes=False)
     if problem:
         source, hint = ("state_dict", "") if state_dict is not None else (
             "model.state_dict()", "; an expert-parallel model saves its full state dict: "
             "save_checkpoint(model, directory, state_dict=full_state_dict(model))")
-        raise ValueError(f"{source} does not match a {class_name} built from the model's arguments: "
-                         f"{problem}{hint}")
+        raise ValueError(f"{source} does not match a {class_name} built from the model's "
+                         f"configuration: {problem}{hint}")
     metadata = _json_object("metadata", {} if metadata is None else metadata)
 
     directory = Path(directory)
@@ -92,7 +95,7 @@ def save_checkpoint(
         os.chmod(weights_tmp, stat.S_IMODE(os.stat(config_tmp).st_mode))
         digest, size = _sha256(weights_tmp)
         config = CheckpointConfig(
-            model_class=class_name, arguments=arguments, tensors=_specs(tensors),
+            **recipe, tensors=_specs(tensors),
             weights_sha256=digest, weights_bytes=size, moelab_version=__version__,
             format_version=FORMAT_VERSION, metadata=metadata,
         )
@@ -173,18 +176,20 @@ def load_checkpoint(directory: str | Path) -> nn.Module:
 def load_into(model: nn.Module, directory: str | Path) -> CheckpointConfig:
     """Copy a checkpoint's tensors into ``model`` in place (its device kept); return the config.
 
-    ``model`` must be of the saved class with the saved constructor arguments and dtypes;
+    ``model`` must be of the saved class with the saved configuration and dtypes;
     otherwise a :class:`CheckpointError` names the first difference and ``model`` is unchanged.
     """
     config, state = load_state(directory)
-    class_name, arguments = describe(model)
+    class_name, description = describe(model)
     where = Path(directory) / CONFIG_NAME
     if class_name != config.model_class:
         raise CheckpointError(f"{where}: the checkpoint holds a {config.model_class}, the model is "
                               f"a {class_name}")
-    difference = _first_difference(arguments_json(config.arguments), arguments_json(arguments))
+    difference = _first_difference(description_json(config.description()),
+                                   description_json(description))
     if difference:
-        raise CheckpointError(f"{where}: the model was built with other arguments: {difference}")
+        raise CheckpointError(f"{where}: the model was built with another configuration: "
+                              f"{difference}")
     problem = _structure_mismatch(_specs(model.state_dict()), state, dtypes=True)
     if problem:
         raise CheckpointError(f"{where}: the model's tensors differ from the checkpoint's: {problem}")
@@ -242,7 +247,7 @@ def _structure_mismatch(expected: dict[str, TensorSpec], state: dict[str, Tensor
     return None
 
 
-def _first_difference(a: Any, b: Any, path: str = "arguments") -> str | None:
+def _first_difference(a: Any, b: Any, path: str = "model") -> str | None:
     """Where two JSON values first differ: "path: checkpoint <a>, model <b>"."""
     if isinstance(a, dict) and isinstance(b, dict):
         for key in [*a, *(k for k in b if k not in a)]:

@@ -12,7 +12,14 @@ Shape legend, for the whole project: tensor names carry their shape as a suffix 
 """
 
 from moelab.layers.activations import ACTIVATIONS, get_activation
-from moelab.layers.config import LEGACY_NAMES, ExpertConfig, MoEConfig, RouterConfig
+from moelab.layers.config import (
+    LEGACY_NAMES,
+    DeepMoEConfig,
+    DenseMLPConfig,
+    ExpertConfig,
+    MoEConfig,
+    RouterConfig,
+)
 from moelab.layers.dispatch import (
     DISPATCH_MODES,
     Dispatched,
@@ -52,7 +59,9 @@ __all__ = [
     "SCORERS",
     "WEIGHTINGS",
     "DeepMoE",
+    "DeepMoEConfig",
     "DenseMLP",
+    "DenseMLPConfig",
     "Dispatched",
     "Dispatcher",
     "ExpertBank",

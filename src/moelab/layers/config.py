@@ -1,9 +1,12 @@
-"""The configurations of the MoE layer, nested the way its modules are.
+"""The configurations of the models, nested the way their modules are.
 
-:class:`MoEConfig` holds the layer's own settings and one :class:`RouterConfig` and one
+:class:`MoEConfig` holds the MoE layer's own settings and one :class:`RouterConfig` and one
 :class:`ExpertConfig`; :class:`~moelab.layers.routers.Router` and the expert banks take their part
-as-is. Each config checks its fields once, when it is built; choice fields are ``Literal`` types, so
-the typed-JSON parser (:mod:`moelab.typed_json`) and ``--set`` overrides check them by their type.
+as-is. :class:`DeepMoEConfig` holds a stack's widths and per-layer MoEConfigs, and
+:class:`DenseMLPConfig` the dense baseline's shape; each model keeps its config on ``self.config``
+and is rebuilt from it alone by ``from_config``. Each config checks its fields once, when it is
+built; choice fields are ``Literal`` types, so the typed-JSON parser (:mod:`moelab.typed_json`)
+and ``--set`` overrides check them by their type.
 
 The flat spelling of moelab 0.1, ``MoEConfig(num_experts=4, top_k=1, expert_hidden=10)``, still
 works and warns (:data:`LEGACY_NAMES` maps each old name to its nested place).
@@ -15,6 +18,7 @@ import dataclasses
 import re
 import typing
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -179,6 +183,75 @@ class MoEConfig:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             return cls(**values)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DenseMLPConfig:
+    """The dense baseline :class:`~moelab.layers.mlp.DenseMLP`: ``d_in`` -> ``d_out`` through
+    ``depth`` affine maps (the paper's l) of ``hidden`` width (m) with ``activation``; ``bias`` for
+    biases; ``check_finite`` rejects NaN/Inf inputs (one device sync per forward pass)."""
+
+    d_in: int
+    d_out: int
+    hidden: int
+    depth: int = 2
+    activation: Activation = "relu"
+    bias: bool = True
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        positive_int("d_in", self.d_in)
+        positive_int("d_out", self.d_out)
+        positive_int("hidden", self.hidden)
+        positive_int("depth", self.depth)
+        one_of("activation", self.activation, choices(Activation))
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeepMoEConfig:
+    """A :class:`~moelab.layers.stack.DeepMoE` stack of L = len(widths) - 1 layers.
+
+    ``widths`` [d_0, ..., d_L]; ``moe`` one :class:`MoEConfig` for every layer or a tuple of L,
+    one per layer (a sequence given is kept as a tuple); ``residual`` adds each layer's input to its
+    output where the widths match; ``moe_every`` 1 for all-MoE, k > 1 makes layers k-1, 2k-1, ...
+    MoE and the others dense (each shaped like one expert of its layer's config).
+    """
+
+    widths: tuple[int, ...]
+    moe: MoEConfig | tuple[MoEConfig, ...] = field(default_factory=MoEConfig)
+    residual: bool = False
+    moe_every: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.widths, Sequence) or isinstance(self.widths, str):
+            raise TypeError(f"widths must be a sequence of ints, got {self.widths!r}")
+        widths = tuple(self.widths)
+        if len(widths) < 2:
+            raise ValueError(f"widths must list at least an input and an output width, "
+                             f"got {list(widths)}")
+        for i, w in enumerate(widths):
+            positive_int(f"widths[{i}]", w)
+        object.__setattr__(self, "widths", widths)
+        positive_int("moe_every", self.moe_every)
+        if not isinstance(self.moe, MoEConfig):
+            n_layers = len(widths) - 1
+            if isinstance(self.moe, (str, bytes)) or not isinstance(self.moe, Iterable):
+                raise TypeError(f"moe (DeepMoE's config) must be a MoEConfig or a sequence of "
+                                f"them, got {type(self.moe).__name__}")
+            configs = tuple(self.moe)
+            if len(configs) != n_layers or not all(isinstance(c, MoEConfig) for c in configs):
+                raise ValueError(
+                    f"moe (DeepMoE's config) must be one MoEConfig or {n_layers} of them "
+                    f"(one per layer), got {len(configs)} item(s)"
+                )
+            object.__setattr__(self, "moe", configs)
+
+    @property
+    def layer_configs(self) -> tuple[MoEConfig, ...]:
+        """One MoEConfig per layer (a dense layer takes its expert shape from its own)."""
+        if isinstance(self.moe, MoEConfig):
+            return (self.moe,) * (len(self.widths) - 1)
+        return self.moe
 
 
 def _init_fields(self: MoEConfig, **kwargs: Any) -> None:

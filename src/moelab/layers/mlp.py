@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from moelab._validation import check_features, check_finite_values, positive_int
 from moelab.layers.activations import get_activation
+from moelab.layers.config import DenseMLPConfig
 from moelab.layers.outputs import ModelOutput
 
 
@@ -54,13 +55,30 @@ class DenseMLP(MLP):
     """The dense baseline: an :class:`MLP` with the model interface of the MoE stacks.
 
     ``run`` returns a :class:`~moelab.layers.outputs.ModelOutput` with no routing and no auxiliary
-    losses, so training and analysis code treats dense and MoE models alike.
+    losses, so training and analysis code treats dense and MoE models alike. The arguments are
+    kept as one :class:`~moelab.layers.config.DenseMLPConfig` on ``config``; :meth:`from_config`
+    rebuilds the network from it.
     """
 
     def __init__(self, d_in: int, d_out: int, *, hidden: int, depth: int = 2,
                  activation: str = "relu", bias: bool = True, check_finite: bool = True) -> None:
+        config = DenseMLPConfig(d_in=d_in, d_out=d_out, hidden=hidden, depth=depth,
+                                activation=activation, bias=bias, check_finite=check_finite)
         super().__init__(d_in, d_out, hidden=hidden, depth=depth, activation=activation, bias=bias)
-        self.check_finite = check_finite
+        #: The model's configuration, checked once (when it was built).
+        self.config = config
+
+    @classmethod
+    def from_config(cls, config: DenseMLPConfig) -> DenseMLP:
+        """A new network (freshly initialised) of the shape ``config`` describes."""
+        if not isinstance(config, DenseMLPConfig):
+            raise TypeError(f"config must be a DenseMLPConfig, got {type(config).__name__}")
+        return cls(config.d_in, config.d_out, hidden=config.hidden, depth=config.depth,
+                   activation=config.activation, bias=config.bias, check_finite=config.check_finite)
+
+    @property
+    def check_finite(self) -> bool:
+        return self.config.check_finite
 
     def run(self, x: Tensor) -> ModelOutput:
         check_features(x, self.d_in, finite=False, like=self.linears[0].weight, owner="the model")

@@ -10,6 +10,9 @@ h^(L) o ... o h^(1) — no residuals, no norms, nothing in between (paper-exact)
   dense layers are MLPs shaped like one expert;
 * per-layer configs: pass a list of :class:`~moelab.layers.moe.MoEConfig`, e.g. shared experts or an
   MLP router in chosen layers only (suggestions 1 and 2(ii)).
+
+All of it is one :class:`~moelab.layers.config.DeepMoEConfig`, kept on ``DeepMoE.config``;
+``DeepMoE.from_config(config)`` builds the same stack.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from moelab._validation import check_features, check_finite_values, positive_int
+from moelab._validation import check_features, check_finite_values
+from moelab.layers.config import DeepMoEConfig
 from moelab.layers.mlp import MLP
 from moelab.layers.moe import MoEConfig, MoELayer
 from moelab.layers.outputs import LazyLosses, ModelOutput, MoEOutput
@@ -32,6 +36,9 @@ class DeepMoE(nn.Module):
         config: one :class:`MoEConfig` for every MoE layer, or a sequence with one per layer.
         residual: add each layer's input to its output where the widths match.
         moe_every: 1 for all-MoE; k > 1 makes layers k-1, 2k-1, ... MoE and the others dense.
+
+    The arguments are checked and kept as one :class:`DeepMoEConfig` on :attr:`config` (its
+    ``moe`` field holds the MoE config(s) as given); :meth:`from_config` rebuilds the stack from it.
     """
 
     def __init__(
@@ -43,51 +50,50 @@ class DeepMoE(nn.Module):
         moe_every: int = 1,
     ) -> None:
         super().__init__()
-        widths = list(widths)
-        if len(widths) < 2:
-            raise ValueError(f"widths must list at least an input and an output width, got {widths}")
-        for i, w in enumerate(widths):
-            positive_int(f"widths[{i}]", w)
-        self.widths = widths
-        n_layers = len(widths) - 1
-        self.moe_every = positive_int("moe_every", moe_every)
-        configs = self._per_layer(config, n_layers)
-        #: The configuration as given: one MoEConfig for every layer, or a tuple of them.
-        self.config = configs[0] if config is None else (
-            config if isinstance(config, MoEConfig) else tuple(configs))
-        self.residual = residual
+        #: The whole stack's configuration: widths, MoE config(s), residual, moe_every.
+        self.config = DeepMoEConfig(widths=widths, moe=MoEConfig() if config is None else config,
+                                    residual=residual, moe_every=moe_every)
         self.layers = nn.ModuleList()
-        for i in range(n_layers):
-            cfg = configs[i]
-            if (i + 1) % moe_every == 0:
-                self.layers.append(MoELayer(widths[i], widths[i + 1], cfg))
+        for i, cfg in enumerate(self.config.layer_configs):
+            d_in, d_out = self.config.widths[i], self.config.widths[i + 1]
+            if (i + 1) % self.config.moe_every == 0:
+                self.layers.append(MoELayer(d_in, d_out, cfg))
             else:  # a dense layer shaped like one expert
                 e = cfg.experts
-                self.layers.append(MLP(widths[i], widths[i + 1], hidden=e.hidden, depth=e.depth,
+                self.layers.append(MLP(d_in, d_out, hidden=e.hidden, depth=e.depth,
                                        activation=e.activation, bias=e.bias))
-        self.check_finite = configs[0].check_finite
 
-    @staticmethod
-    def _per_layer(config, n_layers: int) -> list[MoEConfig]:
-        if config is None:
-            return [MoEConfig()] * n_layers
-        if isinstance(config, MoEConfig):
-            return [config] * n_layers
-        configs = list(config)
-        if len(configs) != n_layers or not all(isinstance(c, MoEConfig) for c in configs):
-            raise ValueError(
-                f"config must be one MoEConfig or {n_layers} of them (one per layer), "
-                f"got {len(configs)} item(s)"
-            )
-        return configs
+    @classmethod
+    def from_config(cls, config: DeepMoEConfig) -> DeepMoE:
+        """A new stack (freshly initialised) of the shape ``config`` describes."""
+        if not isinstance(config, DeepMoEConfig):
+            raise TypeError(f"config must be a DeepMoEConfig, got {type(config).__name__}")
+        return cls(config.widths, config.moe, residual=config.residual, moe_every=config.moe_every)
+
+    @property
+    def widths(self) -> list[int]:
+        return list(self.config.widths)
+
+    @property
+    def residual(self) -> bool:
+        return self.config.residual
+
+    @property
+    def moe_every(self) -> int:
+        return self.config.moe_every
+
+    @property
+    def check_finite(self) -> bool:
+        """The first layer's ``check_finite``: whether the model rejects NaN/Inf inputs."""
+        return self.config.layer_configs[0].check_finite
 
     @property
     def d_in(self) -> int:
-        return self.widths[0]
+        return self.config.widths[0]
 
     @property
     def d_out(self) -> int:
-        return self.widths[-1]
+        return self.config.widths[-1]
 
     @property
     def moe_layers(self) -> list[MoELayer]:
