@@ -48,7 +48,7 @@ def hf_mixtral_block(layer: MoELayer, *, implementation: str) -> nn.Module:
 
     config = MixtralConfig(
         hidden_size=layer.d_in, intermediate_size=layer.experts.hidden,
-        num_local_experts=layer.num_experts, num_experts_per_tok=layer.config.top_k,
+        num_local_experts=layer.num_experts, num_experts_per_tok=layer.config.router.top_k,
         experts_implementation=implementation,
     )
     block = MixtralSparseMoeBlock(config)
@@ -87,7 +87,7 @@ def torchtitan_moe(layer: MoELayer) -> nn.Module:
     from torchtitan.models.common.moe import GroupedExperts, MoE, RoutedExperts, TokenChoiceTopKRouter
     from torchtitan.models.common.token_dispatcher import LocalTokenDispatcher
 
-    d, num_experts, top_k = layer.d_in, layer.num_experts, layer.config.top_k
+    d, num_experts, top_k = layer.d_in, layer.num_experts, layer.config.router.top_k
     config = MoE.Config(
         num_experts=num_experts,
         router=TokenChoiceTopKRouter.Config(
@@ -171,6 +171,6 @@ def dense_active(layer: MoELayer) -> nn.Module:
     """One MLP of the shape of ``layer``'s experts, as the benchmark's regimes have them: SwiGLU
     without biases if they are gated, else ReLU with biases."""
     d_in, d_out, hidden = layer.d_in, layer.d_out, layer.experts.hidden
-    if layer.config.gated:
+    if layer.config.experts.gated:
         return GatedMLP(d_in, d_out, hidden=hidden)
     return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, d_out))

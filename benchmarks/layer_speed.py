@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from baselines import LoopMoE, dense_active, hf_mixtral_block, torchtitan_moe
-from moelab.layers import MoEConfig, MoELayer
+from moelab.layers import ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 # -- what is timed ------------------------------------------------------------------------------------
 
@@ -70,7 +70,7 @@ REGIMES = (
     # Large ReLU experts against the compute of the active experts alone.
     Regime(
         name="big", tokens=2048, d_in=256, d_out=256,
-        moe=MoEConfig(num_experts=8, top_k=2, expert_hidden=1024),
+        moe=MoEConfig(num_experts=8, router=RouterConfig(top_k=2), experts=ExpertConfig(hidden=1024)),
         baselines=("dense_active",), budget=LARGE, quick=LARGE_QUICK,
     ),
     # Mixtral-shaped experts (SiLU-gated, no biases, softmax over the top-2 logits) against Hugging
@@ -79,8 +79,9 @@ REGIMES = (
     Regime(
         name="gated", tokens=2048, d_in=256, d_out=256,
         moe=MoEConfig(
-            num_experts=8, top_k=2, expert_hidden=512, gated=True, activation="silu",
-            expert_bias=False, router_bias=False, weighting="paper",
+            num_experts=8,
+            router=RouterConfig(top_k=2, bias=False, weighting="paper"),
+            experts=ExpertConfig(hidden=512, gated=True, activation="silu", bias=False),
         ),
         baselines=("hf_grouped_mm", "dense_active", "hf_eager", "torchtitan"),
         budget=LARGE, quick=LARGE_QUICK, init_std=0.02,
@@ -89,12 +90,12 @@ REGIMES = (
     # eager loop over experts.
     Regime(
         name="paper_w10", tokens=128, d_in=64, d_out=1,
-        moe=MoEConfig(num_experts=4, expert_hidden=10),
+        moe=MoEConfig(num_experts=4, experts=ExpertConfig(hidden=10)),
         baselines=("loop",), budget=SMALL, quick=SMALL_QUICK,
     ),
     Regime(
         name="paper_w128", tokens=128, d_in=64, d_out=1,
-        moe=MoEConfig(num_experts=4, expert_hidden=128),
+        moe=MoEConfig(num_experts=4, experts=ExpertConfig(hidden=128)),
         baselines=("loop",), budget=SMALL, quick=SMALL_QUICK,
     ),
 )
@@ -137,7 +138,7 @@ def moelab_contender(layer: MoELayer, x: Tensor, mode: str) -> Contender:
 def dense_active_contender(layer: MoELayer, x: Tensor, gen: torch.Generator) -> Contender:
     """One MLP of the experts' shape on T*K rows: the compute of the active experts alone."""
     mlp = dense_active(layer)
-    x_active = leaf_input(x.shape[0] * layer.config.top_k, layer.d_in, generator=gen)
+    x_active = leaf_input(x.shape[0] * layer.config.router.top_k, layer.d_in, generator=gen)
     return Contender(lambda: mlp(x_active), mlp, (x_active,))
 
 

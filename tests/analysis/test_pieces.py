@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from moelab.analysis import count_pieces
-from moelab.layers import DeepMoE, DenseMLP, MoEConfig, MoELayer
+from moelab.layers import DeepMoE, DenseMLP, ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 F64 = torch.float64
 
@@ -44,9 +44,14 @@ def tent_dense(L: int) -> DenseMLP:
     return model
 
 
-def moe(widths, seed: int, **cfg) -> DeepMoE:
+PAPER = RouterConfig(weighting="paper")  # the paper's weighting: piecewise affine under top-1
+AFFINE = ExpertConfig(depth=1)  # one affine map per expert
+HIDDEN_4 = ExpertConfig(hidden=4)
+
+
+def moe(widths, seed: int, **config) -> DeepMoE:
     torch.manual_seed(seed)
-    model = DeepMoE(widths, MoEConfig(**cfg)).double().eval()
+    model = DeepMoE(widths, MoEConfig(**config)).double().eval()
     for layer in model.moe_layers:
         if layer.router.expert_bias is not None:
             with torch.no_grad():
@@ -100,7 +105,7 @@ def test_leaky_relu_and_layers_outside_a_deep_moe():
     assert result.breakpoints.tolist() == [0.5]
     assert [p.slope.item() for p in result.pieces] == pytest.approx([0.2, 2.0])
 
-    deep = moe([2, 3, 2], 0, num_experts=3, weighting="paper", expert_hidden=4)
+    deep = moe([2, 3, 2], 0, num_experts=3, router=PAPER, experts=ExpertConfig(hidden=4))
     a, b = segment(0, 2)
     whole = count_pieces(deep, a, b)
     chained = count_pieces(nn.Sequential(*deep.layers), a, b)
@@ -115,7 +120,7 @@ def test_leaky_relu_and_layers_outside_a_deep_moe():
 @pytest.mark.parametrize("L", [1, 2, 3])
 @pytest.mark.parametrize("E", [2, 3, 4])
 def test_top1_moe_with_affine_experts_has_at_most_E_to_the_L_pieces(seed, L, E):
-    model = moe([2] * (L + 1), seed, num_experts=E, weighting="paper", expert_depth=1)
+    model = moe([2] * (L + 1), seed, num_experts=E, router=PAPER, experts=AFFINE)
     most = 0
     for line in range(8):
         result = count_pieces(model, *segment(line, 2, scale=10.0))
@@ -127,7 +132,7 @@ def test_top1_moe_with_affine_experts_has_at_most_E_to_the_L_pieces(seed, L, E):
 
 @pytest.mark.parametrize("L, E", [(2, 2), (2, 3), (3, 2)])
 def test_one_layer_with_L_times_E_affine_experts_has_at_most_L_times_E_pieces(L, E):
-    model = moe([3, 3], 0, num_experts=L * E, weighting="paper", expert_depth=1)
+    model = moe([3, 3], 0, num_experts=L * E, router=PAPER, experts=AFFINE)
     for line in range(30):
         result = count_pieces(model, *segment(line, 3, scale=20.0))
         assert result.num_pieces <= L * E
@@ -138,19 +143,23 @@ def test_one_layer_with_L_times_E_affine_experts_has_at_most_L_times_E_pieces(L,
 
 MODELS = {
     "dense": lambda s: DenseMLP(2, 2, hidden=6, depth=4).double(),
-    "paper_top1": lambda s: moe([2, 3, 3, 2], s, num_experts=3, weighting="paper", expert_hidden=4),
-    "unweighted_top2": lambda s: moe([2, 3, 3, 2], s, num_experts=4, top_k=2, weighting="unweighted",
-                                     expert_hidden=4),
-    "balance_bias": lambda s: moe([2, 3, 2], s, num_experts=4, weighting="paper", expert_hidden=4,
-                                  balance_bias=True),
-    "sigmoid_bias": lambda s: moe([2, 3, 2], s, num_experts=4, weighting="sigmoid", expert_hidden=4,
-                                  balance_bias=True),
-    "mlp_router_shared": lambda s: moe([2, 3, 2], s, num_experts=3, weighting="paper", expert_hidden=4,
-                                       router="mlp", router_hidden=5, shared_experts=1),
-    "low_dim_experts": lambda s: moe([2, 3, 2], s, num_experts=3, weighting="paper", expert_hidden=4,
-                                     latent_dim=2),
+    "paper_top1": lambda s: moe([2, 3, 3, 2], s, num_experts=3, router=PAPER, experts=HIDDEN_4),
+    "unweighted_top2": lambda s: moe([2, 3, 3, 2], s, num_experts=4,
+                                     router=RouterConfig(top_k=2, weighting="unweighted"),
+                                     experts=HIDDEN_4),
+    "balance_bias": lambda s: moe([2, 3, 2], s, num_experts=4,
+                                  router=RouterConfig(weighting="paper", balance_bias=True),
+                                  experts=HIDDEN_4),
+    "sigmoid_bias": lambda s: moe([2, 3, 2], s, num_experts=4,
+                                  router=RouterConfig(weighting="sigmoid", balance_bias=True),
+                                  experts=HIDDEN_4),
+    "mlp_router_shared": lambda s: moe([2, 3, 2], s, num_experts=3,
+                                       router=RouterConfig(weighting="paper", scorer="mlp", hidden=5),
+                                       experts=HIDDEN_4, shared_experts=1),
+    "low_dim_experts": lambda s: moe([2, 3, 2], s, num_experts=3, router=PAPER,
+                                     experts=ExpertConfig(hidden=4, latent_dim=2)),
     "residual_dense_layers": lambda s: DeepMoE(
-        [2, 2, 2, 2], MoEConfig(num_experts=3, weighting="paper", expert_hidden=4), residual=True,
+        [2, 2, 2, 2], MoEConfig(num_experts=3, router=PAPER, experts=HIDDEN_4), residual=True,
         moe_every=2,
     ).double(),
 }
@@ -179,7 +188,7 @@ def test_pieces_agree_with_dense_grid(name, seed):
 
 
 def test_merges_pieces_of_identical_experts():
-    model = moe([2, 2], 0, num_experts=3, weighting="paper", expert_depth=1)
+    model = moe([2, 2], 0, num_experts=3, router=PAPER, experts=AFFINE)
     experts = model.layers[0].experts
     with torch.no_grad():
         experts.weights[0][:] = experts.weights[0][0]
@@ -197,7 +206,7 @@ def test_exact_router_ties_are_broken_as_the_model_breaks_them():
     # Experts 0 and 3 score identically everywhere. torch.topk does not break ties by lowest index:
     # which of the two it returns depends on the other scores, so the pick can flip mid-segment.
     torch.manual_seed(1)
-    model = DeepMoE([2, 2], MoEConfig(num_experts=4, weighting="paper", expert_depth=1)).double()
+    model = DeepMoE([2, 2], MoEConfig(num_experts=4, router=PAPER, experts=AFFINE)).double()
     scorer = model.layers[0].router.scorer
     with torch.no_grad():
         scorer.weight[3] = scorer.weight[0]
@@ -216,7 +225,8 @@ def test_exact_router_ties_are_broken_as_the_model_breaks_them():
 
 
 def test_routing_intervals_only_counts_constant_routing_of_a_switch_layer():
-    model = moe([2, 2], 3, num_experts=4, weighting="switch", expert_depth=2)
+    model = moe([2, 2], 3, num_experts=4, router=RouterConfig(weighting="switch"),
+                experts=ExpertConfig(depth=2))
     a, b = segment(3, 2, scale=10.0)
     result = count_pieces(model, a, b, routing_intervals_only=True)
     assert not result.affine and result.pieces[0].offset is None
@@ -228,30 +238,30 @@ def test_routing_intervals_only_counts_constant_routing_of_a_switch_layer():
 
 # -- models that are not piecewise affine, and bad input -------------------------------------------
 @pytest.mark.parametrize(
-    "cfg, match",
+    "config, match",
     [
-        (dict(weighting="switch"), "weighting='switch'"),
-        (dict(weighting="paper", top_k=2), "weighting='paper' with top_k=2"),
-        (dict(weighting="paper", activation="gelu"), "activation='gelu'"),
-        (dict(weighting="paper", capacity_factor=1.0), "capacity_factor"),
-        (dict(weighting="paper", routing="expert_choice"), "expert-choice"),
-        (dict(weighting="paper", gated=True, activation="relu"), "gated"),
+        (dict(router=RouterConfig(weighting="switch")), "weighting='switch'"),
+        (dict(router=RouterConfig(weighting="paper", top_k=2)), "weighting='paper' with top_k=2"),
+        (dict(router=PAPER, experts=ExpertConfig(activation="gelu")), "activation='gelu'"),
+        (dict(router=RouterConfig(weighting="paper", capacity_factor=1.0)), "capacity_factor"),
+        (dict(router=RouterConfig(weighting="paper", routing="expert_choice")), "expert-choice"),
+        (dict(router=PAPER, experts=ExpertConfig(gated=True, activation="relu")), "gated"),
     ],
 )
-def test_non_piecewise_affine_models_raise(cfg, match):
-    model = DeepMoE([2, 3, 2], MoEConfig(num_experts=3, **cfg))
+def test_non_piecewise_affine_models_raise(config, match):
+    model = DeepMoE([2, 3, 2], MoEConfig(num_experts=3, **config))
     with pytest.raises(ValueError, match=match):
         count_pieces(model, [0.0, 0.0], [1.0, 1.0])
 
 
 def test_routing_intervals_only_refuses_to_route_on_weighted_outputs():
-    model = DeepMoE([2, 3, 2], MoEConfig(num_experts=3, weighting="switch"))
+    model = DeepMoE([2, 3, 2], MoEConfig(num_experts=3, router=RouterConfig(weighting="switch")))
     with pytest.raises(ValueError, match="layers.1.router .* layers.0 vary"):
         count_pieces(model, [0.0, 0.0], [1.0, 1.0], routing_intervals_only=True)
 
 
 def test_training_mode_noise_raises_and_eval_mode_works():
-    model = DeepMoE([2, 2], MoEConfig(num_experts=3, weighting="paper", noise="jitter"))
+    model = DeepMoE([2, 2], MoEConfig(num_experts=3, router=RouterConfig(weighting="paper", noise="jitter")))
     with pytest.raises(ValueError, match="model.eval"):
         count_pieces(model.train(), [0.0, 0.0], [1.0, 1.0])
     assert count_pieces(model.eval(), [0.0, 0.0], [1.0, 1.0]).num_pieces >= 1

@@ -17,13 +17,13 @@ from moelab.analysis import (
     routing_confusion,
     token_entropy,
 )
-from moelab.layers import DeepMoE, DenseMLP, MoEConfig
+from moelab.layers import DeepMoE, DenseMLP, MoEConfig, RouterConfig
 
 
 @pytest.mark.parametrize("L, E", [(1, 3), (2, 2), (3, 3)])
 def test_expert_paths_of_a_deep_moe(L, E):
     torch.manual_seed(L * 10 + E)
-    model = DeepMoE([3] * (L + 1), MoEConfig(num_experts=E, weighting="paper")).eval()
+    model = DeepMoE([3] * (L + 1), MoEConfig(num_experts=E, router=RouterConfig(weighting="paper"))).eval()
     x = torch.randn(600, 3) * 3
     result = expert_paths(model, x)
     routings = model.run(x).routings
@@ -90,7 +90,7 @@ def test_load_and_entropies():
         load_entropy(torch.tensor([0.5, 0.6]))
 
     torch.manual_seed(0)
-    model = DeepMoE([2, 2], MoEConfig(num_experts=4, top_k=2)).eval()
+    model = DeepMoE([2, 2], MoEConfig(num_experts=4, router=RouterConfig(top_k=2))).eval()
     routing = model.run(torch.randn(100, 2)).routings[0]
     from_routing = expert_load(routing)
     assert from_routing.sum().item() == pytest.approx(1.0)

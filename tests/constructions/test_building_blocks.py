@@ -74,7 +74,7 @@ def test_build_layer_writes_experts_and_router_into_a_plain_moe_layer():
     spec = LayerSpec(2, 2, tuple(n.affine_maps() for n in nets), router=router)
     layer = build_layer(spec)
     assert isinstance(layer, MoELayer)
-    assert layer.config.weighting == "paper" and layer.config.top_k == 1
+    assert layer.config.router.weighting == "paper" and layer.config.router.top_k == 1
     assert layer.config.experts.hidden == 4 and not layer.config.router.bias
     x = torch.randn(300, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
     out = layer.run(x)

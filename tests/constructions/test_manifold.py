@@ -37,7 +37,7 @@ def test_routes_every_point_into_a_chart_that_contains_it(built, name):
     assert isinstance(model, DeepMoE) and all(isinstance(x, MoELayer) for x in model.layers)
     D, E = task.D, task.n_charts
     second = model.layers[1]
-    assert second.config.weighting == "paper" and second.config.top_k == 1
+    assert second.config.router.weighting == "paper" and second.config.router.top_k == 1
     assert not second.config.router.bias
     assert torch.equal(second.router.scorer.weight[:, :D], torch.zeros(E, D, dtype=F64))  # W_R = [0 | I]
     x = task.sample(3000, seed=11).x
@@ -114,7 +114,7 @@ def test_spiral_defeats_a_linear_router_but_not_the_construction(built):
 def test_three_layer_experts_compute_the_same_function(built):
     task, model2, _ = built["circle"]
     model3, summary = build_manifold_moe(task, 32, expert_depth=3, n_eval=500)
-    assert model3.layers[1].config.expert_depth == 3 and summary.expert_depth == 3
+    assert model3.layers[1].config.experts.depth == 3 and summary.expert_depth == 3
     assert summary.theorem.startswith("Thm 4.8")
     x = task.sample(2000, seed=14).x
     assert float((model3(x) - model2(x)).abs().max()) < 1e-12

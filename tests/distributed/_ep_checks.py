@@ -34,34 +34,43 @@ D_IN, D_OUT = 6, 3
 
 @dataclass(frozen=True)
 class LayerCase:
-    config: dict
+    config: MoEConfig
     lead: tuple = ((13,), (9,))  # the leading shape of rank r's input
     bias: dict = field(default_factory=dict)  # router bias entries set before broadcasting
     d_in: int = D_IN
     d_out: int = D_OUT
 
 
+def _config(router: RouterConfig, experts: ExpertConfig | None = None, **layer) -> MoEConfig:
+    """A case's layer: 4 experts of hidden width 5 unless the case says otherwise."""
+    experts = ExpertConfig(hidden=5) if experts is None else experts
+    return MoEConfig(**{"num_experts": 4, **layer}, router=router, experts=experts)
+
+
 LAYER_CASES = {
-    "k1": LayerCase({"top_k": 1}),
-    "k2": LayerCase({"top_k": 2}),
-    "k1_capacity": LayerCase({"top_k": 1, "capacity_factor": 1.0}),
-    "k2_capacity": LayerCase({"top_k": 2, "capacity_factor": 0.75}),
-    "k1_empty_expert": LayerCase({"top_k": 1}, bias={1: -50.0}),
-    "k2_empty_expert_capacity": LayerCase({"top_k": 2, "capacity_factor": 1.0}, bias={2: -50.0}),
+    "k1": LayerCase(_config(RouterConfig(top_k=1))),
+    "k2": LayerCase(_config(RouterConfig(top_k=2))),
+    "k1_capacity": LayerCase(_config(RouterConfig(top_k=1, capacity_factor=1.0))),
+    "k2_capacity": LayerCase(_config(RouterConfig(top_k=2, capacity_factor=0.75))),
+    "k1_empty_expert": LayerCase(_config(RouterConfig(top_k=1)), bias={1: -50.0}),
+    "k2_empty_expert_capacity": LayerCase(_config(RouterConfig(top_k=2, capacity_factor=1.0)),
+                                          bias={2: -50.0}),
     # experts 2 and 3 live on rank 1: it receives no rows at all
-    "k1_empty_rank": LayerCase({"top_k": 1}, bias={2: -50.0, 3: -50.0}),
-    "k2_empty_rank": LayerCase({"top_k": 2}, bias={2: -50.0, 3: -50.0}),
-    "rank_without_tokens": LayerCase({"top_k": 2}, lead=((11,), (0,))),
-    "leading_dims": LayerCase({"top_k": 2}, lead=((2, 5), (3, 4))),
+    "k1_empty_rank": LayerCase(_config(RouterConfig(top_k=1)), bias={2: -50.0, 3: -50.0}),
+    "k2_empty_rank": LayerCase(_config(RouterConfig(top_k=2)), bias={2: -50.0, 3: -50.0}),
+    "rank_without_tokens": LayerCase(_config(RouterConfig(top_k=2)), lead=((11,), (0,))),
+    "leading_dims": LayerCase(_config(RouterConfig(top_k=2)), lead=((2, 5), (3, 4))),
     # widths that are multiples of 4 take torch's grouped_mm kernel; 4 experts per rank
-    "e8_grouped_mm": LayerCase({"num_experts": 8, "top_k": 2, "expert_hidden": 16},
+    "e8_grouped_mm": LayerCase(_config(RouterConfig(top_k=2), ExpertConfig(hidden=16), num_experts=8),
                                d_in=8, d_out=4),
-    "lowdim_decoder": LayerCase({"top_k": 2, "latent_dim": 2, "latent_decoder": True}),
-    "gated_mlp_router_shared": LayerCase({"top_k": 2, "gated": True, "activation": "silu",
-                                          "router": "mlp", "shared_experts": 1}),
-    "paper_weighting_no_bias": LayerCase({"top_k": 2, "weighting": "paper", "router_bias": False,
-                                          "expert_bias": False}),
-    "expert_choice": LayerCase({"routing": "expert_choice", "capacity_factor": 1.0}),
+    "lowdim_decoder": LayerCase(_config(RouterConfig(top_k=2),
+                                        ExpertConfig(hidden=5, latent_dim=2, latent_decoder=True))),
+    "gated_mlp_router_shared": LayerCase(_config(
+        RouterConfig(top_k=2, scorer="mlp"), ExpertConfig(hidden=5, gated=True, activation="silu"),
+        shared_experts=1)),
+    "paper_weighting_no_bias": LayerCase(_config(RouterConfig(top_k=2, weighting="paper", bias=False),
+                                                 ExpertConfig(hidden=5, bias=False))),
+    "expert_choice": LayerCase(_config(RouterConfig(routing="expert_choice", capacity_factor=1.0))),
 }
 
 DEEP_WIDTHS = [D_IN, D_IN, D_OUT]
@@ -125,7 +134,7 @@ def _routing_errors(out, ref_out) -> tuple[bool, dict[str, float]]:
 
 def check_layer(rank: int, world: int, name: str) -> dict:
     case = LAYER_CASES[name]
-    config = MoEConfig.from_flat({"num_experts": 4, "expert_hidden": 5, **case.config})
+    config = case.config
     # Different initial weights on every rank; rank 0's win the broadcast.
     full = _seeded(lambda: MoELayer(case.d_in, case.d_out, config), 1000 + rank)
     with torch.no_grad():

@@ -33,7 +33,7 @@ def test_layer_matches_single_process(ranks, case):
         assert r["routing_exact"], f"rank {rank}: expert ids, kept mask or loads differ"
         assert r["aux_keys"] == r["ref_aux_keys"]
         assert r["is_moe_layer"]
-        per_rank = LAYER_CASES[case].config.get("num_experts", 4) // 2
+        per_rank = LAYER_CASES[case].config.num_experts // 2
         assert r["local_experts"] == [rank * per_rank, (rank + 1) * per_rank]
         # every parameter's gradient was compared: router, experts (and shared ones where present)
         names = " ".join(r["errors"])

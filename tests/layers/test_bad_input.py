@@ -16,14 +16,61 @@ from moelab.layers import (
 )
 
 
+def _router(**fields) -> MoEConfig:
+    return MoEConfig(router=RouterConfig(**fields))
+
+
+def _experts(**fields) -> MoEConfig:
+    return MoEConfig(experts=ExpertConfig(**fields))
+
+
+@pytest.mark.parametrize(
+    "build,error,pattern",
+    [
+        (lambda: MoEConfig(num_experts=4, router=RouterConfig(top_k=5)), ValueError,
+         r"top_k=5 must be <= num_experts=4"),
+        (lambda: _router(top_k=0), ValueError, r"router.top_k must be >= 1, got 0"),
+        (lambda: _router(top_k=-1), ValueError, r"router.top_k must be >= 1, got -1"),
+        (lambda: MoEConfig(num_experts=0), ValueError, r"num_experts must be >= 1, got 0"),
+        (lambda: MoEConfig(num_experts=2.5), TypeError, r"num_experts must be an int, got 2.5"),
+        (lambda: _router(top_k=True), TypeError, r"router.top_k must be an int, got True"),
+        (lambda: _experts(hidden=0), ValueError, r"experts.hidden must be >= 1, got 0"),
+        (lambda: _experts(depth=0), ValueError, r"experts.depth must be >= 1, got 0"),
+        (lambda: _experts(latent_dim=0), ValueError, r"experts.latent_dim must be >= 1, got 0"),
+        (lambda: _experts(activation="swish"), ValueError,
+         r"experts.activation='swish' is unknown; expected one of"),
+        (lambda: _router(scorer="attention"), ValueError, r"router.scorer='attention' is unknown"),
+        (lambda: _router(weighting="softmax"), ValueError, r"router.weighting='softmax' is unknown"),
+        (lambda: _router(routing="hash"), ValueError, r"router.routing='hash' is unknown"),
+        (lambda: _router(noise="gumbel"), ValueError, r"router.noise='gumbel' is unknown"),
+        (lambda: MoEConfig(dispatch="fast"), ValueError, r"dispatch='fast' is unknown"),
+        (lambda: _router(capacity_priority="random"), ValueError,
+         r"router.capacity_priority='random' is unknown"),
+        (lambda: _router(capacity_factor=0.0), ValueError,
+         r"router.capacity_factor must be a finite number > 0"),
+        (lambda: _router(capacity_factor=float("nan")), ValueError,
+         r"router.capacity_factor must be a finite"),
+        (lambda: _router(jitter_eps=-0.1), ValueError,
+         r"router.jitter_eps must be a finite number >= 0"),
+        (lambda: MoEConfig(shared_experts=-1), ValueError,
+         r"shared_experts must be an int >= 0, got -1"),
+        (lambda: _experts(gated=True, depth=3), ValueError, r"gated experts have experts.depth=2"),
+        (lambda: _experts(latent_decoder=True), ValueError, r"latent_decoder=True needs latent_dim"),
+        (lambda: _router(scorer="mlp", hidden=0), ValueError, r"router.hidden must be >= 1, got 0"),
+        (lambda: _router(scorer="mlp", depth=0), ValueError, r"router.depth must be >= 1, got 0"),
+    ],
+)
+def test_bad_layer_config(build, error, pattern):
+    with pytest.raises(error, match=pattern):
+        MoELayer(4, 2, build())
+
+
 @pytest.mark.parametrize(
     "kwargs,error,pattern",
     [
         (dict(num_experts=4, top_k=5), ValueError, r"top_k=5 must be <= num_experts=4"),
         (dict(top_k=0), ValueError, r"top_k must be >= 1, got 0"),
         (dict(top_k=-1), ValueError, r"top_k must be >= 1, got -1"),
-        (dict(num_experts=0), ValueError, r"num_experts must be >= 1, got 0"),
-        (dict(num_experts=2.5), TypeError, r"num_experts must be an int, got 2.5"),
         (dict(top_k=True), TypeError, r"top_k must be an int, got True"),
         (dict(expert_hidden=0), ValueError, r"expert_hidden must be >= 1, got 0"),
         (dict(expert_depth=0), ValueError, r"expert_depth must be >= 1, got 0"),
@@ -33,20 +80,19 @@ from moelab.layers import (
         (dict(weighting="softmax"), ValueError, r"weighting='softmax' is unknown"),
         (dict(routing="hash"), ValueError, r"routing='hash' is unknown"),
         (dict(noise="gumbel"), ValueError, r"noise='gumbel' is unknown"),
-        (dict(dispatch="fast"), ValueError, r"dispatch='fast' is unknown"),
         (dict(capacity_priority="random"), ValueError, r"capacity_priority='random' is unknown"),
         (dict(capacity_factor=0.0), ValueError, r"capacity_factor must be a finite number > 0"),
         (dict(capacity_factor=float("nan")), ValueError, r"capacity_factor must be a finite"),
         (dict(jitter_eps=-0.1), ValueError, r"jitter_eps must be a finite number >= 0"),
-        (dict(shared_experts=-1), ValueError, r"shared_experts must be an int >= 0, got -1"),
         (dict(gated=True, expert_depth=3), ValueError, r"gated experts have expert_depth=2"),
         (dict(latent_decoder=True), ValueError, r"latent_decoder=True needs latent_dim"),
         (dict(router="mlp", router_hidden=0), ValueError, r"router_hidden must be >= 1, got 0"),
         (dict(router="mlp", router_depth=0), ValueError, r"router_depth must be >= 1, got 0"),
     ],
 )
-def test_bad_layer_config(kwargs, error, pattern):
-    with pytest.raises(error, match=pattern):
+def test_bad_flat_layer_config_names_the_flat_argument(kwargs, error, pattern):
+    """The deprecated flat spelling warns, and its errors name the flat argument the caller wrote."""
+    with pytest.warns(DeprecationWarning, match="flat spelling"), pytest.raises(error, match=pattern):
         MoELayer(4, 2, MoEConfig(**kwargs))
 
 

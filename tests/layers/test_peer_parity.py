@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from moelab.layers import MoEConfig, MoELayer
+from moelab.layers import ExpertConfig, MoEConfig, MoELayer, RouterConfig
 
 
 def _load_baselines():
@@ -56,8 +56,9 @@ T, D, H = 64, 32, 48  # widths divisible by 4: aligned for the grouped_mm kernel
 def _gated_layer(*, num_experts: int, top_k: int) -> MoELayer:
     """A Mixtral-shaped moelab layer: SiLU-gated experts, no biases, softmax over the top-K logits."""
     config = MoEConfig(
-        num_experts=num_experts, top_k=top_k, expert_hidden=H, gated=True, activation="silu",
-        expert_bias=False, router_bias=False, weighting="paper",
+        num_experts=num_experts,
+        router=RouterConfig(top_k=top_k, bias=False, weighting="paper"),
+        experts=ExpertConfig(hidden=H, gated=True, activation="silu", bias=False),
     )
     return MoELayer(D, D, config)
 
@@ -216,7 +217,7 @@ def test_building_torchtitan_moe_leaves_the_global_generator_alone(titan):
 def test_loop_over_experts_matches_the_layer(width):
     """The paper's regime of the benchmark: top-1, Switch weighting, two-layer ReLU experts."""
     torch.manual_seed(0)
-    layer = MoELayer(64, 1, MoEConfig(num_experts=4, expert_hidden=width))
+    layer = MoELayer(64, 1, MoEConfig(num_experts=4, experts=ExpertConfig(hidden=width)))
     loop = baselines.LoopMoE.like(layer)
     x = torch.randn(128, 64)
     with torch.no_grad():
