@@ -9,7 +9,7 @@ import torch
 from moelab.analysis import count_parameters
 from moelab.experiments.build import build_task
 from moelab.experiments.config import TaskSpec
-from moelab.layers import MoEConfig, MoELayer
+from moelab.layers import ExpertConfig, MoEConfig, MoELayer, RouterConfig
 from moelab.training import TrainConfig, TrainResult, train
 from moelab.training.init import data_init
 
@@ -38,8 +38,9 @@ def circle_demo(
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = MoELayer(D, 1, MoEConfig(num_experts=4, top_k=1, expert_hidden=10,
-                                         weighting="paper"))
+        layer_config = MoEConfig(num_experts=4, router=RouterConfig(top_k=1, weighting="paper"),
+                                 experts=ExpertConfig(hidden=10))
+        model = MoELayer(D, 1, layer_config)
     gen = torch.Generator().manual_seed(seed + 12345)
     data_init(model, sampler(4096, gen)[0], generator=gen)
     config = TrainConfig(steps=steps, lr=lr, schedule="cosine", warmup_steps=min(100, steps // 5),
