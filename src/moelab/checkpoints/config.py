@@ -204,6 +204,27 @@ def parse_config(text: str, path: Path) -> CheckpointConfig:
     if not isinstance(data["metadata"], dict):
         fail(f"metadata must be a JSON object, got {data['metadata']!r}")
 
+    name, arguments, model_config = _parse_model(model, version, fail)
+
+    size, digest = weights["bytes"], weights["sha256"]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        fail(f"weights.bytes must be an int >= 0, got {size!r}")
+    if not (isinstance(digest, str) and len(digest) == 64
+            and all(c in "0123456789abcdef" for c in digest)):
+        fail(f"weights.sha256 must be 64 lowercase hex digits, got {digest!r}")
+    if not isinstance(weights["tensors"], dict):
+        fail(f"weights.tensors must be a JSON object, got {weights['tensors']!r}")
+    tensors = {key: _tensor_spec(spec, f"weights.tensors[{key!r}]", fail)
+               for key, spec in weights["tensors"].items()}
+    return CheckpointConfig(model_class=name, arguments=arguments, tensors=tensors,
+                            weights_sha256=digest, weights_bytes=size,
+                            moelab_version=data["moelab_version"], format_version=version,
+                            metadata=data["metadata"], model_config=model_config)
+
+
+def _parse_model(model: Any, version: int, fail) -> tuple[str, dict[str, Any], Any]:
+    """The ``model`` entry: (class name, constructor arguments, config). Classes with a config are
+    stored by it from format 3 on; older files hold their constructor arguments, read into it."""
     if not isinstance(model, dict):
         fail(f"model must be a JSON object, got {model!r}")
     name = model.get("class")
@@ -227,21 +248,7 @@ def parse_config(text: str, path: Path) -> CheckpointConfig:
         if kind is not None:  # an older file of a class now stored by its config
             model_config = _config_from_arguments(cls, arguments, fail)
             arguments = {}
-
-    size, digest = weights["bytes"], weights["sha256"]
-    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        fail(f"weights.bytes must be an int >= 0, got {size!r}")
-    if not (isinstance(digest, str) and len(digest) == 64
-            and all(c in "0123456789abcdef" for c in digest)):
-        fail(f"weights.sha256 must be 64 lowercase hex digits, got {digest!r}")
-    if not isinstance(weights["tensors"], dict):
-        fail(f"weights.tensors must be a JSON object, got {weights['tensors']!r}")
-    tensors = {key: _tensor_spec(spec, f"weights.tensors[{key!r}]", fail)
-               for key, spec in weights["tensors"].items()}
-    return CheckpointConfig(model_class=name, arguments=arguments, tensors=tensors,
-                            weights_sha256=digest, weights_bytes=size,
-                            moelab_version=data["moelab_version"], format_version=version,
-                            metadata=data["metadata"], model_config=model_config)
+    return name, arguments, model_config
 
 
 def _parse_value(value: Any, hint: Any, key: str, fail) -> Any:
