@@ -42,6 +42,20 @@ def _grads(forward, layer: MoELayer, x: torch.Tensor, cotangent: torch.Tensor) -
     return {**grads, "x": x.grad}
 
 
+def _layer_and_peer_grads(layer: MoELayer, peer, state_dict, x: torch.Tensor
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Gradients (see :func:`_grads`) of ``layer`` and of the ``peer`` module holding the layer's
+    weights through ``state_dict(layer)``, both on the moelab parameters, for one random cotangent."""
+    T, D = x.shape
+    cotangent = torch.randn(T, D)
+    expected = _grads(layer, layer, x, cotangent)
+    got = _grads(
+        lambda x: torch.func.functional_call(peer, state_dict(layer), (x.view(1, T, D),)).view(T, D),
+        layer, x, cotangent,
+    )
+    return got, expected
+
+
 def _assert_same_grads(got: dict, expected: dict, atol: float) -> None:
     assert got.keys() == expected.keys()
     for name in expected:
@@ -85,13 +99,7 @@ def test_gated_layer_matches_hf_mixtral_block(implementation, num_experts, top_k
     assert out.y.abs().max() > 0.1  # the comparison below is not of near-zero outputs
     torch.testing.assert_close(y_hf, out.y, atol=1e-6, rtol=0)
 
-    cotangent = torch.randn(T, D)
-    expected = _grads(layer, layer, x, cotangent)
-    state = baselines.mixtral_state_dict
-    got = _grads(
-        lambda x: torch.func.functional_call(block, state(layer), (x.view(1, T, D),)).view(T, D),
-        layer, x, cotangent,
-    )
+    got, expected = _layer_and_peer_grads(layer, block, baselines.mixtral_state_dict, x)
     _assert_same_grads(got, expected, atol=1e-5)
 
 
@@ -154,13 +162,7 @@ def test_gated_layer_matches_torchtitan_moe(titan, num_experts, top_k):
     assert out.y.abs().max() > 0.1  # the comparison below is not of near-zero outputs
     assert _relative_error(y_titan, out.y) < TITAN_RTOL
 
-    cotangent = torch.randn(T, D)
-    expected = _grads(layer, layer, x, cotangent)
-    state = baselines.torchtitan_state_dict
-    got = _grads(
-        lambda x: torch.func.functional_call(moe, state(layer), (x.view(1, T, D),)).view(T, D),
-        layer, x, cotangent,
-    )
+    got, expected = _layer_and_peer_grads(layer, moe, baselines.torchtitan_state_dict, x)
     assert got.keys() == expected.keys()
     for name in expected:
         if top_k == 1 and name == "router.scorer.weight":
