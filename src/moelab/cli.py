@@ -365,6 +365,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt as exc:
         # A sweep's RunsInterrupted says how many runs were stored; anywhere else, nothing was.
         print(str(exc) or "interrupted", file=sys.stderr)
+        if argv is None:
+            # Run as the program: end here. Every finished run is committed; the exit hooks of a
+            # process pool whose workers were just stopped can only print tracebacks.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
 
 
