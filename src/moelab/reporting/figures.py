@@ -2,11 +2,12 @@
 
 Figures are built on the Agg canvas directly (``FigureCanvasAgg``), never through pyplot, so
 drawing a report neither needs a display nor changes the backend of the process that asked for it.
-The caller saves them (``fig.savefig``).
+The caller saves them (:func:`png_bytes`).
 """
 
 from __future__ import annotations
 
+import io
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,14 @@ from matplotlib.ticker import NullFormatter, NullLocator
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ff9896", "#98df8a", "#ffbb78",
            "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
+
+
+def png_bytes(fig: Figure, *, dpi: float | str = "figure") -> bytes:
+    """``fig`` as PNG bytes, without the matplotlib version in the metadata (the same figure gives
+    the same bytes under another matplotlib)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    return buf.getvalue()
 
 
 def color(i: int) -> str:

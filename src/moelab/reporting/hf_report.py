@@ -9,7 +9,6 @@ leaves a half-written file or a report pointing at missing figures.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -21,6 +20,7 @@ from matplotlib.figure import Figure
 
 from moelab.atomic import atomic_write
 from moelab.interop.routing_analysis import ModelAnalysis, most_common_paths
+from moelab.reporting.figures import png_bytes
 
 REPORT_NAME = "report.md"
 DATA_NAME = "analysis.json"
@@ -89,9 +89,7 @@ def path_figure(paths: Sequence[tuple[tuple[int, ...], int]], num_tokens: int) -
 
 
 def _save(fig: Figure, path: Path) -> None:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    atomic_write(path, buf.getvalue())
+    atomic_write(path, png_bytes(fig))
 
 
 def analysis_data(analysis: ModelAnalysis) -> dict:

@@ -9,7 +9,6 @@ half-written file and an existing report is replaced only by a complete one.
 from __future__ import annotations
 
 import datetime as _dt
-import io
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +17,7 @@ from moelab import __version__
 from moelab.atomic import atomic_write
 from moelab.experiments.registry import EXPERIMENTS
 from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
+from moelab.reporting.figures import png_bytes
 from moelab.reporting.render import build_section
 from moelab.reporting.section import Section
 from moelab.reporting.text import duration
@@ -87,9 +87,7 @@ def _draw(section: Section) -> dict[str, bytes]:
     """Draw the section's figures to PNG bytes."""
     drawn = {}
     for spec in section.figures:
-        buf = io.BytesIO()
-        spec.make().savefig(buf, format="png", dpi=100, metadata={"Software": None})
-        drawn[spec.name] = buf.getvalue()
+        drawn[spec.name] = png_bytes(spec.make(), dpi=100)
     return drawn
 
 
