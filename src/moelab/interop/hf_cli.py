@@ -73,8 +73,8 @@ def analyze_hf(args: argparse.Namespace) -> int:
 def _analyze(args: argparse.Namespace) -> int:
     from moelab.interop.hf_capture import capture_routing
     from moelab.interop.hf_models import ARCHITECTURES, has_tokenizer, load_model, random_model, token_ids
+    from moelab.interop.hf_report import write_hf_report
     from moelab.interop.routing_analysis import analyze_capture
-    from moelab.reporting.hf_report import write_hf_report
 
     if args.max_tokens < 1:
         raise ValueError(f"--max-tokens must be >= 1, got {args.max_tokens}")
