@@ -15,12 +15,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from moelab.atomic import atomic_write
 from moelab.interop.routing_analysis import ModelAnalysis, most_common_paths
-from moelab.reporting.figures import png_bytes
+from moelab.reporting.figures import figure, png_bytes
 
 REPORT_NAME = "report.md"
 DATA_NAME = "analysis.json"
@@ -30,16 +29,10 @@ MAX_PANELS = 16
 TOP_PATHS = 10
 
 
-def _figure(width: float, height: float) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
 def load_heatmap(load_LE: np.ndarray, layers: Sequence[int]) -> Figure:
     """Heat map of the fraction of assignments (L, E) each expert receives in each MoE layer."""
     L, E = load_LE.shape
-    fig = _figure(min(12.0, 2.5 + 0.25 * E), min(10.0, 1.5 + 0.35 * L))
+    fig = figure(min(12.0, 2.5 + 0.25 * E), min(10.0, 1.5 + 0.35 * L))
     ax = fig.add_subplot()
     im = ax.imshow(load_LE, aspect="auto", cmap="viridis", vmin=0, interpolation="nearest")
     ax.set_xlabel("expert")
@@ -57,7 +50,7 @@ def cooccurrence_figure(counts: Sequence[np.ndarray], pairs: Sequence[tuple[int,
     n = len(counts)
     cols = min(4, n)
     rows = math.ceil(n / cols)
-    fig = _figure(3.2 * cols, 3.0 * rows)
+    fig = figure(3.2 * cols, 3.0 * rows)
     fractions = [c / max(1, int(c.sum())) for c in counts]
     top = max((float(f.max()) for f in fractions), default=0.0) or 1.0  # one colour scale for all
     axes, im = [], None
@@ -75,7 +68,7 @@ def cooccurrence_figure(counts: Sequence[np.ndarray], pairs: Sequence[tuple[int,
 
 def path_figure(paths: Sequence[tuple[tuple[int, ...], int]], num_tokens: int) -> Figure:
     """Bar chart of the fraction of tokens taking each of the most common top-1 expert paths."""
-    fig = _figure(7.0, 0.8 + 0.3 * max(1, len(paths)))
+    fig = figure(7.0, 0.8 + 0.3 * max(1, len(paths)))
     ax = fig.add_subplot()
     labels = ["-".join(map(str, path)) for path, _ in paths]
     ax.barh(range(len(paths)), [c / max(1, num_tokens) for _, c in paths], color="#1f77b4")

@@ -8,9 +8,10 @@ The caller saves them (:func:`png_bytes`).
 from __future__ import annotations
 
 import io
+import itertools
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,10 @@ from matplotlib.ticker import NullFormatter, NullLocator
 _COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf", "#aec7e8", "#ff9896", "#98df8a", "#ffbb78",
            "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7", "#dbdb8d", "#9edae5")
+#: The narrowest y range drawn, as a factor (log axes) or a fraction of the value (linear): a
+#: flatter curve is shown flat, not zoomed into rounding noise.
+MIN_LOG_SPAN = 8.0  # under a decade, so matplotlib still labels minor ticks
+MIN_LINEAR_SPAN = 0.5
 
 
 def png_bytes(fig: Figure, *, dpi: float | str = "figure") -> bytes:
@@ -38,18 +43,17 @@ def color(i: int) -> str:
     return _COLORS[i % len(_COLORS)]
 
 
-def _figure(width: float, height: float) -> Figure:
+def figure(width: float, height: float) -> Figure:
+    """An empty figure of ``width`` x ``height`` inches on its own Agg canvas."""
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-# -- curves -----------------------------------------------------------------------------------------
-
 @dataclass(frozen=True)
 class Curve:
-    """One series. ``kind``: ``"measured"`` (markers, solid line, error bars from ``low``/``high``),
-    ``"reference"`` (the paper's numbers: open markers, dashed) or ``"theory"`` (a pale band)."""
+    """One series: ``"measured"`` (markers, solid line, error bars from ``low``/``high`` if given)
+    or ``"reference"`` (the paper's numbers: open markers, dashed)."""
 
     label: str
     x: tuple[float, ...]
@@ -62,58 +66,64 @@ class Curve:
 
 @dataclass(frozen=True)
 class Panel:
-    """One axes of a curves figure; ``xlabel``, ``logx`` and ``xticks`` override the figure's."""
+    """One axes of a curves figure."""
 
     title: str
     curves: tuple[Curve, ...]
-    xlabel: str | None = None
-    logx: bool | None = None
-    xticks: tuple[float, ...] | None = None
 
 
 def curves_figure(panels: Sequence[Panel], *, xlabel: str, ylabel: str = "test MSE",
-                  logx: bool = True, logy: bool = True, xbase: int = 2, title: str | None = None,
+                  logx: bool = True, logy: bool = True, xbase: int = 2,
                   xticks: Sequence[float] | None = None) -> Figure:
-    """Panels side by side, each with measured curves (median with [min, max] error bars),
-    reference curves and theory lines; log axes by default (x in powers of ``xbase``). Legends
-    stand beside the axes, never over the data."""
+    """Panels side by side, each with measured curves (median with [min, max] error bars) and
+    reference curves; log axes by default (x in powers of ``xbase``). Legends stand beside the
+    axes, never over the data."""
     if not panels:
         raise ValueError("curves_figure needs at least one panel, got none")
-    fig = _figure(6.2 * len(panels) + 0.4, 3.9)
-    axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, panel in zip(axes, panels, strict=True):
+    fig = figure(6.2 * len(panels) + 0.4, 3.9)
+    for ax, panel in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels, strict=True):
         for i, c in enumerate(panel.curves):
             _draw_curve(ax, c, c.color or color(i))
-        if logx if panel.logx is None else panel.logx:
+        if logx:
             ax.set_xscale("log", base=xbase)
             _tidy_log_axis(ax.xaxis, ax.get_xlim())
-        _y_range(ax, panel.curves, logy)
-        ticks = panel.xticks if panel.xticks is not None else xticks
-        if ticks is not None:
-            ax.set_xticks(list(ticks), [f"{t:g}" for t in ticks])
+        _y_range(ax, [v for c in panel.curves for v in (*c.y, *(c.low or ()), *(c.high or ()))],
+                 logy)
+        if xticks is not None:
+            ax.set_xticks(list(xticks), [f"{t:g}" for t in xticks])
             ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel(panel.xlabel or xlabel)
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(panel.title, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
         if panel.curves:
             ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.02, 1.0),
                       borderaxespad=0.0, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=11)
     return fig
 
 
-#: The narrowest y range drawn, as a factor (log axes) or a fraction of the value (linear): a
-#: flatter curve is shown flat, not zoomed into rounding noise.
-MIN_LOG_SPAN = 8.0  # under a decade, so matplotlib still labels minor ticks
-MIN_LINEAR_SPAN = 0.5
+def points_figure(labels: Sequence[str], spreads: Sequence[tuple[float, float, float]]) -> Figure:
+    """One point per labelled grid cell (median with [min, max] bars) on a log y axis: the figure
+    of an experiment that declares no curves."""
+    if not labels:
+        raise ValueError("points_figure needs at least one point, got none")
+    fig = figure(max(4.0, 0.6 * len(labels) + 2.0), 4.4)
+    ax = fig.subplots()
+    x = np.arange(len(labels))
+    med, lo, hi = np.asarray(spreads, float).T
+    ax.errorbar(x, med, yerr=_yerr(med, lo, hi), ls="none", marker="o", ms=6, capsize=3,
+                color=color(0))
+    _y_range(ax, [*med, *lo, *hi], True)
+    ax.set_xticks(list(x), list(labels), rotation=30, ha="right", fontsize=8)
+    ax.set_xlim(-0.5, len(labels) - 0.5)
+    ax.set_ylabel("test MSE")
+    ax.grid(True, which="major", axis="y", alpha=0.3)
+    return fig
 
 
-def _y_range(ax, curves: Sequence[Curve], logy: bool) -> None:
+def _y_range(ax, values: Iterable[float], logy: bool) -> None:
     """Set the y scale; widen a range narrower than the minimum span around its centre."""
-    ys = [v for c in curves for v in (*c.y, *(c.low or ()), *(c.high or ()))
-          if math.isfinite(v) and (v > 0 or not logy)]
+    ys = [v for v in values if math.isfinite(v) and (v > 0 or not logy)]
     if logy:
         ax.set_yscale("log")
     if not ys:
@@ -129,27 +139,6 @@ def _y_range(ax, curves: Sequence[Curve], logy: bool) -> None:
         _tidy_log_axis(ax.yaxis, ax.get_ylim())
 
 
-def points_figure(labels: Sequence[str], spreads: Sequence[tuple[float, float, float]], *,
-                  ylabel: str = "test MSE", title: str = "") -> Figure:
-    """One point per labelled grid cell (median with [min, max] bars) on a log y axis: the figure
-    of an experiment that declares no curves."""
-    if not labels:
-        raise ValueError("points_figure needs at least one point, got none")
-    fig = _figure(max(4.0, 0.6 * len(labels) + 2.0), 4.4)
-    ax = fig.subplots()
-    x = np.arange(len(labels))
-    med, lo, hi = (np.asarray(v, float) for v in zip(*spreads, strict=True))
-    yerr = np.vstack([np.clip(med - lo, 0, None), np.clip(hi - med, 0, None)])
-    ax.errorbar(x, med, yerr=yerr, ls="none", marker="o", ms=6, capsize=3, color=color(0))
-    _y_range(ax, [Curve("", tuple(x), tuple(med), tuple(lo), tuple(hi))], True)
-    ax.set_xticks(list(x), list(labels), rotation=30, ha="right", fontsize=8)
-    ax.set_xlim(-0.5, len(labels) - 0.5)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title, fontsize=10)
-    ax.grid(True, which="major", axis="y", alpha=0.3)
-    return fig
-
-
 def _tidy_log_axis(axis, limits: tuple[float, float]) -> None:
     """Label only the decades of a log axis spanning more than one (minor labels are slow to lay
     out and crowd the axis); a narrower axis keeps matplotlib's minor labels, its only ones."""
@@ -158,17 +147,19 @@ def _tidy_log_axis(axis, limits: tuple[float, float]) -> None:
         axis.set_minor_formatter(NullFormatter())
 
 
+def _yerr(y, low, high) -> np.ndarray:
+    """Error bars (2, N) from ``[low, high]`` around ``y``, never negative."""
+    y = np.asarray(y, float)
+    return np.clip([y - np.asarray(low, float), np.asarray(high, float) - y], 0, None)
+
+
 def _draw_curve(ax, c: Curve, col: str) -> None:
     x, y = np.asarray(c.x, float), np.asarray(c.y, float)
-    if c.kind == "theory":
-        # a broad pale band under the data, so a measured curve lying on it stays visible
-        ax.plot(x, y, ls="-", lw=6, alpha=0.3, color=col, label=c.label, zorder=1)
-    elif c.kind == "reference":
+    if c.kind == "reference":
         ax.plot(x, y, ls="--", lw=1.2, marker="s", mfc="none", ms=6, color=col, label=c.label)
     elif c.low is not None and c.high is not None:
-        lo, hi = np.asarray(c.low, float), np.asarray(c.high, float)
-        yerr = np.vstack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
-        ax.errorbar(x, y, yerr=yerr, marker="o", ms=5, lw=1.6, capsize=3, color=col, label=c.label)
+        ax.errorbar(x, y, yerr=_yerr(y, c.low, c.high), marker="o", ms=5, lw=1.6, capsize=3,
+                    color=col, label=c.label)
     else:
         ax.plot(x, y, marker="o", ms=5, lw=1.6, color=col, label=c.label)
 
@@ -188,78 +179,72 @@ class RoutingPicture:
     names: Mapping[int, str]  # path code -> legend text, e.g. "expert 2" or "(1, 3)"
 
 
-def _palette(codes: Sequence[int]) -> tuple[ListedColormap, int]:
+def _palette(codes: Sequence[int]) -> dict:
+    """Colour-map keywords drawing path code c in ``color(c)``."""
     top = max(codes) + 1
-    return ListedColormap([color(i) for i in range(top)]), top
+    return {"cmap": ListedColormap([color(i) for i in range(top)]), "vmin": -0.5, "vmax": top - 0.5}
 
 
 def _handles(codes: Sequence[int], names: Mapping[int, str]) -> list[Patch]:
     return [Patch(color=color(c), label=names.get(c, str(c))) for c in sorted(set(codes))]
 
 
-def circle_routing_figure(pictures: Sequence[RoutingPicture], *, title: str | None = None) -> Figure:
-    """One ring per picture: the angle on the circle coloured by the expert (path) routed to."""
+def routing_figure(pictures: Sequence[RoutingPicture]) -> Figure:
+    """The pictures side by side (all of one kind): a ring per circle picture, the angle coloured
+    by the expert (path) routed to; a coloured square per grid picture, its unit cells outlined and
+    each labelled by its majority path."""
     if not pictures:
-        raise ValueError("circle_routing_figure needs at least one picture, got none")
-    fig = _figure(2.9 * len(pictures) + 1.6, 3.3)
-    axes = fig.subplots(1, len(pictures), squeeze=False, subplot_kw={"projection": "polar"})[0]
-    codes_all = [c for pic in pictures for c in pic.paths]
-    cmap, top = _palette(codes_all)  # path code c is drawn in color(c) in every panel
+        raise ValueError("routing_figure needs at least one picture, got none")
+    if pictures[0].kind == "circle":
+        fig = figure(2.9 * len(pictures) + 1.6, 3.3)
+        axes = fig.subplots(1, len(pictures), squeeze=False, subplot_kw={"projection": "polar"})[0]
+    else:
+        fig = figure(5.3 * len(pictures), 4.0)
+        axes = fig.subplots(1, len(pictures), squeeze=False)[0]
+    codes = [c for pic in pictures for c in pic.paths]
     for ax, pic in zip(axes, pictures, strict=True):
-        theta = np.asarray(pic.coords, float)
-        step = 2 * math.pi / len(theta)
-        edges = np.append(theta, theta[-1] + step)
-        codes = np.asarray(pic.paths, int)
-        ax.pcolormesh(edges, [0.7, 1.0], codes[None, :], cmap=cmap, vmin=-0.5, vmax=top - 0.5,
-                      shading="flat")
-        ax.set_ylim(0, 1.0)
-        ax.set_yticks([])
-        ax.set_xticks(np.deg2rad([0, 90, 180, 270]), ["0°", "90°", "180°", "270°"], fontsize=8)
+        if pic.kind == "circle":
+            _ring(ax, pic, codes)
+        else:
+            _square(ax, pic)
         ax.set_title(pic.title, fontsize=10)
-    names: dict[int, str] = {}
-    for pic in pictures:
-        names.update(pic.names)
-    fig.legend(handles=_handles(codes_all, names), loc="outside right center", fontsize=8,
-               title="expert")
-    if title:
-        fig.suptitle(title, fontsize=11)
+    if pictures[0].kind == "circle":
+        names = {code: name for pic in pictures for code, name in pic.names.items()}
+        fig.legend(handles=_handles(codes, names), loc="outside right center", fontsize=8,
+                   title="expert")
     return fig
 
 
-def grid_routing_figure(pictures: Sequence[RoutingPicture], *, title: str | None = None) -> Figure:
-    """The square coloured by expert path, with the unit cells outlined and each cell labelled by
-    its majority path."""
-    if not pictures:
-        raise ValueError("grid_routing_figure needs at least one picture, got none")
-    fig = _figure(5.3 * len(pictures), 4.0)
-    axes = fig.subplots(1, len(pictures), squeeze=False)[0]
-    for ax, pic in zip(axes, pictures, strict=True):
-        cmap, top = _palette(pic.paths)  # path code c is drawn in color(c)
-        ticks = np.asarray(pic.coords, float)
-        n = len(ticks)
-        grid = np.asarray(pic.paths, int).reshape(n, n)  # [i, j]: x1 = ticks[i], x2 = ticks[j]
-        step = ticks[1] - ticks[0] if n > 1 else 1.0
-        lo, hi = ticks[0] - step / 2, ticks[-1] + step / 2
-        ax.imshow(grid.T, origin="lower", extent=(lo, hi, lo, hi), cmap=cmap, vmin=-0.5,
-                  vmax=top - 0.5, interpolation="nearest")
-        for k in range(math.ceil(lo), math.floor(hi) + 1):
-            ax.axhline(k, color="black", lw=1.2)
-            ax.axvline(k, color="black", lw=1.2)
-        for a in range(math.ceil(lo), math.floor(hi)):
-            for b in range(math.ceil(lo), math.floor(hi)):
-                inside = grid[np.ix_((ticks > a) & (ticks < a + 1), (ticks > b) & (ticks < b + 1))]
-                if inside.size:
-                    code = Counter(inside.ravel().tolist()).most_common(1)[0][0]
-                    ax.text(a + 0.5, b + 0.5, pic.names.get(code, str(code)), ha="center",
-                            va="center", fontsize=8,
-                            bbox={"facecolor": "white", "alpha": 0.75, "lw": 0, "pad": 1.5})
-        ax.set_xlabel("$x_1$")
-        ax.set_ylabel("$x_2$")
-        ax.set_title(pic.title, fontsize=10)
-        multi = any(name.startswith("(") for name in pic.names.values())
-        ax.legend(handles=_handles(pic.paths, pic.names), loc="center left",
-                  bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False,
-                  title="path\n(layer 1, layer 2)" if multi else "expert", title_fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=11)
-    return fig
+def _ring(ax, pic: RoutingPicture, codes: Sequence[int]) -> None:
+    theta = np.asarray(pic.coords, float)
+    edges = np.append(theta, theta[-1] + 2 * math.pi / len(theta))
+    ax.pcolormesh(edges, [0.7, 1.0], np.asarray(pic.paths, int)[None, :], shading="flat",
+                  **_palette(codes))  # one palette for every panel
+    ax.set_ylim(0, 1.0)
+    ax.set_yticks([])
+    ax.set_xticks(np.deg2rad([0, 90, 180, 270]), ["0°", "90°", "180°", "270°"], fontsize=8)
+
+
+def _square(ax, pic: RoutingPicture) -> None:
+    ticks = np.asarray(pic.coords, float)
+    n = len(ticks)
+    grid = np.asarray(pic.paths, int).reshape(n, n)  # [i, j]: x1 = ticks[i], x2 = ticks[j]
+    step = ticks[1] - ticks[0] if n > 1 else 1.0
+    lo, hi = ticks[0] - step / 2, ticks[-1] + step / 2
+    ax.imshow(grid.T, origin="lower", extent=(lo, hi, lo, hi), interpolation="nearest",
+              **_palette(pic.paths))
+    for k in range(math.ceil(lo), math.floor(hi) + 1):
+        ax.axhline(k, color="black", lw=1.2)
+        ax.axvline(k, color="black", lw=1.2)
+    for a, b in itertools.product(range(math.ceil(lo), math.floor(hi)), repeat=2):
+        inside = grid[np.ix_((ticks > a) & (ticks < a + 1), (ticks > b) & (ticks < b + 1))]
+        if inside.size:
+            code = Counter(inside.ravel().tolist()).most_common(1)[0][0]
+            ax.text(a + 0.5, b + 0.5, pic.names.get(code, str(code)), ha="center", va="center",
+                    fontsize=8, bbox={"facecolor": "white", "alpha": 0.75, "lw": 0, "pad": 1.5})
+    ax.set_xlabel("$x_1$")
+    ax.set_ylabel("$x_2$")
+    multi = any(name.startswith("(") for name in pic.names.values())
+    ax.legend(handles=_handles(pic.paths, pic.names), loc="center left",
+              bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False,
+              title="path\n(layer 1, layer 2)" if multi else "expert", title_fontsize=8)

@@ -181,8 +181,8 @@ def _pictures(spec: Pictures, grid: Grid) -> list[FigureSpec]:
                                          path_names(run.routing.get("load", []))))
     if not pictures:
         return []
-    draw = F.circle_routing_figure if spec.kind == "circle" else F.grid_routing_figure
-    return [FigureSpec(f"{grid.experiment}-{spec.name}", spec.caption, partial(draw, pictures))]
+    return [FigureSpec(f"{grid.experiment}-{spec.name}", spec.caption,
+                       partial(F.routing_figure, pictures))]
 
 
 def _points(grid: Grid) -> list[FigureSpec]:
