@@ -10,8 +10,8 @@ from importlib import import_module
 _EXPORTS = {
     "write_report": "moelab.reporting.report",
     "build_section": "moelab.reporting.render",
-    "FigureSpec": "moelab.reporting.section",
-    "Section": "moelab.reporting.section",
+    "FigureSpec": "moelab.reporting.text",
+    "Section": "moelab.reporting.text",
     "Table": "moelab.reporting.text",
     "Verdict": "moelab.reporting.text",
 }

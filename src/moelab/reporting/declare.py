@@ -1,6 +1,6 @@
 """What an experiment declares about its report, beside its grid in the registry: checks (each
-gives verdicts), tables and figures. The generic section (:mod:`moelab.reporting.render`) turns
-the declarations into markdown and PNGs; nothing here draws, so the registry can import it cheaply.
+gives verdicts), tables and figures, each rendering itself from the experiment's grid. Nothing here
+draws at import, so the registry can import it cheaply; matplotlib is loaded when a figure is made.
 
 Keys name an axis of the experiment (``"D"``), a dotted config path (``"task.d"``) or are a
 function of a :class:`~moelab.reporting.grid.Cell`. ``where`` selects cells (key -> label, value or
@@ -13,16 +13,38 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
-from moelab.reporting.aggregate import fit_slope, loglog_crossing, max_over_min, metric
-from moelab.reporting.grid import Cell, Grid, Key, Select
-from moelab.reporting.text import Table, Verdict, cell, count, num, ratio, sci, slope_text, status_of
+from moelab.analysis import RateFit
+from moelab.reporting.aggregate import (
+    fit_slope,
+    loglog_crossing,
+    max_over_min,
+    metric,
+    path_names,
+    pick_run,
+)
+from moelab.reporting.grid import Cell, Grid, Key, MissingData, Select
+from moelab.reporting.text import (
+    FigureSpec,
+    Table,
+    Verdict,
+    cell,
+    count,
+    num,
+    ratio,
+    sci,
+    slope_text,
+    slug,
+    status_of,
+)
 
 Series = tuple[str, Select]  # (name in the report, which cells)
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 _REL = 1e-6  # relative slack of "<=" / ">=" against another metric (rounding of stored floats)
+HEADERS = {"test_mse": "test MSE", "test_sup": "sup error"}
 
 
 def fmt(name: str):
@@ -30,9 +52,6 @@ def fmt(name: str):
     if name in ("test_mse", "test_sup", "bound"):
         return sci
     return count if "parameters" in name else num
-
-
-HEADERS = {"test_mse": "test MSE", "test_sup": "sup error"}
 
 
 def header(name: str) -> str:
@@ -57,6 +76,16 @@ def points(grid: Grid, cells: Sequence[Cell], x: Key, name: str) -> tuple[list, 
     return [a for a, _ in pts], [b for _, b in pts]
 
 
+def loglog_slope(grid: Grid, cells: Sequence[Cell], x: Key, name: str) -> RateFit | None:
+    """The fitted log-log slope of metric ``name`` in ``x`` over every run of ``cells``."""
+    return fit_slope(*points(grid, cells, x, name))
+
+
+def paper_slope(values: Mapping[float, float]) -> RateFit | None:
+    """The fitted log-log slope of the paper's ``{x: value}``."""
+    return fit_slope(list(values), list(values.values()))
+
+
 def _last(grid: Grid, cells: Sequence[Cell], x: Key | None) -> Cell | None:
     if not cells:
         return None
@@ -65,8 +94,23 @@ def _last(grid: Grid, cells: Sequence[Cell], x: Key | None) -> Cell | None:
 
 # -- checks: each gives one verdict per combination of ``per`` -------------------------------------
 
+class _Check:
+    """A check's verdicts: one per combination of ``per`` (and of the grid's split-off settings)
+    among the cells ``where`` selects; a subclass judges one combination's cells."""
+
+    per: tuple[Key, ...] = ()
+    where: Select | None = None
+
+    def evaluate(self, grid: Grid) -> list[Verdict]:
+        return [self.verdict(grid, cells, self.claim + where_text(self.per + grid.extra, combo))
+                for combo, cells in groups(grid, self.where, self.per).items()]
+
+    def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
+        raise NotImplementedError
+
+
 @dataclass(frozen=True)
-class Flat:
+class Flat(_Check):
     """Flat in ``x``: max/min of the medians over ``x`` at most ``tolerance``."""
 
     claim: str
@@ -77,25 +121,20 @@ class Flat:
     metric: str = "test_mse"
     reference: Mapping[float, float] | None = None  # the paper's values: its own max/min is quoted
 
-    def evaluate(self, grid: Grid) -> list[Verdict]:
-        out = []
-        for combo, cells in groups(grid, self.where, self.per).items():
-            flat = max_over_min(c.spread(self.metric).median for c in cells
-                                if grid.x(c, self.x) is not None)
-            ref = (f" (paper's own {ratio(max_over_min(self.reference.values()))})"
-                   if self.reference else "")
-            fit = fit_slope(*points(grid, cells, self.x, self.metric))
-            out.append(Verdict(
-                status_of([flat <= self.tolerance] if math.isfinite(flat) else []),
-                f"{self.claim}{where_text(self.per + grid.extra, combo)}: max/min of the medians "
-                f"over {self.x} <= {self.tolerance:g}",
-                f"max/min {ratio(flat)}{ref}; log-log slope in {self.x} {slope_text(fit)} "
-                "(theory 0)"))
-        return out
+    def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
+        flat = max_over_min(c.spread(self.metric).median for c in cells
+                            if grid.x(c, self.x) is not None)
+        ref = (f" (paper's own {ratio(max_over_min(self.reference.values()))})"
+               if self.reference else "")
+        fit = loglog_slope(grid, cells, self.x, self.metric)
+        return Verdict(status_of([flat <= self.tolerance] if math.isfinite(flat) else []),
+                       f"{check}: max/min of the medians over {self.x} <= {self.tolerance:g}",
+                       f"max/min {ratio(flat)}{ref}; log-log slope in {self.x} {slope_text(fit)} "
+                       "(theory 0)")
 
 
 @dataclass(frozen=True)
-class NearReference:
+class NearReference(_Check):
     """The median is at most ``factor`` x the reference value (the paper's) at every ``x``."""
 
     claim: str
@@ -105,24 +144,19 @@ class NearReference:
     where: Select | None = None
     metric: str = "test_mse"
 
-    def evaluate(self, grid: Grid) -> list[Verdict]:
-        out = []
-        for combo, cells in groups(grid, self.where, ()).items():
-            ratios = [(grid.label(c, self.x),
-                       c.spread(self.metric).median / self.reference[grid.x(c, self.x)])
-                      for c in cells if grid.x(c, self.x) in self.reference]
-            ratios = [(x, r) for x, r in ratios if math.isfinite(r)]
-            out.append(Verdict(
-                status_of([r <= self.factor for _, r in ratios]),
-                f"{self.claim}{where_text(grid.extra, combo)}: median <= {self.factor:g}x the "
-                f"paper at every {self.x}",
-                ", ".join(f"{self.x}={x}: {ratio(r)}x" for x, r in ratios)
-                or f"no {self.x} with a paper value"))
-        return out
+    def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
+        ratios = [(grid.label(c, self.x),
+                   c.spread(self.metric).median / self.reference[grid.x(c, self.x)])
+                  for c in cells if grid.x(c, self.x) in self.reference]
+        ratios = [(x, r) for x, r in ratios if math.isfinite(r)]
+        return Verdict(status_of([r <= self.factor for _, r in ratios]),
+                       f"{check}: median <= {self.factor:g}x the paper at every {self.x}",
+                       ", ".join(f"{self.x}={x}: {ratio(r)}x" for x, r in ratios)
+                       or f"no {self.x} with a paper value")
 
 
 @dataclass(frozen=True)
-class Slopes:
+class Slopes(_Check):
     """Each series' log-log slope in ``x`` satisfies ``op threshold`` (``"<="``, ``">"``, ... or
     ``"ci<="``: the whole 95% interval at most the threshold). A bound at or below 0 also needs the
     interval below 0; at or above 0, above 0."""
@@ -134,45 +168,32 @@ class Slopes:
     metric: str = "test_mse"
     paper: Mapping[str, Mapping[float, float]] = field(default_factory=dict)  # name -> points
 
-    def evaluate(self, grid: Grid) -> list[Verdict]:
-        out = []
-        for combo, cells in groups(grid, None, self.per).items():
-            flags, texts = [], []
-            for name, which, op, bound in self.series:
-                fit = fit_slope(*points(grid, [c for c in cells if c.matches(which)], self.x,
-                                         self.metric))
-                paper = fit_slope(list(self.paper[name]), list(self.paper[name].values())) \
-                    if name in self.paper else None
-                texts.append(f"{name} {slope_text(fit, predicted=paper and paper.slope)}")
-                if fit is not None:
-                    flags.append(_slope_holds(fit, op, bound))
-            rules = ", ".join(f"{n} {op.replace('ci', 'interval ')} {b:g}"
-                              for n, _, op, b in self.series)
-            out.append(Verdict(
-                status_of(flags if len(flags) == len(self.series) else []),
-                f"{self.claim}{where_text(self.per + grid.extra, combo)}",
-                f"log-log slope in {self.x}: {', '.join(texts)}; held when {rules}"))
-        return out
+    def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
+        flags, texts = [], []
+        for name, which, op, bound in self.series:
+            fit = loglog_slope(grid, [c for c in cells if c.matches(which)], self.x, self.metric)
+            paper = paper_slope(self.paper[name]) if name in self.paper else None
+            texts.append(f"{name} {slope_text(fit, predicted=paper and paper.slope)}")
+            if fit is not None:
+                flags.append(_slope_holds(fit, op, bound))
+        rules = ", ".join(f"{n} {op.replace('ci', 'interval ')} {b:g}" for n, _, op, b in self.series)
+        return Verdict(status_of(flags if len(flags) == len(self.series) else []), check,
+                       f"log-log slope in {self.x}: {', '.join(texts)}; held when {rules}")
 
 
-def _slope_holds(fit, op: str, bound: float) -> bool:
-    """``slope op bound``; ``"ci<="``: the whole interval at most ``bound``."""
+def _slope_holds(fit: RateFit, op: str, bound: float) -> bool:
+    """``slope op bound``; ``"ci<="``: the whole interval at most ``bound``. A claimed sign also
+    needs the interval on that side of 0 (a NaN interval, from two points, is not checked)."""
     if op == "ci<=":
         return fit.ci_high <= bound
-    return _OPS[op](fit.slope, bound) and _sign_ok(fit, op, bound)
-
-
-def _sign_ok(fit, op: str, bound: float) -> bool:
-    """The interval does not reach the sign opposite to the claim (NaN: no interval to check)."""
-    if op in ("<=", "<") and bound <= 0:
-        return not fit.ci_high >= 0
-    if op in (">=", ">") and bound >= 0:
-        return not fit.ci_low <= 0
-    return True
+    if (op in ("<=", "<") and bound <= 0 and fit.ci_high >= 0
+            or op in (">=", ">") and bound >= 0 and fit.ci_low <= 0):
+        return False
+    return _OPS[op](fit.slope, bound)
 
 
 @dataclass(frozen=True)
-class Beats:
+class Beats(_Check):
     """``better`` beats ``worse`` at the largest ``at`` where both have runs (or their last cell):
     for each metric, better < worse, or better <= factor x worse for a factor above 1; with
     ``higher`` a larger value is better (better > worse)."""
@@ -185,45 +206,31 @@ class Beats:
     per: tuple[Key, ...] = ()
     higher: bool = False
 
-    def evaluate(self, grid: Grid) -> list[Verdict]:
-        out = []
-        for combo, cells in groups(grid, None, self.per).items():
-            pair = self._pair(grid, cells)
-            where = where_text(self.per + grid.extra, combo)
-            if pair is None:
-                out.append(Verdict(status_of([]), f"{self.claim}{where}",
-                                   f"no {self.at or 'cell'} with runs of both"))
-                continue
-            flags, texts, finite = [], [], True
-            for name, factor in self.within.items():
-                b, w = pair[0].spread(name).median, pair[1].spread(name).median
-                f, finite = fmt(name), finite and math.isfinite(b) and math.isfinite(w)
-                if self.higher:
-                    flags.append(b > w)
-                else:
-                    flags.append(b < w if factor == 1 else b <= factor * w)
-                text = f"{header(name)} {f(b)} vs {f(w)}"
-                if not self.higher and b > 0:
-                    text += f", {self.worse[0]}/{self.better[0]} = {ratio(w / b)}x"
-                texts.append(text + (f" (held within {factor:g}x)" if factor != 1 else ""))
-            at = f"{self.at}={grid.label(pair[0], self.at)}: " if self.at else ""
-            out.append(Verdict(status_of(flags if finite else []), f"{self.claim}{where}",
-                               at + "; ".join(texts)))
-        return out
-
-    def _pair(self, grid: Grid, cells: Sequence[Cell]) -> tuple[Cell, Cell] | None:
+    def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
         better = [c for c in cells if c.matches(self.better[1])]
         worse = [c for c in cells if c.matches(self.worse[1])]
         if self.at is not None:
             common = {grid.x(c, self.at) for c in better} & {grid.x(c, self.at) for c in worse}
             better = [c for c in better if grid.x(c, self.at) in common]
             worse = [c for c in worse if grid.x(c, self.at) in common]
-        b, w = _last(grid, better, self.at), _last(grid, worse, self.at)
-        return (b, w) if b is not None and w is not None else None
+        if not better or not worse:
+            return Verdict(status_of([]), check, f"no {self.at or 'cell'} with runs of both")
+        pair = _last(grid, better, self.at), _last(grid, worse, self.at)
+        flags, texts = [], []
+        for name, factor in self.within.items():
+            b, w = (c.spread(name).median for c in pair)
+            flags.append(b > w if self.higher else b < w if factor == 1 else b <= factor * w)
+            text = f"{header(name)} {fmt(name)(b)} vs {fmt(name)(w)}"
+            if not self.higher and b > 0:
+                text += f", {self.worse[0]}/{self.better[0]} = {ratio(w / b)}x"
+            texts.append(text + (f" (held within {factor:g}x)" if factor != 1 else ""))
+        finite = all(math.isfinite(c.spread(name).median) for c in pair for name in self.within)
+        at = f"{self.at}={grid.label(pair[0], self.at)}: " if self.at else ""
+        return Verdict(status_of(flags if finite else []), check, at + "; ".join(texts))
 
 
 @dataclass(frozen=True)
-class Bounds:
+class Bounds(_Check):
     """At every selected cell, each ``(metric, op, other)`` holds for the medians over seeds;
     ``other`` is a number or another metric (compared with a relative slack of 1e-6)."""
 
@@ -232,31 +239,25 @@ class Bounds:
     per: tuple[Key, ...] = ()
     where: Select | None = None
 
-    def evaluate(self, grid: Grid) -> list[Verdict]:
-        out = []
-        for combo, cells in groups(grid, self.where, self.per).items():
-            flags, texts = [], []
-            for name, op, other in self.conditions:
-                held = [self._holds(c, name, op, other) for c in cells]
-                flags.append(all(held))
-                texts.append(f"{header(name)} {op} {other}: {sum(held)} of {len(held)} cells "
-                             f"({', '.join(fmt(name)(c.spread(name).median) for c in cells)})")
-            out.append(Verdict(status_of(flags if cells else []),
-                               f"{self.claim}{where_text(self.per + grid.extra, combo)}",
-                               "; ".join(texts)))
-        return out
+    def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
+        flags, texts = [], []
+        for name, op, other in self.conditions:
+            held = [_OPS[op](c.spread(name).median, _limit(c, op, other)) for c in cells]
+            flags.append(all(held))
+            texts.append(f"{header(name)} {op} {other}: {sum(held)} of {len(held)} cells "
+                         f"({', '.join(fmt(name)(c.spread(name).median) for c in cells)})")
+        return Verdict(status_of(flags if cells else []), check, "; ".join(texts))
 
-    @staticmethod
-    def _holds(c: Cell, name: str, op: str, other: str | float) -> bool:
-        value = c.spread(name).median
-        limit = float(other) if not isinstance(other, str) else c.spread(other).median
-        if isinstance(other, str) and op in ("<=", ">="):
-            limit *= 1 + _REL if op == "<=" else 1 - _REL
-        return _OPS[op](value, limit)
+
+def _limit(c: Cell, op: str, other: str | float) -> float:
+    """A number, or the median of another metric loosened by the relative slack."""
+    if not isinstance(other, str):
+        return float(other)
+    return c.spread(other).median * {"<=": 1 + _REL, ">=": 1 - _REL}.get(op, 1.0)
 
 
 @dataclass(frozen=True)
-class CostToMatch:
+class CostToMatch(_Check):
     """How many times the ``cost`` (e.g. activated parameters) of each ``cheap`` model a ``dear``
     model needs for the same median ``metric`` (log-log interpolation along the dear models'
     curve); held when at least ``fraction`` x the value at ``expected`` (e.g. E) of the cheap one.
@@ -271,29 +272,32 @@ class CostToMatch:
     per: tuple[Key, ...] = ()
     metric: str = "test_mse"
 
-    def evaluate(self, grid: Grid) -> list[Verdict]:
-        out = []
-        for combo, cells in groups(grid, None, self.per).items():
-            dear = sorted((c.spread(self.cost).median, c.spread(self.metric).median)
-                          for c in cells if c.matches(self.dear))
-            flags, texts = [], []
-            for c in (c for c in cells if c.matches(self.cheap)):
-                cross = loglog_crossing([p for p, _ in dear], [v for _, v in dear],
-                                        c.spread(self.metric).median)
-                if cross is None:
-                    continue
-                factor = cross.size / c.spread(self.cost).median
-                bound = {"=": "", "<=": "<= ", ">": "> "}[cross.bound]
-                flags.append(factor >= self.fraction * float(c.config(self.expected) or 1)
-                             and cross.bound != "<=")
-                name = ", ".join(v for k, v in c.labels.items() if k not in self.per)
-                texts.append(f"{name}: {bound}{ratio(factor)}x")
-            out.append(Verdict(status_of(flags), f"{self.claim}{where_text(self.per, combo)}",
-                               ", ".join(texts) or "no models to compare"))
-        return out
+    def evaluate(self, grid: Grid) -> list[Verdict]:  # its verdicts name ``per`` only
+        return [self.verdict(grid, cells, self.claim + where_text(self.per, combo))
+                for combo, cells in groups(grid, None, self.per).items()]
+
+    def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
+        dear = sorted((c.spread(self.cost).median, c.spread(self.metric).median)
+                      for c in cells if c.matches(self.dear))
+        flags, texts = [], []
+        for c in (c for c in cells if c.matches(self.cheap)):
+            cross = loglog_crossing([p for p, _ in dear], [v for _, v in dear],
+                                    c.spread(self.metric).median)
+            if cross is None:
+                continue
+            factor = cross.size / c.spread(self.cost).median
+            flags.append(factor >= self.fraction * float(c.config(self.expected) or 1)
+                         and cross.bound != "<=")
+            name = ", ".join(v for k, v in c.labels.items() if k not in self.per)
+            bound = {"=": "", "<=": "<= ", ">": "> "}[cross.bound]
+            texts.append(f"{name}: {bound}{ratio(factor)}x")
+        return Verdict(status_of(flags), check, ", ".join(texts) or "no models to compare")
 
 
-# -- tables and figures -----------------------------------------------------------------------------
+# -- tables: each gives its tables from the grid; ``grid_of(name)`` is another experiment's grid --
+
+GridOf = Callable[[str], Grid]
+
 
 @dataclass(frozen=True)
 class Columns:
@@ -304,12 +308,12 @@ class Columns:
     metrics: tuple[str, ...] = ("test_mse", "test_sup")  # "a / b": two medians, e.g. paths
     where: Select | None = None
 
-    def table(self, grid: Grid) -> Table:
+    def tables(self, grid: Grid, grid_of: GridOf | None = None) -> list[Table]:
         rows = tuple(tuple(c.labels[a] for a in grid.axes) + (str(len(c.runs)),)
                      + tuple(self._cell(c, m) for m in self.metrics)
                      for c in grid.select(self.where))
-        return Table(self.caption, grid.axes + ("runs",) + tuple(
-            " / ".join(map(header, m.split(" / "))) for m in self.metrics), rows)
+        return [Table(self.caption, grid.axes + ("runs",) + tuple(
+            " / ".join(map(header, m.split(" / "))) for m in self.metrics), rows)]
 
     @staticmethod
     def _cell(c: Cell, name: str) -> str:
@@ -333,15 +337,14 @@ class VersusPaper:
     summary: str = "flat"
     metric: str = "test_mse"
 
-    def tables(self, grid: Grid) -> list[Table]:
+    def tables(self, grid: Grid, grid_of: GridOf | None = None) -> list[Table]:
         out = []
         for combo, cells in groups(grid, None, self.per).items():
             by = grid.split(cells, (self.series,) if self.series else ())
             header = (str(self.x),) + tuple(h for s in by for h in (
                 f"ours{where_text((self.series,), s)}", "paper", "ours / paper"))
-            xs = grid.split(cells, (self.x,))
-            rows = [(x[0],) + tuple(h for s, cs in by.items() for h in self._row(grid, x[0], s, cs))
-                    for x in xs]
+            rows = [(x,) + tuple(h for s, cs in by.items() for h in self._row(grid, x, s, cs))
+                    for (x,) in grid.split(cells, (self.x,))]
             rows.append((f"{'max/min' if self.summary == 'flat' else 'slope'} over {self.x}",)
                         + tuple(h for s, cs in by.items() for h in self._summary(grid, s, cs)))
             out.append(Table(f"{self.caption}{where_text(self.per + grid.extra, combo)}",
@@ -363,8 +366,8 @@ class VersusPaper:
         if self.summary == "flat":
             return (ratio(max_over_min(c.spread(self.metric).median for c in cells)),
                     ratio(max_over_min(ref.values())), "")
-        ours = fit_slope(*points(grid, cells, self.x, self.metric))
-        return (slope_text(ours), slope_text(fit_slope(list(ref), list(ref.values()))), "")
+        return (slope_text(loglog_slope(grid, cells, self.x, self.metric)),
+                slope_text(paper_slope(ref)), "")
 
 
 @dataclass(frozen=True)
@@ -376,6 +379,14 @@ class Related:
     columns: Columns
     missing: str
 
+    def tables(self, grid: Grid, grid_of: GridOf) -> list[Table]:
+        other = grid_of(self.experiment)
+        if not other.select(self.columns.where):
+            raise MissingData(f"no runs of {self.experiment}", note=self.missing)
+        return self.columns.tables(other)
+
+
+# -- figures: each gives its figure specs; matplotlib is imported when they are made ---------------
 
 @dataclass(frozen=True)
 class Curves:
@@ -401,6 +412,49 @@ class Curves:
     xbase: int = 2
     reference: Mapping[str, Mapping[float, float]] = field(default_factory=dict)
 
+    def figures(self, grid: Grid) -> list[FigureSpec]:
+        from moelab.reporting import figures as F
+
+        out, per = [], (self.per,) if self.per is not None else ()
+        for combo, cells in groups(grid, self.where, per).items():
+            panels = [F.Panel(where_text((self.panels,), label).strip(" ()") if self.panels else "",
+                              self._curves(grid, pcells))
+                      for label, pcells in grid.split(cells, (self.panels,) if self.panels else ())
+                      .items()]
+            if not any(p.curves for p in panels):
+                continue
+            xs = sorted({x for p in panels for c in p.curves for x in c.x})
+            name = "-".join(filter(None, [grid.experiment, self.name, *map(slug, combo)]))
+            out.append(FigureSpec(name, self.caption + where_text(per + grid.extra, combo), partial(
+                F.curves_figure, panels, xlabel=self.xlabel or str(self.x), ylabel=self.ylabel,
+                logx=self.logx, logy=self.logy, xbase=self.xbase,
+                xticks=xs if isinstance(self.x, str) else None)))
+        return out
+
+    def _curves(self, grid: Grid, cells: Sequence[Cell]) -> tuple:
+        from moelab.reporting import figures as F
+
+        curves, colors = [], {}
+        series = grid.split(cells, (self.series,) if self.series else ())
+        for i, (label, scells) in enumerate(series.items()):
+            pts = sorted(((x, s) for c in scells if (x := grid.x(c, self.x)) is not None
+                          and (s := c.spread(self.metric)).ok), key=lambda p: p[0])
+            if not pts:
+                continue
+            name = " ".join(label) or self.metric
+            fit = loglog_slope(grid, scells, self.x, self.metric)
+            if fit is not None and self.logx and self.logy:
+                name += f" (log-log slope {fit.slope:+.2f})"
+            colors[" ".join(label)] = F.color(i)
+            xs, spreads = zip(*pts, strict=True)
+            curves.append(F.Curve(name, xs, *(tuple(getattr(s, k) for s in spreads)
+                                              for k in ("median", "low", "high")), color=F.color(i)))
+        for name, ref in self.reference.items():
+            col = next((c for series, c in colors.items() if series and name.startswith(series)),
+                       "black")
+            curves.append(F.Curve(name, tuple(ref), tuple(ref.values()), kind="reference", color=col))
+        return tuple(curves)
+
 
 @dataclass(frozen=True)
 class Pictures:
@@ -413,3 +467,22 @@ class Pictures:
     panels: Key
     where: Select | None = None
     last: Key | None = None
+
+    def figures(self, grid: Grid) -> list[FigureSpec]:
+        from moelab.reporting import figures as F
+
+        pictures = []
+        for (label,), cells in grid.split(grid.select(self.where), (self.panels,)).items():
+            c = _last(grid, cells, self.last)
+            run = pick_run(c.runs)
+            pic = run.routing.get("picture") or {}
+            if pic.get("kind") != self.kind or not pic.get("paths"):
+                continue
+            title = f"{self.panels}={label}"
+            title += f", {self.last}={grid.label(c, self.last)}" if self.last else ""
+            title += f", seed {run.seed}" if run.seed != 0 else ""
+            pictures.append(F.RoutingPicture(title, self.kind, tuple(pic["coords"]),
+                                             tuple(pic["paths"]),
+                                             path_names(run.routing.get("load", []))))
+        return [FigureSpec(f"{grid.experiment}-{self.name}", self.caption,
+                           partial(F.routing_figure, pictures))] if pictures else []

@@ -32,8 +32,13 @@ _NOT_CONFIG = ("seed", "labels", "experiment")
 
 
 class MissingData(LookupError):
-    """A declaration asks for a config path the stored runs do not have (e.g. a database written
-    before a key was renamed): the report skips that declaration and says so."""
+    """A declaration asks for data the stored runs do not have (a config path of a database written
+    before a key was renamed, another experiment's runs): the report skips that declaration and
+    says so (``note``: the whole note, else one naming the declaration)."""
+
+    def __init__(self, message: str, *, note: str | None = None) -> None:
+        super().__init__(message)
+        self.note = note
 
 
 _ABSENT = object()

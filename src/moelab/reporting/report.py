@@ -19,8 +19,7 @@ from moelab.experiments.registry import EXPERIMENTS
 from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
 from moelab.reporting.figures import png_bytes
 from moelab.reporting.render import build_section
-from moelab.reporting.section import Section
-from moelab.reporting.text import duration
+from moelab.reporting.text import Section, duration
 
 REPORT_NAME = "report.md"
 FIGURE_DIR = "figures"

@@ -1,14 +1,18 @@
-"""The report's words and numbers: number formats (three significant digits throughout), verdicts
-and markdown tables. Pure: no matplotlib, no registry, so experiments can declare with it."""
+"""The report's words and numbers: number formats (three significant digits throughout), verdicts,
+markdown tables and sections. Pure: no matplotlib, no registry, so experiments can declare with it."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from moelab.analysis.rates import RateFit
 from moelab.reporting.aggregate import Spread
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 HELD, PARTLY, NOT_HELD, NO_DATA = "HELD", "PARTLY", "NOT HELD", "NO DATA"
 
@@ -74,6 +78,11 @@ def duration(seconds: float) -> str:
     return f"{seconds / 3600:.3g} h"
 
 
+def slug(text: str) -> str:
+    """``text`` as a file-name part: lower case, each other character than a letter or digit a dash."""
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
 def status_of(flags: Sequence[bool]) -> str:
     """HELD if every check passed, NOT HELD if none did, PARTLY otherwise (NO DATA if none ran)."""
     if not flags:
@@ -120,3 +129,45 @@ class Table:
         align = ["---"] + ["--:"] * (len(self.header) - 1)
         body = [line(self.header), "| " + " | ".join(align) + " |"]
         return f"**{self.caption}**\n\n" + "\n".join(body + [line(r) for r in self.rows])
+
+
+@dataclass(frozen=True)
+class FigureSpec:
+    """A figure to draw: ``make()`` returns a matplotlib Figure, saved as ``figures/<name>.png``."""
+
+    name: str
+    caption: str
+    make: Callable[[], Figure] = field(compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Section:
+    """One experiment's part of the report."""
+
+    experiment: str
+    title: str
+    claim: str
+    num_runs: int
+    seeds: tuple[int, ...]
+    seconds: float
+    verdicts: tuple[Verdict, ...] = ()
+    tables: tuple[Table, ...] = ()
+    figures: tuple[FigureSpec, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    def markdown(self, figure_dir: str) -> str:
+        seeds = ", ".join(str(s) for s in self.seeds)
+        parts = [f"## {self.experiment}: {self.title}",
+                 f"*Claim:* {self.claim}",
+                 f"{self.num_runs} runs (seeds {seeds}), {duration(self.seconds)} of compute."]
+        parts += list(self.notes)
+        if self.verdicts:
+            parts.append("### Verdicts\n\n" + "\n".join(v.markdown() for v in self.verdicts))
+        if self.tables:
+            parts.append("### Tables")
+            parts += [t.markdown() for t in self.tables]
+        if self.figures:
+            parts.append("### Figures")
+            parts += [f"![{f.caption}]({figure_dir}/{f.name}.png)\n\n*{f.caption}*"
+                      for f in self.figures]
+        return "\n\n".join(parts)
