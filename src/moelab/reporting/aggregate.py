@@ -37,15 +37,12 @@ class Spread:
 
 def spread(values: Iterable[float | None]) -> Spread:
     """The median, min and max of the finite values among ``values``."""
-    finite, missing = [], 0
-    for v in values:
-        if v is None or not math.isfinite(v):
-            missing += 1
-        else:
-            finite.append(float(v))
-    if not finite:
-        return Spread(math.nan, math.nan, math.nan, 0, missing)
-    return Spread(float(np.median(finite)), min(finite), max(finite), len(finite), missing)
+    v = np.array([math.nan if x is None else x for x in values], float)
+    finite = v[np.isfinite(v)]
+    if not finite.size:
+        return Spread(math.nan, math.nan, math.nan, 0, v.size)
+    return Spread(float(np.median(finite)), float(finite.min()), float(finite.max()), finite.size,
+                  v.size - finite.size)
 
 
 def metric(run: StoredRun, name: str) -> float | None:
@@ -57,11 +54,6 @@ def metric(run: StoredRun, name: str) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
-
-
-def metric_spread(runs: Iterable[StoredRun], name: str) -> Spread:
-    """:func:`spread` of ``metric(run, name)`` over ``runs``."""
-    return spread(metric(r, name) for r in runs)
 
 
 def config_value(run: StoredRun, dotted: str, missing: Any = None) -> Any:
@@ -80,27 +72,11 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """A nested config as ``{"train.steps": 5000, ...}`` (dotted paths to leaf values)."""
     out: dict[str, Any] = {}
     for key, value in config.items():
-        path = f"{prefix}{key}"
         if isinstance(value, Mapping) and value:
-            out.update(flatten(value, path + "."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
-            out[path] = value
+            out[f"{prefix}{key}"] = value
     return out
-
-
-def natural_key(label: str) -> tuple[int, float, str]:
-    """Sort numbers numerically (``"16" < "128"``) and before words."""
-    try:
-        return (0, float(label), label)
-    except ValueError:
-        return (1, 0.0, label)
-
-
-def pick_run(runs: Sequence[StoredRun], seed: int = 0) -> StoredRun | None:
-    """The run with ``seed`` (else the lowest seed), ties broken by run id; None if no runs."""
-    if not runs:
-        return None
-    return min(runs, key=lambda r: (r.seed != seed, r.seed, r.run_id))
 
 
 def as_number(label: str) -> float | None:
@@ -111,6 +87,17 @@ def as_number(label: str) -> float | None:
         return None
 
 
+def natural_key(label: str) -> tuple[int, float, str]:
+    """Sort numbers numerically (``"16" < "128"``) and before words."""
+    number = as_number(label)
+    return (0, number, label) if number is not None else (1, 0.0, label)
+
+
+def pick_run(runs: Sequence[StoredRun], seed: int = 0) -> StoredRun:
+    """The run with ``seed`` (else the lowest seed), ties broken by run id."""
+    return min(runs, key=lambda r: (r.seed != seed, r.seed, r.run_id))
+
+
 def path_names(load: Sequence[Sequence[float]]) -> dict[int, str]:
     """Legend text for each path code of a model whose MoE layers have ``len(load[l])`` experts:
     ``"expert e"`` for one layer, ``"(e1, e2, ...)"`` for several (experts numbered from 0, the
@@ -118,7 +105,7 @@ def path_names(load: Sequence[Sequence[float]]) -> dict[int, str]:
     radices = [len(layer) for layer in load]
     if not radices or min(radices) < 1:
         return {}
-    paths = itertools.product(*(range(r) for r in radices))  # last layer varies fastest
+    paths = itertools.product(*map(range, radices))  # last layer varies fastest
     return {code: f"expert {p[0]}" if len(p) == 1 else f"({', '.join(map(str, p))})"
             for code, p in enumerate(paths)}
 
@@ -159,7 +146,7 @@ def loglog_crossing(sizes: Sequence[float], values: Sequence[float], target: flo
         return None
     if pts[0][1] <= target:
         return Crossing(pts[0][0], "<=")
-    for (s0, v0), (s1, v1) in zip(pts, pts[1:], strict=False):
+    for (s0, v0), (s1, v1) in itertools.pairwise(pts):
         if v1 <= target:
             t = (math.log(v0) - math.log(target)) / (math.log(v0) - math.log(v1))
             return Crossing(math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0))), "=")

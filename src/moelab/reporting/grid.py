@@ -20,8 +20,9 @@ from moelab.reporting.aggregate import (
     as_number,
     config_value,
     flatten,
-    metric_spread,
+    metric,
     natural_key,
+    spread,
 )
 
 #: A key into a cell: an axis name, a dotted config path, or a function of the cell.
@@ -29,6 +30,7 @@ Key = str | Callable[["Cell"], Any]
 #: A selection of cells: key -> wanted label or value, or a predicate on it.
 Select = Mapping[str, Any]
 _NOT_CONFIG = ("seed", "labels", "experiment")
+_ABSENT = object()
 
 
 class MissingData(LookupError):
@@ -39,9 +41,6 @@ class MissingData(LookupError):
     def __init__(self, message: str, *, note: str | None = None) -> None:
         super().__init__(message)
         self.note = note
-
-
-_ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -57,8 +56,8 @@ class Cell:
             raise MissingData(f"the runs of this cell have no config value {dotted!r}")
         return value
 
-    def spread(self, metric: str) -> Spread:
-        return metric_spread(self.runs, metric)
+    def spread(self, name: str) -> Spread:
+        return spread(metric(r, name) for r in self.runs)
 
     def get(self, key: Key) -> Any:
         """The cell's label (axis name), config value (dotted path) or ``key(cell)``."""
@@ -91,30 +90,29 @@ class Grid:
 
     def x(self, cell: Cell, key: Key) -> float | None:
         """The numeric position of ``cell`` along ``key`` (None if it has none)."""
-        if isinstance(key, str) and key in self.keys:
-            key = self.keys[key]
-        value = cell.get(key)
+        value = cell.get(self.keys.get(key, key) if isinstance(key, str) else key)
         if isinstance(value, bool) or value is None:
             return None
         return float(value) if isinstance(value, (int, float)) else as_number(str(value))
 
     def label(self, cell: Cell, key: Key) -> str:
-        value = cell.get(key)
-        return value if isinstance(value, str) else str(value)
+        return str(cell.get(key))
 
     def split(self, cells: Sequence[Cell], keys: Sequence[Key]) -> dict[tuple[str, ...], list[Cell]]:
         """``cells`` grouped by their labels along ``keys``, in the registry's order."""
         groups: dict[tuple[str, ...], list[Cell]] = {}
         for c in cells:
             groups.setdefault(tuple(self.label(c, k) for k in keys), []).append(c)
-        ranks = [self.order.get(k, ()) if isinstance(k, str) else () for k in keys]
+        ranks = [list(self.order.get(k, ())) if isinstance(k, str) else [] for k in keys]
         return dict(sorted(groups.items(), key=lambda item: tuple(
-            (list(r).index(v) if v in r else len(r), natural_key(v))
+            (r.index(v) if v in r else len(r), natural_key(v))
             for r, v in zip(ranks, item[0], strict=True))))
 
 
 def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> Grid:
-    """The grid of ``runs`` (all of experiment ``name``; ``exp`` its registration or None)."""
+    """The grid of ``runs`` (all of experiment ``name``; ``exp`` its registration or None). A run
+    without a label on an axis (the user overrode it for the whole sweep) is labelled by the value
+    of the axis's config key, or ``"custom"``."""
     if exp is not None:
         axes = [a.name for a in exp.axes]
         order = {a.name: [label for label, _ in a.variants] for a in exp.axes}
@@ -122,14 +120,14 @@ def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> 
     else:
         axes = sorted({k for r in runs for k in r.labels}, key=natural_key)
         order, keys = {}, {}
-    labelled = [(r, {a: _label(r, a, keys.get(a)) for a in axes}) for r in runs]
+    labelled = [(r, {a: str(r.labels[a] if a in r.labels else config_value(r, keys[a])
+                            if a in keys else "custom") for a in axes}) for r in runs]
     extras = _differing(labelled)
-    for extra in extras:
-        axes.append(extra)
-        keys[extra] = extra
-        labelled = [(r, {**lab, extra: str(config_value(r, extra))}) for r, lab in labelled]
+    axes += extras
+    keys.update(zip(extras, extras, strict=True))
     cells: dict[str, list] = {}
     for r, lab in labelled:
+        lab.update((extra, str(config_value(r, extra))) for extra in extras)
         cells.setdefault(_identity(r), [lab, []])[1].append(r)
     grid = Grid(name, tuple(axes), order, keys, (), tuple(extras))
     unsorted = [Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))))
@@ -140,14 +138,6 @@ def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> 
 def _one_key(variants) -> str | None:
     keys = {k for _, sets in variants for k in sets}
     return next(iter(keys)) if len(keys) == 1 else None
-
-
-def _label(run: StoredRun, axis: str, key: str | None) -> str:
-    """The run's label on ``axis``; an axis the user overrode for the whole sweep has none, then
-    the value of its config key (or ``"custom"``)."""
-    if axis in run.labels:
-        return str(run.labels[axis])
-    return str(config_value(run, key)) if key is not None else "custom"
 
 
 def _identity(run: StoredRun) -> str:
@@ -161,10 +151,8 @@ def _differing(labelled: Sequence[tuple[StoredRun, dict[str, str]]]) -> list[str
     for run, lab in labelled:
         configs.setdefault(tuple(sorted(lab.items())), {})[_identity(run)] = _flat_config(run.config)
     differ: set[str] = set()
-    for variants in configs.values():
-        flats = list(variants.values())
-        differ |= {k for f in flats[1:] for k in f.keys() | flats[0].keys()
-                   if f.get(k) != flats[0].get(k)}
+    for first, *others in (list(variants.values()) for variants in configs.values()):
+        differ |= {k for f in others for k in f.keys() | first.keys() if f.get(k) != first.get(k)}
     return sorted(differ)
 
 
@@ -176,11 +164,10 @@ def deviations(runs: Sequence[StoredRun], exp: Experiment) -> list[str]:
     used: dict[str, set] = {}
     allowed: dict[str, set] = {}
     for run in runs:
-        mine = _flat_config(run.config)
         peers = [flat for lab, flat in registered
                  if all(run.labels.get(a, v) == v for a, v in lab.items())] or \
             [flat for _, flat in registered]
-        for key, value in mine.items():
+        for key, value in _flat_config(run.config).items():
             options = {_text(p.get(key)) for p in peers}
             if _text(value) not in options:
                 used.setdefault(key, set()).add(_text(value))
