@@ -9,7 +9,7 @@ from importlib import import_module
 
 _EXPORTS = {
     "write_report": "moelab.reporting.report",
-    "build_section": "moelab.reporting.render",
+    "build_section": "moelab.reporting.report",
     "FigureSpec": "moelab.reporting.text",
     "Section": "moelab.reporting.text",
     "Table": "moelab.reporting.text",
