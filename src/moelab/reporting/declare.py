@@ -16,6 +16,7 @@ import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Literal
 
 from moelab.analysis import RateFit
 from moelab.reporting.aggregate import (
@@ -69,16 +70,11 @@ def where_text(keys: Sequence[Key], combo: Sequence[str]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def points(grid: Grid, cells: Sequence[Cell], x: Key, name: str) -> tuple[list, list]:
-    """(x, metric) of every run of ``cells`` that has a position along ``x``."""
-    pts = [(grid.x(c, x), metric(r, name)) for c in cells for r in c.runs]
-    pts = [(a, b) for a, b in pts if a is not None]
-    return [a for a, _ in pts], [b for _, b in pts]
-
-
 def loglog_slope(grid: Grid, cells: Sequence[Cell], x: Key, name: str) -> RateFit | None:
-    """The fitted log-log slope of metric ``name`` in ``x`` over every run of ``cells``."""
-    return fit_slope(*points(grid, cells, x, name))
+    """The fitted log-log slope of metric ``name`` in ``x`` over every run of ``cells`` that has a
+    position along ``x``."""
+    pts = [(at, metric(r, name)) for c in cells if (at := grid.x(c, x)) is not None for r in c.runs]
+    return fit_slope([a for a, _ in pts], [b for _, b in pts])
 
 
 def paper_slope(values: Mapping[float, float]) -> RateFit | None:
@@ -96,7 +92,8 @@ def _last(grid: Grid, cells: Sequence[Cell], x: Key | None) -> Cell | None:
 
 class _Check:
     """A check's verdicts: one per combination of ``per`` (and of the grid's split-off settings)
-    among the cells ``where`` selects; a subclass judges one combination's cells."""
+    among the cells ``where`` selects; a subclass judges one combination's cells in
+    ``verdict(grid, cells, check)``, ``check`` the claim with that combination."""
 
     per: tuple[Key, ...] = ()
     where: Select | None = None
@@ -104,9 +101,6 @@ class _Check:
     def evaluate(self, grid: Grid) -> list[Verdict]:
         return [self.verdict(grid, cells, self.claim + where_text(self.per + grid.extra, combo))
                 for combo, cells in groups(grid, self.where, self.per).items()]
-
-    def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
-        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -463,7 +457,7 @@ class Pictures:
 
     name: str
     caption: str
-    kind: str
+    kind: Literal["circle", "grid"]
     panels: Key
     where: Select | None = None
     last: Key | None = None
