@@ -385,11 +385,10 @@ class Related:
 @dataclass(frozen=True)
 class Curves:
     """A figure ``<experiment>-<name>.png`` of ``metric`` (median over seeds, [min, max] bars)
-    against ``x``: one curve per
-    ``series`` label, one panel per ``panels`` label, one figure per ``per`` label; ``reference``
-    curves (label -> {x: value}, e.g. the paper's) are drawn dashed, in the colour of the series
-    whose label begins theirs (else black). On log-log axes each curve's label gives its fitted
-    log-log slope."""
+    against ``x``: one curve per ``series`` label, one panel per ``panels`` label, one figure per
+    ``per`` label; ``reference`` curves (label -> {x: value}, e.g. the paper's) are drawn dashed,
+    in the colour of the series whose label begins theirs (else black). On log-log axes each
+    curve's label gives its fitted log-log slope."""
 
     name: str
     caption: str
@@ -410,11 +409,10 @@ class Curves:
         from moelab.reporting import figures as F
 
         out, per = [], (self.per,) if self.per is not None else ()
+        by_panel = (self.panels,) if self.panels else ()
         for combo, cells in groups(grid, self.where, per).items():
-            panels = [F.Panel(where_text((self.panels,), label).strip(" ()") if self.panels else "",
-                              self._curves(grid, pcells))
-                      for label, pcells in grid.split(cells, (self.panels,) if self.panels else ())
-                      .items()]
+            panels = [F.Panel(where_text(by_panel, label).strip(" ()"), self._curves(grid, pcells))
+                      for label, pcells in grid.split(cells, by_panel).items()]
             if not any(p.curves for p in panels):
                 continue
             xs = sorted({x for p in panels for c in p.curves for x in c.x})
@@ -441,8 +439,9 @@ class Curves:
                 name += f" (log-log slope {fit.slope:+.2f})"
             colors[" ".join(label)] = F.color(i)
             xs, spreads = zip(*pts, strict=True)
-            curves.append(F.Curve(name, xs, *(tuple(getattr(s, k) for s in spreads)
-                                              for k in ("median", "low", "high")), color=F.color(i)))
+            curves.append(F.Curve(name, xs, tuple(s.median for s in spreads),
+                                  tuple(s.low for s in spreads), tuple(s.high for s in spreads),
+                                  color=F.color(i)))
         for name, ref in self.reference.items():
             col = next((c for series, c in colors.items() if series and name.startswith(series)),
                        "black")
