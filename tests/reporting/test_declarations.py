@@ -12,7 +12,8 @@ from moelab.experiments.registry import EXPERIMENTS, register, unnamed
 from moelab.experiments.spec import Axis, Experiment
 from moelab.experiments.store import ResultStore
 from moelab.reporting import build_section
-from moelab.reporting.declare import Curves, Flat
+from moelab.reporting.declare import Check, Curves, Flat
+from moelab.reporting.text import Table, Verdict, status_of
 
 
 @dataclass(frozen=True)
@@ -28,10 +29,11 @@ def toy_runs(tmp_path):
     """Register experiment ``toy`` with the given checks and figures; return its stored runs."""
     before = dict(EXPERIMENTS)
 
-    def make(checks=(), figures=()):
+    def make(checks=(), tables=(), figures=()):
         register("toy")(lambda: Experiment(
             title="toy", claim="c", base=unnamed(task=TaskSpec(D=8)),
-            axes=(Axis.of("D", "task.D", (8, 16)),), seeds=1, checks=checks, figures=figures))
+            axes=(Axis.of("D", "task.D", (8, 16)),), seeds=1, checks=checks, tables=tables,
+            figures=figures))
         store = ResultStore(tmp_path)
         for run in EXPERIMENTS["toy"]().runs():
             store.add(run_id=run.run_id(), experiment="toy", labels=run.labels, seed=run.seed,
@@ -57,3 +59,35 @@ def test_a_declaration_asking_for_a_config_path_the_runs_lack_is_skipped_with_a_
 def test_a_bug_in_a_declaration_is_raised_not_turned_into_a_note(toy_runs):
     with pytest.raises(ZeroDivisionError):
         build_section("toy", toy_runs(checks=(Broken(),)))
+
+
+@dataclass(frozen=True)
+class Small(Check):
+    """A new check: the median test MSE is below ``limit``, per D."""
+
+    claim: str
+    limit: float
+    per: tuple = ("D",)
+
+    def verdict(self, grid, cells, check):
+        medians = [c.spread("test_mse").median for c in cells]
+        return Verdict(status_of([m < self.limit for m in medians]), check, f"medians {medians}")
+
+
+@dataclass(frozen=True)
+class CellCount:
+    """A new table: how many grid points there are."""
+
+    def tables(self, grid, grid_of):
+        return [Table("grid points", ("cells",), ((str(len(grid.cells)),),))]
+
+
+def test_new_kinds_of_declaration_render_without_changes_to_the_report(toy_runs):
+    runs = toy_runs(checks=(Small("small", limit=1e-2), Small("tiny", limit=1e-4)),
+                    tables=(CellCount(),))
+    section = build_section("toy", runs)
+    assert [(v.status, v.check) for v in section.verdicts] == [
+        ("HELD", "small (D 8)"), ("HELD", "small (D 16)"),
+        ("NOT HELD", "tiny (D 8)"), ("NOT HELD", "tiny (D 16)")]
+    assert [t.markdown() for t in section.tables] == [
+        "**grid points**\n\n| cells |\n| --- |\n| 2 |"]

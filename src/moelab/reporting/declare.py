@@ -90,7 +90,7 @@ def _last(grid: Grid, cells: Sequence[Cell], x: Key | None) -> Cell | None:
 
 # -- checks: each gives one verdict per combination of ``per`` -------------------------------------
 
-class _Check:
+class Check:
     """A check's verdicts: one per combination of ``per`` (and of the grid's split-off settings)
     among the cells ``where`` selects; a subclass judges one combination's cells in
     ``verdict(grid, cells, check)``, ``check`` the claim with that combination."""
@@ -104,7 +104,7 @@ class _Check:
 
 
 @dataclass(frozen=True)
-class Flat(_Check):
+class Flat(Check):
     """Flat in ``x``: max/min of the medians over ``x`` at most ``tolerance``."""
 
     claim: str
@@ -128,7 +128,7 @@ class Flat(_Check):
 
 
 @dataclass(frozen=True)
-class NearReference(_Check):
+class NearReference(Check):
     """The median is at most ``factor`` x the reference value (the paper's) at every ``x``."""
 
     claim: str
@@ -150,7 +150,7 @@ class NearReference(_Check):
 
 
 @dataclass(frozen=True)
-class Slopes(_Check):
+class Slopes(Check):
     """Each series' log-log slope in ``x`` satisfies ``op threshold`` (``"<="``, ``">"``, ... or
     ``"ci<="``: the whole 95% interval at most the threshold). A bound at or below 0 also needs the
     interval below 0; at or above 0, above 0."""
@@ -187,7 +187,7 @@ def _slope_holds(fit: RateFit, op: str, bound: float) -> bool:
 
 
 @dataclass(frozen=True)
-class Beats(_Check):
+class Beats(Check):
     """``better`` beats ``worse`` at the largest ``at`` where both have runs (or their last cell):
     for each metric, better < worse, or better <= factor x worse for a factor above 1; with
     ``higher`` a larger value is better (better > worse)."""
@@ -224,7 +224,7 @@ class Beats(_Check):
 
 
 @dataclass(frozen=True)
-class Bounds(_Check):
+class Bounds(Check):
     """At every selected cell, each ``(metric, op, other)`` holds for the medians over seeds;
     ``other`` is a number or another metric (compared with a relative slack of 1e-6)."""
 
@@ -251,7 +251,7 @@ def _limit(c: Cell, op: str, other: str | float) -> float:
 
 
 @dataclass(frozen=True)
-class CostToMatch(_Check):
+class CostToMatch(Check):
     """How many times the ``cost`` (e.g. activated parameters) of each ``cheap`` model a ``dear``
     model needs for the same median ``metric`` (log-log interpolation along the dear models'
     curve); held when at least ``fraction`` x the value at ``expected`` (e.g. E) of the cheap one.
