@@ -32,7 +32,12 @@ Scorer = Literal["linear", "mlp"]
 #:    (Switch Transformer). With K = 1 the router is trained through the weight p_i(x).
 #:  - ``"sigmoid"``: sigmoid scores normalised over the selected experts (DeepSeek-V3).
 #:  - ``"unweighted"``: weight 1 for every selected expert (the outputs are summed).
-Weighting = Literal["paper", "switch", "sigmoid", "unweighted"]
+#:  - ``"softmax_renorm"``: the full softmax probabilities of the selected experts divided by their
+#:    sum (Mixtral; Qwen2/3-MoE and OLMoE with ``norm_topk_prob=True``). The same function as
+#:    ``"paper"``, computed the way those models compute it.
+#:  - ``"sigmoid_raw"``: the sigmoid scores of the selected experts, not normalised (DeepSeek-V3
+#:    with ``norm_topk_prob=False``).
+Weighting = Literal["paper", "switch", "sigmoid", "unweighted", "softmax_renorm", "sigmoid_raw"]
 RoutingKind = Literal["token_choice", "expert_choice"]
 Noise = Literal["none", "jitter", "noisy_topk"]
 #: Which assignments an over-full expert keeps. ``"position"`` (default; Switch, GShard): all first
@@ -48,6 +53,12 @@ def choices(kind: Any) -> tuple[str, ...]:
     return typing.get_args(kind)
 
 
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return value
+
+
 @dataclass(frozen=True, kw_only=True)
 class RouterConfig:
     """How a :class:`~moelab.layers.routers.Router` scores, selects and weights the experts.
@@ -59,7 +70,23 @@ class RouterConfig:
     U(1 - jitter_eps, 1 + jitter_eps), ``"noisy_topk"`` adds N(0, softplus(W_noise x)^2) to the
     logits; ``capacity_factor`` None for dropless token choice, else C = ceil(factor * T * K / E)
     assignments per expert, kept by ``capacity_priority``; ``balance_bias`` keeps DeepSeek-V3's
-    per-expert selection bias.
+    per-expert selection bias (its ``e_score_correction_bias``, buffer ``expert_bias``): added to
+    the scores for selection only, never to the combine weights.
+
+    The options of published models:
+
+    * ``norm_eps`` is added to the denominator where the weights are renormalised
+      (``"softmax_renorm"``, ``"sigmoid"``; DeepSeek-V3 1e-20); the other weightings ignore it.
+    * ``scaling`` multiplies the combine weights after any normalisation (DeepSeek-V3's
+      ``routed_scaling_factor``, 2.5).
+    * ``groups`` > 1 is group-limited top-k (DeepSeek-V3 ``n_group``, ``topk_group``): the E
+      experts form ``groups`` equal contiguous groups; a group's score is the sum of its two best
+      selection scores (scores + selection bias); only the experts of the ``top_groups`` best
+      groups (None: all) can be selected. Token choice only.
+    * ``float32`` computes the router (scorer, scores, selection, weights) in float32 whatever
+      the model's dtype, with the scorer's parameters cast at use and the selection bias kept in
+      float32; the combine weights are cast back to the model's dtype. ``Routing.logits`` and
+      ``probs`` stay float32.
     """
 
     top_k: int = 1
@@ -74,6 +101,11 @@ class RouterConfig:
     capacity_factor: float | None = None
     capacity_priority: CapacityPriority = "position"
     balance_bias: bool = False
+    norm_eps: float = 0.0
+    scaling: float = 1.0
+    groups: int = 1
+    top_groups: int | None = None
+    float32: bool = False
 
     def __post_init__(self) -> None:
         positive_int("router.top_k", self.top_k)
@@ -87,6 +119,34 @@ class RouterConfig:
         if self.capacity_factor is not None:
             positive_float("router.capacity_factor", self.capacity_factor)
         one_of("router.capacity_priority", self.capacity_priority, choices(CapacityPriority))
+        positive_float("router.norm_eps", self.norm_eps, allow_zero=True)
+        positive_float("router.scaling", self.scaling)
+        positive_int("router.groups", self.groups)
+        if self.top_groups is not None:
+            positive_int("router.top_groups", self.top_groups)
+            if self.top_groups > self.groups:
+                raise ValueError(f"router.top_groups={self.top_groups} must be <= "
+                                 f"router.groups={self.groups}")
+        if self.groups > 1 and self.routing != "token_choice":
+            raise ValueError(f"router.groups={self.groups} (group-limited top-k) needs "
+                             f"router.routing='token_choice', got {self.routing!r}")
+        _flag("router.float32", self.float32)
+
+    def check_experts(self, num_experts: int) -> None:
+        """Check that this router fits E = ``num_experts`` experts: top_k <= E, E divisible by
+        ``groups``, and top_k <= top_groups * E / groups (the experts the kept groups hold)."""
+        if self.top_k > num_experts:
+            raise ValueError(f"top_k={self.top_k} must be <= num_experts={num_experts}")
+        if num_experts % self.groups:
+            raise ValueError(f"router.groups={self.groups} must divide num_experts={num_experts} "
+                             "(the experts form equal contiguous groups)")
+        if self.top_groups is not None:
+            reachable = self.top_groups * (num_experts // self.groups)
+            if self.top_k > reachable:
+                raise ValueError(
+                    f"router.top_k={self.top_k} must be <= router.top_groups * num_experts / "
+                    f"router.groups = {self.top_groups} * {num_experts // self.groups} = "
+                    f"{reachable}, the experts of the kept groups")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,8 +221,7 @@ class MoEConfig:
             raise TypeError(f"router must be a RouterConfig, got {type(self.router).__name__}")
         if not isinstance(self.experts, ExpertConfig):
             raise TypeError(f"experts must be an ExpertConfig, got {type(self.experts).__name__}")
-        if self.router.top_k > self.num_experts:
-            raise ValueError(f"top_k={self.router.top_k} must be <= num_experts={self.num_experts}")
+        self.router.check_experts(self.num_experts)
         if isinstance(self.shared_experts, bool) or not isinstance(self.shared_experts, int) or (
                 self.shared_experts < 0):
             raise ValueError(f"shared_experts must be an int >= 0, got {self.shared_experts!r}")
