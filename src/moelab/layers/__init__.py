@@ -33,6 +33,7 @@ from moelab.layers.experts import (
     Experts,
     LowDimExperts,
     build_experts,
+    gated_unit,
     grouped_linear,
 )
 from moelab.layers.mlp import MLP, DenseMLP
@@ -83,6 +84,7 @@ __all__ = [
     "build_experts",
     "collect_aux_losses",
     "dispatch_and_combine",
+    "gated_unit",
     "get_activation",
     "grouped_linear",
     "record_routing",

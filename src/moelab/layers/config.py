@@ -45,6 +45,11 @@ Noise = Literal["none", "jitter", "noisy_topk"]
 #: routing, Riquelme et al. 2021): higher combine weight first.
 CapacityPriority = Literal["position", "score"]
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+#: The gated unit of gated experts, from the gate's and the value's pre-activations g and v:
+#: ``"swiglu"`` act(g) * v (Mixtral, Qwen, OLMoE, DeepSeek-V3 with ``activation="silu"``);
+#: ``"clamped"`` (GPT-OSS) g' = min(g, limit), v' = clip(v, -limit, limit),
+#: (v' + 1) * g' * sigmoid(alpha * g').
+GatedForm = Literal["swiglu", "clamped"]
 DispatchMode = Literal["auto", "grouped", "dense", "reference"]
 
 
@@ -152,9 +157,11 @@ class RouterConfig:
 @dataclass(frozen=True, kw_only=True)
 class ExpertConfig:
     """The shape of one expert: ``depth`` affine maps (the paper's l) of ``hidden`` width (the
-    paper's m) with ``activation``; ``gated`` for the SwiGLU shape (depth 2); ``bias`` for biases;
-    ``latent_dim`` d makes low-dimensional experts f_low o Enc (suggestion 3), with a decoder and a
-    reconstruction loss if ``latent_decoder``."""
+    paper's m) with ``activation``; ``gated`` for the gated shape (depth 2): down(unit(gate x,
+    value x)), whose unit is ``gated_form`` (see :data:`GatedForm`; ``"clamped"`` is GPT-OSS's,
+    with ``clamp_limit`` and ``glu_alpha``, and ignores ``activation``); ``bias`` for biases (on
+    every map, gated or not: GPT-OSS); ``latent_dim`` d makes low-dimensional experts f_low o Enc
+    (suggestion 3), with a decoder and a reconstruction loss if ``latent_decoder``."""
 
     hidden: int = 16
     depth: int = 2
@@ -163,6 +170,9 @@ class ExpertConfig:
     bias: bool = True
     latent_dim: int | None = None
     latent_decoder: bool = False
+    gated_form: GatedForm = "swiglu"
+    clamp_limit: float = 7.0
+    glu_alpha: float = 1.702
 
     def __post_init__(self) -> None:
         positive_int("experts.hidden", self.hidden)
@@ -176,6 +186,12 @@ class ExpertConfig:
                 raise ValueError("gated=True cannot be combined with latent_dim (low-dim experts)")
         elif self.latent_decoder:
             raise ValueError("latent_decoder=True needs latent_dim (low-dimensional experts)")
+        one_of("experts.gated_form", self.gated_form, choices(GatedForm))
+        positive_float("experts.clamp_limit", self.clamp_limit)
+        positive_float("experts.glu_alpha", self.glu_alpha)
+        if self.gated_form != "swiglu" and not self.gated:
+            raise ValueError(f"experts.gated_form={self.gated_form!r} shapes the gated unit and "
+                             "needs experts.gated=True")
 
 
 @dataclass(frozen=True, kw_only=True, init=False)
