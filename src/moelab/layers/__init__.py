@@ -36,7 +36,7 @@ from moelab.layers.experts import (
     gated_unit,
     grouped_linear,
 )
-from moelab.layers.mlp import MLP, DenseMLP
+from moelab.layers.mlp import MLP, DenseMLP, GatedMLP
 from moelab.layers.moe import MoELayer, aux_losses, collect_aux_losses
 from moelab.layers.outputs import ModelOutput, MoEOutput, Routing
 from moelab.layers.recording import RoutingRecord, record_routing
@@ -69,6 +69,7 @@ __all__ = [
     "ExpertConfig",
     "ExpertResult",
     "Experts",
+    "GatedMLP",
     "LocalDispatcher",
     "LowDimExperts",
     "MLP",

@@ -199,8 +199,13 @@ class MoEConfig:
     """Everything that shapes one MoE layer except its input and output widths.
 
     ``num_experts`` E; ``router`` and ``experts`` (see :class:`RouterConfig`,
-    :class:`ExpertConfig`); ``shared_experts`` > 0 adds a dense network of hidden width
-    ``shared_experts * experts.hidden`` applied to every token; ``dispatch`` is ``"auto"``,
+    :class:`ExpertConfig`); ``shared_experts`` > 0 adds a shared expert, a dense network applied
+    to every token, of hidden width ``shared_hidden`` (None: ``shared_experts * experts.hidden``):
+    by default an :class:`~moelab.layers.mlp.MLP` of the experts' depth, activation and bias;
+    with ``shared_gated`` a gated unit of the experts' ``gated_form`` (Qwen2-MoE's and
+    DeepSeek-V3's SwiGLU shared experts: :class:`~moelab.layers.mlp.GatedMLP`);
+    ``shared_gate`` scales it per token by sigmoid(w_g . x) (Qwen2-MoE's
+    ``shared_expert_gate``, the layer's ``shared_gate``); ``dispatch`` is ``"auto"``,
     ``"grouped"``, ``"dense"`` or ``"reference"`` (see :mod:`moelab.layers.dispatch`);
     ``check_finite`` rejects NaN/Inf inputs at the model's entry (one device sync per forward
     pass of the model, none inside the layers; False skips it).
@@ -214,6 +219,9 @@ class MoEConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     shared_experts: int = 0
+    shared_hidden: int | None = None
+    shared_gated: bool = False
+    shared_gate: bool = False
     dispatch: DispatchMode = "auto"
     check_finite: bool = True
 
@@ -241,7 +249,22 @@ class MoEConfig:
         if isinstance(self.shared_experts, bool) or not isinstance(self.shared_experts, int) or (
                 self.shared_experts < 0):
             raise ValueError(f"shared_experts must be an int >= 0, got {self.shared_experts!r}")
+        if self.shared_hidden is not None:
+            positive_int("shared_hidden", self.shared_hidden)
+        for name in ("shared_gated", "shared_gate"):
+            _flag(name, getattr(self, name))
+        for name in ("shared_hidden", "shared_gated", "shared_gate"):
+            if getattr(self, name) not in (None, False) and not self.shared_experts:
+                raise ValueError(f"{name}={getattr(self, name)!r} shapes the shared expert and "
+                                 "needs shared_experts >= 1, got shared_experts=0")
         one_of("dispatch", self.dispatch, choices(DispatchMode))
+
+    @property
+    def shared_width(self) -> int:
+        """The shared expert's hidden width (0 without a shared expert)."""
+        if not self.shared_experts:
+            return 0
+        return self.shared_hidden or self.shared_experts * self.experts.hidden
 
     def replace(self, **changes: Any) -> MoEConfig:
         """A copy with some fields changed (``dataclasses.replace``; flat names are nested)."""
