@@ -88,10 +88,11 @@ class RouterConfig:
       experts form ``groups`` equal contiguous groups; a group's score is the sum of its two best
       selection scores (scores + selection bias); only the experts of the ``top_groups`` best
       groups (None: all) can be selected. Token choice only.
-    * ``float32`` computes the router (scorer, scores, selection, weights) in float32 whatever
-      the model's dtype, with the scorer's parameters cast at use and the selection bias kept in
-      float32; the combine weights are cast back to the model's dtype. ``Routing.logits`` and
-      ``probs`` stay float32.
+    * ``float32`` computes the router (scorer, scores, selection, weights) in float32 (or the
+      model's dtype where that is wider), with the scorer's parameters cast at use and the
+      selection bias kept in float32; the combine weights are cast back to the model's dtype.
+      ``Routing.logits`` and ``probs`` stay float32. DeepSeek-V3's router does the same; Mixtral,
+      Qwen and OLMoE compute only the softmax in float32, after a matmul in the model's dtype.
     """
 
     top_k: int = 1
