@@ -83,7 +83,7 @@ def hf_router(block):
     return block.router if type(block).__name__ == "GptOssMLP" else block.gate
 
 
-def family_of(block):
+def layout_of_block(block):
     return next(f for f in LAYOUTS.values() if f.block == type(block).__name__)
 
 
@@ -106,7 +106,7 @@ def compare(block, layer, x, *, train, dispatch="auto"):
     torch.testing.assert_close(x_ml.grad, x_hf.grad, rtol=0, atol=ATOL)
     grads = {n: p.grad for n, p in layer.named_parameters()}
     grads.update({n: b for n, b in layer.named_buffers()})
-    mapped = state_to_hf(family_of(block), grads)
+    mapped = state_to_hf(layout_of_block(block), grads)
     for name, p in block.named_parameters():
         assert p.grad is not None, name
         torch.testing.assert_close(mapped[name], p.grad, rtol=0, atol=ATOL, msg=name)
