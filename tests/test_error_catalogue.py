@@ -26,7 +26,14 @@ from moelab.experiments.config import RunConfig, apply_overrides, parse_override
 from moelab.experiments.registry import get_experiment
 from moelab.experiments.store import ResultStore, StoreError
 from moelab.interop.hf_models import check_moe_config, load_model, random_model, token_ids
-from moelab.layers import DeepMoE, ExpertConfig, MoEConfig, MoELayer, collect_aux_losses
+from moelab.layers import (
+    DeepMoE,
+    ExpertConfig,
+    MoEConfig,
+    MoELayer,
+    RouterConfig,
+    collect_aux_losses,
+)
 from moelab.tasks import make_manifold_task, make_piecewise_task
 from moelab.training import TrainConfig, train
 
@@ -154,6 +161,15 @@ CASES = [
          r"router='attention' is unknown; expected one of \['linear', 'mlp'\]"),
     Case("config-weighting", lambda d: MoEConfig(weighting="softmax"), ValueError,
          r"weighting='softmax' is unknown; expected one of"),
+    Case("config-groups", lambda d: MoEConfig(num_experts=6, router=RouterConfig(groups=4)),
+         ValueError, r"router.groups=4 must divide num_experts=6"),
+    Case("config-top-groups", lambda d: MoEConfig(
+        num_experts=8, router=RouterConfig(top_k=3, groups=4, top_groups=1)), ValueError,
+         r"router.top_k=3 must be <= router.top_groups \* num_experts / router.groups"),
+    Case("config-clamped-ungated", lambda d: ExpertConfig(gated_form="clamped"), ValueError,
+         r"experts.gated_form='clamped' shapes the gated unit and needs experts.gated=True"),
+    Case("config-shared-gate", lambda d: MoEConfig(shared_gate=True), ValueError,
+         r"shared_gate=True shapes the shared expert and needs shared_experts >= 1"),
     Case("config-activation", lambda d: MoEConfig(activation="swish"), ValueError,
          r"activation='swish' is unknown; expected one of"),
     Case("stack-widths", lambda d: DeepMoE([3, 0, 1]), ValueError,

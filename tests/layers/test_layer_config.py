@@ -36,10 +36,16 @@ def test_the_flat_spelling_warns_names_the_nested_one_and_builds_the_same_config
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
 
 
+# Fields added after moelab 0.1: they have no flat spelling.
+NESTED_ONLY = {("router", "norm_eps"), ("router", "scaling"), ("router", "groups"),
+               ("router", "top_groups"), ("router", "float32"), ("experts", "gated_form"),
+               ("experts", "clamp_limit"), ("experts", "glu_alpha")}
+
+
 def test_every_flat_name_has_a_nested_home():
     nested = {("router", f.name) for f in dataclasses.fields(RouterConfig)}
     nested |= {("experts", f.name) for f in dataclasses.fields(ExpertConfig)}
-    assert set(LEGACY_NAMES.values()) == nested
+    assert set(LEGACY_NAMES.values()) == nested - NESTED_ONLY
 
 
 @pytest.mark.parametrize(

@@ -170,6 +170,12 @@ def _check_router(router: Router, where: str) -> None:
     noisy = router.noise == "noisy_topk" or (router.noise == "jitter" and router.jitter_eps > 0)
     if router.training and noisy:
         raise ValueError(f"{where} adds routing noise={router.noise!r} in training mode; call model.eval()")
+    config = router.config
+    if (config.top_groups or config.groups) < config.groups:
+        raise ValueError(f"{where} has group-limited top-k (groups={config.groups}, top_groups="
+                         f"{config.top_groups}), which count_pieces does not trace")
+    if config.scaling != 1.0:
+        raise ValueError(f"{where} has scaling={config.scaling}, which count_pieces does not trace")
 
 
 def _line_crossings(u_nE: Tensor, v_nE: Tensor) -> Tensor:
@@ -227,11 +233,12 @@ def _route(router: Router, tr: Track, x: slice, where: str) -> None:
     if uniform:
         cuts = _line_crossings(u, v)
     else:
-        cuts = _biased_crossings(tr, u, v, bias, router.weighting == "sigmoid")
+        cuts = _biased_crossings(tr, u, v, bias, router.weighting in ("sigmoid", "sigmoid_raw"))
     parent = tr.split(cuts)
     # The router's own selection: topk over probs (+ bias), or sigmoid scores (+ bias).
     logits_nE = tr.at_mid(logits)
-    scores = logits_nE.sigmoid() if router.weighting == "sigmoid" else logits_nE.softmax(-1)
+    sigmoid = router.weighting in ("sigmoid", "sigmoid_raw")
+    scores = logits_nE.sigmoid() if sigmoid else logits_nE.softmax(-1)
     if bias is not None:
         scores = scores + bias
     ids_nK = scores.topk(router.top_k, dim=-1, sorted=True).indices.sort(-1).values
@@ -242,6 +249,9 @@ def _route(router: Router, tr: Track, x: slice, where: str) -> None:
 def _moe(layer: MoELayer, tr: Track, x: slice, where: str, routing_only: bool) -> slice:
     router = layer.router
     _check_router(router, _join(where, "router"))
+    if layer.config.shared_gated or layer.config.shared_gate:
+        raise ValueError(f"{_join(where, 'shared')} is a gated shared expert (shared_gated or "
+                         "shared_gate), which is not piecewise affine")
     weights_vary = not _constant_weights(router)
     if weights_vary and not routing_only:
         raise ValueError(

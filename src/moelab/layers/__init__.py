@@ -33,9 +33,10 @@ from moelab.layers.experts import (
     Experts,
     LowDimExperts,
     build_experts,
+    gated_unit,
     grouped_linear,
 )
-from moelab.layers.mlp import MLP, DenseMLP
+from moelab.layers.mlp import MLP, DenseMLP, GatedMLP
 from moelab.layers.moe import MoELayer, aux_losses, collect_aux_losses
 from moelab.layers.outputs import ModelOutput, MoEOutput, Routing
 from moelab.layers.recording import RoutingRecord, record_routing
@@ -68,6 +69,7 @@ __all__ = [
     "ExpertConfig",
     "ExpertResult",
     "Experts",
+    "GatedMLP",
     "LocalDispatcher",
     "LowDimExperts",
     "MLP",
@@ -83,6 +85,7 @@ __all__ = [
     "build_experts",
     "collect_aux_losses",
     "dispatch_and_combine",
+    "gated_unit",
     "get_activation",
     "grouped_linear",
     "record_routing",

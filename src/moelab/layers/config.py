@@ -32,7 +32,12 @@ Scorer = Literal["linear", "mlp"]
 #:    (Switch Transformer). With K = 1 the router is trained through the weight p_i(x).
 #:  - ``"sigmoid"``: sigmoid scores normalised over the selected experts (DeepSeek-V3).
 #:  - ``"unweighted"``: weight 1 for every selected expert (the outputs are summed).
-Weighting = Literal["paper", "switch", "sigmoid", "unweighted"]
+#:  - ``"softmax_renorm"``: the full softmax probabilities of the selected experts divided by their
+#:    sum (Mixtral; Qwen2/3-MoE and OLMoE with ``norm_topk_prob=True``). The same function as
+#:    ``"paper"``, computed the way those models compute it.
+#:  - ``"sigmoid_raw"``: the sigmoid scores of the selected experts, not normalised (DeepSeek-V3
+#:    with ``norm_topk_prob=False``).
+Weighting = Literal["paper", "switch", "sigmoid", "unweighted", "softmax_renorm", "sigmoid_raw"]
 RoutingKind = Literal["token_choice", "expert_choice"]
 Noise = Literal["none", "jitter", "noisy_topk"]
 #: Which assignments an over-full expert keeps. ``"position"`` (default; Switch, GShard): all first
@@ -40,12 +45,23 @@ Noise = Literal["none", "jitter", "noisy_topk"]
 #: routing, Riquelme et al. 2021): higher combine weight first.
 CapacityPriority = Literal["position", "score"]
 Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+#: The gated unit of gated experts, from the gate's and the value's pre-activations g and v:
+#: ``"swiglu"`` act(g) * v (Mixtral, Qwen, OLMoE, DeepSeek-V3 with ``activation="silu"``);
+#: ``"clamped"`` (GPT-OSS) g' = min(g, limit), v' = clip(v, -limit, limit),
+#: (v' + 1) * g' * sigmoid(alpha * g').
+GatedForm = Literal["swiglu", "clamped"]
 DispatchMode = Literal["auto", "grouped", "dense", "reference"]
 
 
 def choices(kind: Any) -> tuple[str, ...]:
     """The values of a ``Literal`` choice type."""
     return typing.get_args(kind)
+
+
+def _flag(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {value!r} ({type(value).__name__})")
+    return value
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,7 +75,24 @@ class RouterConfig:
     U(1 - jitter_eps, 1 + jitter_eps), ``"noisy_topk"`` adds N(0, softplus(W_noise x)^2) to the
     logits; ``capacity_factor`` None for dropless token choice, else C = ceil(factor * T * K / E)
     assignments per expert, kept by ``capacity_priority``; ``balance_bias`` keeps DeepSeek-V3's
-    per-expert selection bias.
+    per-expert selection bias (its ``e_score_correction_bias``, buffer ``expert_bias``): added to
+    the scores for selection only, never to the combine weights.
+
+    The options of published models:
+
+    * ``norm_eps`` is added to the denominator where the weights are renormalised
+      (``"softmax_renorm"``, ``"sigmoid"``; DeepSeek-V3 1e-20); the other weightings ignore it.
+    * ``scaling`` multiplies the combine weights after any normalisation (DeepSeek-V3's
+      ``routed_scaling_factor``, 2.5).
+    * ``groups`` > 1 is group-limited top-k (DeepSeek-V3 ``n_group``, ``topk_group``): the E
+      experts form ``groups`` equal contiguous groups; a group's score is the sum of its two best
+      selection scores (scores + selection bias); only the experts of the ``top_groups`` best
+      groups (None: all) can be selected. Token choice only.
+    * ``float32`` computes the router (scorer, scores, selection, weights) in float32 (or the
+      model's dtype where that is wider), with the scorer's parameters cast at use and the
+      selection bias kept in float32; the combine weights are cast back to the model's dtype.
+      ``Routing.logits`` and ``probs`` stay float32. DeepSeek-V3's router does the same; Mixtral,
+      Qwen and OLMoE compute only the softmax in float32, after a matmul in the model's dtype.
     """
 
     top_k: int = 1
@@ -74,6 +107,11 @@ class RouterConfig:
     capacity_factor: float | None = None
     capacity_priority: CapacityPriority = "position"
     balance_bias: bool = False
+    norm_eps: float = 0.0
+    scaling: float = 1.0
+    groups: int = 1
+    top_groups: int | None = None
+    float32: bool = False
 
     def __post_init__(self) -> None:
         positive_int("router.top_k", self.top_k)
@@ -87,14 +125,44 @@ class RouterConfig:
         if self.capacity_factor is not None:
             positive_float("router.capacity_factor", self.capacity_factor)
         one_of("router.capacity_priority", self.capacity_priority, choices(CapacityPriority))
+        positive_float("router.norm_eps", self.norm_eps, allow_zero=True)
+        positive_float("router.scaling", self.scaling)
+        positive_int("router.groups", self.groups)
+        if self.top_groups is not None:
+            positive_int("router.top_groups", self.top_groups)
+            if self.top_groups > self.groups:
+                raise ValueError(f"router.top_groups={self.top_groups} must be <= "
+                                 f"router.groups={self.groups}")
+        if self.groups > 1 and self.routing != "token_choice":
+            raise ValueError(f"router.groups={self.groups} (group-limited top-k) needs "
+                             f"router.routing='token_choice', got {self.routing!r}")
+        _flag("router.float32", self.float32)
+
+    def check_experts(self, num_experts: int) -> None:
+        """Check that this router fits E = ``num_experts`` experts: top_k <= E, E divisible by
+        ``groups``, and top_k <= top_groups * E / groups (the experts the kept groups hold)."""
+        if self.top_k > num_experts:
+            raise ValueError(f"top_k={self.top_k} must be <= num_experts={num_experts}")
+        if num_experts % self.groups:
+            raise ValueError(f"router.groups={self.groups} must divide num_experts={num_experts} "
+                             "(the experts form equal contiguous groups)")
+        if self.top_groups is not None:
+            reachable = self.top_groups * (num_experts // self.groups)
+            if self.top_k > reachable:
+                raise ValueError(
+                    f"router.top_k={self.top_k} must be <= router.top_groups * num_experts / "
+                    f"router.groups = {self.top_groups} * {num_experts // self.groups} = "
+                    f"{reachable}, the experts of the kept groups")
 
 
 @dataclass(frozen=True, kw_only=True)
 class ExpertConfig:
     """The shape of one expert: ``depth`` affine maps (the paper's l) of ``hidden`` width (the
-    paper's m) with ``activation``; ``gated`` for the SwiGLU shape (depth 2); ``bias`` for biases;
-    ``latent_dim`` d makes low-dimensional experts f_low o Enc (suggestion 3), with a decoder and a
-    reconstruction loss if ``latent_decoder``."""
+    paper's m) with ``activation``; ``gated`` for the gated shape (depth 2): down(unit(gate x,
+    value x)), whose unit is ``gated_form`` (see :data:`GatedForm`; ``"clamped"`` is GPT-OSS's,
+    with ``clamp_limit`` and ``glu_alpha``, and ignores ``activation``); ``bias`` for biases (on
+    every map, gated or not: GPT-OSS); ``latent_dim`` d makes low-dimensional experts f_low o Enc
+    (suggestion 3), with a decoder and a reconstruction loss if ``latent_decoder``."""
 
     hidden: int = 16
     depth: int = 2
@@ -103,6 +171,9 @@ class ExpertConfig:
     bias: bool = True
     latent_dim: int | None = None
     latent_decoder: bool = False
+    gated_form: GatedForm = "swiglu"
+    clamp_limit: float = 7.0
+    glu_alpha: float = 1.702
 
     def __post_init__(self) -> None:
         positive_int("experts.hidden", self.hidden)
@@ -116,6 +187,12 @@ class ExpertConfig:
                 raise ValueError("gated=True cannot be combined with latent_dim (low-dim experts)")
         elif self.latent_decoder:
             raise ValueError("latent_decoder=True needs latent_dim (low-dimensional experts)")
+        one_of("experts.gated_form", self.gated_form, choices(GatedForm))
+        positive_float("experts.clamp_limit", self.clamp_limit)
+        positive_float("experts.glu_alpha", self.glu_alpha)
+        if self.gated_form != "swiglu" and not self.gated:
+            raise ValueError(f"experts.gated_form={self.gated_form!r} shapes the gated unit and "
+                             "needs experts.gated=True")
 
 
 @dataclass(frozen=True, kw_only=True, init=False)
@@ -123,8 +200,13 @@ class MoEConfig:
     """Everything that shapes one MoE layer except its input and output widths.
 
     ``num_experts`` E; ``router`` and ``experts`` (see :class:`RouterConfig`,
-    :class:`ExpertConfig`); ``shared_experts`` > 0 adds a dense network of hidden width
-    ``shared_experts * experts.hidden`` applied to every token; ``dispatch`` is ``"auto"``,
+    :class:`ExpertConfig`); ``shared_experts`` > 0 adds a shared expert, a dense network applied
+    to every token, of hidden width ``shared_hidden`` (None: ``shared_experts * experts.hidden``):
+    by default an :class:`~moelab.layers.mlp.MLP` of the experts' depth, activation and bias;
+    with ``shared_gated`` a gated unit of the experts' ``gated_form`` (Qwen2-MoE's and
+    DeepSeek-V3's SwiGLU shared experts: :class:`~moelab.layers.mlp.GatedMLP`);
+    ``shared_gate`` scales it per token by sigmoid(w_g . x) (Qwen2-MoE's
+    ``shared_expert_gate``, the layer's ``shared_gate``); ``dispatch`` is ``"auto"``,
     ``"grouped"``, ``"dense"`` or ``"reference"`` (see :mod:`moelab.layers.dispatch`);
     ``check_finite`` rejects NaN/Inf inputs at the model's entry (one device sync per forward
     pass of the model, none inside the layers; False skips it).
@@ -138,6 +220,9 @@ class MoEConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     shared_experts: int = 0
+    shared_hidden: int | None = None
+    shared_gated: bool = False
+    shared_gate: bool = False
     dispatch: DispatchMode = "auto"
     check_finite: bool = True
 
@@ -161,12 +246,26 @@ class MoEConfig:
             raise TypeError(f"router must be a RouterConfig, got {type(self.router).__name__}")
         if not isinstance(self.experts, ExpertConfig):
             raise TypeError(f"experts must be an ExpertConfig, got {type(self.experts).__name__}")
-        if self.router.top_k > self.num_experts:
-            raise ValueError(f"top_k={self.router.top_k} must be <= num_experts={self.num_experts}")
+        self.router.check_experts(self.num_experts)
         if isinstance(self.shared_experts, bool) or not isinstance(self.shared_experts, int) or (
                 self.shared_experts < 0):
             raise ValueError(f"shared_experts must be an int >= 0, got {self.shared_experts!r}")
+        if self.shared_hidden is not None:
+            positive_int("shared_hidden", self.shared_hidden)
+        for name in ("shared_gated", "shared_gate"):
+            _flag(name, getattr(self, name))
+        for name in ("shared_hidden", "shared_gated", "shared_gate"):
+            if getattr(self, name) not in (None, False) and not self.shared_experts:
+                raise ValueError(f"{name}={getattr(self, name)!r} shapes the shared expert and "
+                                 "needs shared_experts >= 1, got shared_experts=0")
         one_of("dispatch", self.dispatch, choices(DispatchMode))
+
+    @property
+    def shared_width(self) -> int:
+        """The shared expert's hidden width (0 without a shared expert)."""
+        if not self.shared_experts:
+            return 0
+        return self.shared_hidden or self.shared_experts * self.experts.hidden
 
     def replace(self, **changes: Any) -> MoEConfig:
         """A copy with some fields changed (``dataclasses.replace``; flat names are nested)."""

@@ -111,6 +111,19 @@ def batched_linear(h: Tensor, w_EIO: Tensor, b_EO: Tensor | None) -> Tensor:
     return torch.bmm(h, w_EIO) if b_EO is None else torch.baddbmm(b_EO[:, None, :], h, w_EIO)
 
 
+def gated_unit(gate: Tensor, value: Tensor, config: ExpertConfig) -> Tensor:
+    """The gated unit of ``config.gated_form`` on the gate's and the value's pre-activations
+    (same shape): ``"swiglu"`` act(gate) * value; ``"clamped"`` (GPT-OSS, limit L =
+    ``clamp_limit``, alpha = ``glu_alpha``) (clip(value, -L, L) + 1) * g * sigmoid(alpha * g) with
+    g = min(gate, L)."""
+    if config.gated_form == "swiglu":
+        return get_activation(config.activation)(gate) * value
+    limit = config.clamp_limit
+    gate = gate.clamp(max=limit)
+    value = value.clamp(min=-limit, max=limit)
+    return (value + 1) * (gate * torch.sigmoid(gate * config.glu_alpha))
+
+
 def _uniform(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
     # nn.Linear's default init, per expert: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
     bound = 1.0 / math.sqrt(fan_in)
@@ -125,11 +138,12 @@ class Experts(nn.Module):
     ``weight1`` ... ``weight{l}`` of shape (E, d_{k-1}, d_k) and ``bias1`` ... ``bias{l}`` of shape
     (E, d_k) (no biases with ``bias=False``); expert e computes ``h @ weight{k}[e] + bias{k}[e]``.
 
-    ``gated=True`` gives the SwiGLU-shaped expert of Mixtral, down(act(gate x) * (value x)):
-    ``weight_gate`` (E, I, H), ``weight_down`` (E, H, O), ``weight_value`` (E, I, H) and the biases
-    ``bias_gate`` (E, H), ``bias_down`` (E, O), ``bias_value`` (E, H) (use ``activation="silu"``
-    for Mixtral's shape). State dicts with the names of moelab 0.1 (``weights.0`` ...,
-    ``biases.0`` ...; the gated value branch at index 2) still load.
+    ``gated=True`` gives the gated expert down(unit(gate x, value x)) (:func:`gated_unit`: SwiGLU
+    act(g) * v for Mixtral, Qwen, OLMoE and DeepSeek-V3 with ``activation="silu"``, or GPT-OSS's
+    clamped form): ``weight_gate`` (E, I, H), ``weight_down`` (E, H, O), ``weight_value`` (E, I, H)
+    and the biases ``bias_gate`` (E, H), ``bias_down`` (E, O), ``bias_value`` (E, H). State dicts
+    with the names of moelab 0.1 (``weights.0`` ..., ``biases.0`` ...; the gated value branch at
+    index 2) still load.
     """
 
     def __init__(self, num_experts: int, d_in: int, d_out: int, config: ExpertConfig) -> None:
@@ -174,7 +188,7 @@ class Experts(nn.Module):
         maps = [(params[f"weight{n}"], params[f"bias{n}"]) for n in self.map_names]
         if self.gated:
             (w_gate, b_gate), (w_down, b_down), (w_value, b_value) = maps
-            h = self._act(affine(x, w_gate, b_gate)) * affine(x, w_value, b_value)
+            h = gated_unit(affine(x, w_gate, b_gate), affine(x, w_value, b_value), self.config)
             return affine(h, w_down, b_down)
         h = x
         for k, (w, b) in enumerate(maps):
@@ -231,7 +245,7 @@ class Experts(nn.Module):
                     state_dict[prefix + new] = state_dict.pop(prefix + old)
 
     def extra_repr(self) -> str:
-        kind = "gated " if self.gated else ""
+        kind = f"gated ({self.config.gated_form}) " if self.gated else ""
         return (
             f"num_experts={self.num_experts}, {self.d_in} -> {self.d_out}, {kind}depth={self.depth}, "
             f"hidden={self.hidden}, activation={self.activation}"

@@ -8,7 +8,8 @@ from torch import Tensor, nn
 
 from moelab._validation import check_features, check_finite_values, positive_int
 from moelab.layers.activations import get_activation
-from moelab.layers.config import DenseMLPConfig
+from moelab.layers.config import DenseMLPConfig, ExpertConfig
+from moelab.layers.experts import gated_unit
 from moelab.layers.outputs import ModelOutput
 
 
@@ -49,6 +50,35 @@ class MLP(nn.Module):
             if k < self.depth - 1:
                 x = self._act(x)
         return x
+
+
+class GatedMLP(nn.Module):
+    """One gated expert as a dense network d_in -> d_out: down(unit(gate x, value x)).
+
+    The unit is :func:`~moelab.layers.experts.gated_unit` of ``config`` (its ``gated_form``,
+    ``activation`` and ``bias``; its ``hidden`` is replaced by ``hidden``): the SwiGLU shared
+    expert of Qwen2-MoE and DeepSeek-V3. ``gate`` and ``value`` are ``nn.Linear(d_in, hidden)``
+    (HF's ``gate_proj`` and ``up_proj``), ``down`` is ``nn.Linear(hidden, d_out)`` (``down_proj``).
+    Accepts inputs of shape (..., d_in).
+    """
+
+    def __init__(self, d_in: int, d_out: int, *, hidden: int, config: ExpertConfig) -> None:
+        super().__init__()
+        self.d_in = positive_int("d_in", d_in)
+        self.d_out = positive_int("d_out", d_out)
+        self.hidden = positive_int("hidden", hidden)
+        if not isinstance(config, ExpertConfig):
+            raise TypeError(f"config must be an ExpertConfig, got {type(config).__name__}")
+        self.config = config
+        self.gate = nn.Linear(d_in, hidden, bias=config.bias)
+        self.value = nn.Linear(d_in, hidden, bias=config.bias)
+        self.down = nn.Linear(hidden, d_out, bias=config.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(gated_unit(self.gate(x), self.value(x), self.config))
+
+    def extra_repr(self) -> str:
+        return f"{self.config.gated_form}, activation={self.config.activation}"
 
 
 class DenseMLP(MLP):

@@ -22,7 +22,7 @@ from moelab._validation import check_features, check_finite_values, positive_int
 from moelab.layers.config import ExpertConfig, MoEConfig, RouterConfig
 from moelab.layers.dispatch import Dispatcher, LocalDispatcher
 from moelab.layers.experts import ExpertBank, build_experts
-from moelab.layers.mlp import MLP
+from moelab.layers.mlp import MLP, GatedMLP
 from moelab.layers.outputs import LazyLosses, MoEOutput, Routing
 from moelab.layers.routers import Router
 
@@ -38,7 +38,9 @@ class MoELayer(nn.Module):
 
     Components, built in this order from ``config`` (so seeded layers are reproducible):
     ``router`` (:class:`~moelab.layers.routers.Router`), ``experts`` (an
-    :class:`~moelab.layers.experts.ExpertBank`), ``shared`` (an :class:`MLP` or None), and
+    :class:`~moelab.layers.experts.ExpertBank`), ``shared`` (an :class:`MLP`, a
+    :class:`~moelab.layers.mlp.GatedMLP` with ``shared_gated``, or None), ``shared_gate`` (an
+    ``nn.Linear(d_in, 1, bias=False)`` with ``config.shared_gate``, else None), and
     ``dispatcher``, which runs the experts on their tokens (a
     :class:`~moelab.layers.dispatch.LocalDispatcher`; expert parallelism swaps in an all-to-all
     one and a slice of the experts).
@@ -57,11 +59,14 @@ class MoELayer(nn.Module):
                              "experts encode their input into fewer dimensions, not more")
         self.router = Router(d_in, config.num_experts, config.router)
         self.experts: ExpertBank = build_experts(config.num_experts, d_in, d_out, config.experts)
-        self.shared = None
-        if config.shared_experts:
+        self.shared: nn.Module | None = None
+        if config.shared_gated:
+            self.shared = GatedMLP(d_in, d_out, hidden=config.shared_width, config=config.experts)
+        elif config.shared_experts:
             e = config.experts
-            self.shared = MLP(d_in, d_out, hidden=config.shared_experts * e.hidden, depth=e.depth,
+            self.shared = MLP(d_in, d_out, hidden=config.shared_width, depth=e.depth,
                               activation=e.activation, bias=e.bias)
+        self.shared_gate = nn.Linear(d_in, 1, bias=False) if config.shared_gate else None
         self.dispatcher: Dispatcher = LocalDispatcher()
         self._recorders: list[Recorder] = []
 
@@ -90,7 +95,7 @@ class MoELayer(nn.Module):
         x_TI = x.reshape(-1, self.d_in)
         routing = self.router(x_TI)
         out = self.dispatcher(x_TI, routing, self.experts, mode=dispatch_mode or self.config.dispatch)
-        y_TO = out.y if self.shared is None else out.y + self.shared(x_TI)
+        y_TO = out.y if self.shared is None else out.y + self._shared(x_TI)
         if self.config.check_finite and check_finite is not False:
             check_finite_values(x, y_TO)
         result = MoEOutput(y_TO.reshape(*lead, self.d_out), routing,
@@ -98,6 +103,13 @@ class MoELayer(nn.Module):
         for record in self._recorders:
             record(self, result)
         return result
+
+    def _shared(self, x_TI: Tensor) -> Tensor:
+        """The shared expert's output (T, O), scaled by sigmoid(w_g . x) with a shared gate."""
+        y_TO = self.shared(x_TI)
+        if self.shared_gate is not None:
+            y_TO = self.shared_gate(x_TI).sigmoid() * y_TO
+        return y_TO
 
     def forward(self, x: Tensor, *, dispatch_mode: str | None = None,
                 check_finite: bool | None = None) -> Tensor:
