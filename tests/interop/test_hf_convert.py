@@ -17,11 +17,11 @@ from moelab.checkpoints import load_checkpoint, read_config, save_checkpoint  # 
 from moelab.interop.hf import (  # noqa: E402
     LAYOUTS,
     from_hf,
-    from_hf_checkpoint,
     moe_config,
     state_to_hf,
     to_hf,
 )
+from moelab.interop.hf_checkpoint import from_hf_checkpoint  # noqa: E402
 from moelab.interop.hf_models import ARCHITECTURES, random_model  # noqa: E402
 from moelab.layers import MoEConfig, MoELayer  # noqa: E402
 

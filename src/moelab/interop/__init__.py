@@ -15,7 +15,8 @@ _SOURCES = {
     "moelab.interop.hf_capture": (
         "FAMILIES", "HFUnavailableError", "LayerCapture", "ModelCapture", "capture_routing",
     ),
-    "moelab.interop.hf": ("LAYOUTS", "from_hf", "from_hf_checkpoint", "moe_config", "to_hf"),
+    "moelab.interop.hf": ("LAYOUTS", "from_hf", "moe_config", "to_hf"),
+    "moelab.interop.hf_checkpoint": ("from_hf_checkpoint",),
     "moelab.interop.hf_models": ("ARCHITECTURES", "byte_token_ids", "load_model", "random_model"),
     "moelab.interop.routing_analysis": (
         "CoOccurrence", "ExpertDimension", "LayerStats", "ModelAnalysis", "analyze_capture",

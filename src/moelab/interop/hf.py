@@ -3,9 +3,8 @@
 ``from_hf(block)`` gives an ``MoELayer`` that computes the same function as the sparse MoE block
 of a transformers 5.23 model (Mixtral, Qwen2-MoE, Qwen3-MoE, OLMoE, DeepSeek-V3, GPT-OSS): the
 same outputs, the same selected experts and the same gradients. ``to_hf(layer, config)`` builds the
-block back, bit for bit. ``from_hf_checkpoint(directory, layer_index)`` reads one MoE layer
-straight from a directory of downloaded weights (``config.json`` + ``*.safetensors``), opening only
-the tensors it needs.
+block back, bit for bit. (:mod:`moelab.interop.hf_checkpoint` reads one MoE layer straight from a
+directory of downloaded weights.)
 
 Three things differ between the two sides, and this module is where they meet:
 
@@ -14,8 +13,7 @@ Three things differ between the two sides, and this module is where they meet:
   them transposed, (E, D, 2H) and (E, H, D), with gate and up *interleaved* (columns 0, 2, 4, ...
   are the gate) and biases. moelab keeps one (E, in, out) tensor per map: ``weight_gate``,
   ``weight_value`` (the up projection), ``weight_down``. Checkpoints on disk store yet another
-  layout, one tensor per expert (``experts.3.w1.weight`` in Mixtral, ``experts.3.gate_proj.weight``
-  in the others; GPT-OSS stores the fused tensors).
+  layout, one tensor per expert (see :mod:`moelab.interop.hf_checkpoint`).
 * **Semantics.** Each family's router rule is a :class:`~moelab.layers.RouterConfig` setting; the
   table :func:`moe_config` builds is in docs/hf.md. A setting moelab cannot express raises an
   error naming it.
@@ -32,11 +30,9 @@ import dataclasses
 import importlib
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 
 from moelab.interop.hf_capture import FAMILIES, require_transformers
@@ -256,12 +252,12 @@ def _interleave(gate: Tensor, up: Tensor) -> Tensor:
 
 
 #: The shared expert's maps: (moelab name, transformers name); both are ``nn.Linear`` weights.
-_SHARED_MAPS = (("gate", "gate_proj"), ("value", "up_proj"), ("down", "down_proj"))
+SHARED_MAPS = (("gate", "gate_proj"), ("value", "up_proj"), ("down", "down_proj"))
 
 
 def _shared_from_hf(family: Layout, hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
     s = family.shared
-    out = {f"shared.{m}.weight": hf_state[f"{s}.{h}.weight"] for m, h in _SHARED_MAPS}
+    out = {f"shared.{m}.weight": hf_state[f"{s}.{h}.weight"] for m, h in SHARED_MAPS}
     if family.shared_gate is not None:
         out["shared_gate.weight"] = hf_state[f"{family.shared_gate}.weight"]
     return out
@@ -271,7 +267,7 @@ def _shared_to_hf(family: Layout, state: dict[str, Tensor]) -> dict[str, Tensor]
     if family.shared is None or "shared.gate.weight" not in state:
         return {}
     s = family.shared
-    out = {f"{s}.{h}.weight": state[f"shared.{m}.weight"] for m, h in _SHARED_MAPS}
+    out = {f"{s}.{h}.weight": state[f"shared.{m}.weight"] for m, h in SHARED_MAPS}
     if family.shared_gate is not None:
         out[f"{family.shared_gate}.weight"] = state["shared_gate.weight"]
     return out
@@ -304,12 +300,14 @@ def from_hf(block: nn.Module, config: Any = None, *, drop_jitter: bool = False) 
     if layout_of(config) is not family:
         raise ValueError(f"config.model_type={config.model_type!r} does not match the block "
                          f"{type(block).__name__} ({family.model_type})")
-    layer = _build_layer(family, config, block.state_dict(), drop_jitter=drop_jitter)
+    layer = build_layer(family, config, block.state_dict(), drop_jitter=drop_jitter)
     return layer.train(block.training)
 
 
-def _build_layer(family: Layout, config: Any, hf_state: dict[str, Tensor], *,
-                 drop_jitter: bool = False, where: dict[str, Any] | None = None) -> MoELayer:
+def build_layer(family: Layout, config: Any, hf_state: dict[str, Tensor], *,
+                drop_jitter: bool = False, where: dict[str, Any] | None = None) -> MoELayer:
+    """The layer of ``family`` and transformers ``config`` holding the block tensors ``hf_state``
+    (in-memory names), with its provenance (``where``: the checkpoint it was read from)."""
     cfg = moe_config(config, drop_jitter=drop_jitter)
     state = state_from_hf(family, hf_state)
     with torch.device("meta"):  # every tensor comes from the block: nothing to initialise
@@ -395,123 +393,3 @@ def _first_mismatch(expected: MoEConfig, actual: MoEConfig) -> str | None:
         elif a != b:
             return f"{f.name}={b!r}, expected {a!r}"
     return None
-
-
-# -- checkpoint directories --------------------------------------------------------------------------
-
-def is_moe_layer(config: Any, layer_index: int) -> bool:
-    """Whether decoder layer ``layer_index`` of a ``config`` model has an MoE block (DeepSeek-V3's
-    first ``first_k_dense_replace`` layers and Qwen2/3-MoE's ``mlp_only_layers`` are dense)."""
-    mt = layout_of(config).model_type
-    if mt == "deepseek_v3":
-        return layer_index >= config.first_k_dense_replace
-    if mt in ("qwen2_moe", "qwen3_moe"):
-        return (layer_index not in (config.mlp_only_layers or [])
-                and config.num_experts > 0 and (layer_index + 1) % config.decoder_sparse_step == 0)
-    return True
-
-
-def from_hf_checkpoint(directory: str | Path, layer_index: int, *,
-                       dtype: torch.dtype | None = None) -> MoELayer:
-    """The MoE block of decoder layer ``layer_index`` of a downloaded checkpoint, as an
-    :class:`~moelab.layers.MoELayer` (eval mode), reading only that block's tensors.
-
-    ``directory`` holds ``config.json`` and ``*.safetensors`` (with
-    ``model.safetensors.index.json`` when sharded), as written by ``save_pretrained`` or
-    downloaded from the hub: per-expert keys (``model.layers.<i>.block_sparse_moe.experts.<e>.w1.
-    weight`` for Mixtral, ``model.layers.<i>.mlp.experts.<e>.gate_proj.weight`` for the others)
-    or the fused in-memory names (GPT-OSS, or files written by other tools). ``dtype`` casts the
-    tensors (None: the checkpoint's own). Quantised checkpoints (FP8, MXFP4) raise ValueError.
-    """
-    directory = Path(directory).expanduser()
-    if not (directory / "config.json").is_file():
-        raise ValueError(f"directory={str(directory)!r} has no config.json; expected a directory "
-                         "of downloaded weights (config.json and *.safetensors)")
-    raw = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    if raw.get("quantization_config"):
-        method = raw["quantization_config"].get("quant_method", "?")
-        raise ValueError(f"{directory}/config.json: quantization_config (quant_method={method!r}) "
-                         "is not supported: convert dequantised weights (bf16/fp32)")
-    transformers = require_transformers()
-    config = transformers.AutoConfig.from_pretrained(directory, local_files_only=True)
-    family = layout_of(config)
-    if isinstance(layer_index, bool) or not isinstance(layer_index, int) or not (
-            0 <= layer_index < config.num_hidden_layers):
-        raise ValueError(f"layer_index must be an int in [0, {config.num_hidden_layers}) "
-                         f"(num_hidden_layers), got {layer_index!r}")
-    if not is_moe_layer(config, layer_index):
-        raise ValueError(f"layer_index={layer_index} is a dense layer of this {family.model_type} "
-                         f"model; its MoE layers are "
-                         f"{[i for i in range(config.num_hidden_layers) if is_moe_layer(config, i)]}")
-    reader = _TensorReader(directory)
-    hf_state = _read_block(family, config, reader, f"model.layers.{layer_index}.")
-    if dtype is not None:
-        hf_state = {k: v.to(dtype) for k, v in hf_state.items()}
-    where = {"directory": str(directory), "layer_index": layer_index}
-    return _build_layer(family, config, hf_state, where=where).eval()
-
-
-class _TensorReader:
-    """Reads single tensors by key from the safetensors files of a directory (headers only until a
-    tensor is asked for)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        index = directory / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            self.files = {k: directory / f for k, f in weight_map.items()}
-        else:
-            paths = sorted(directory.glob("*.safetensors"))
-            if not paths:
-                raise ValueError(f"directory={str(directory)!r} has no *.safetensors weights")
-            self.files = {}
-            for path in paths:
-                with safe_open(path, framework="pt") as f:
-                    self.files.update(dict.fromkeys(f.keys(), path))
-
-    def __contains__(self, key: str) -> bool:
-        return key in self.files
-
-    def get(self, key: str) -> Tensor:
-        if key not in self.files:
-            raise ValueError(f"{self.directory}: no tensor {key!r} in the safetensors files")
-        with safe_open(self.files[key], framework="pt") as f:
-            return f.get_tensor(key)
-
-
-def _read_block(family: Layout, config: Any, reader: _TensorReader, layer: str) -> dict[str, Tensor]:
-    """The block's tensors under their in-memory (transformers 5.23) names."""
-    prefix = f"{layer}{family.on_disk}."
-    if f"{layer}mlp.{family.router}.weight" in reader:  # written with in-memory names
-        prefix = f"{layer}mlp."
-    quantised = [k for k in reader.files if k.startswith(prefix) and k.endswith(
-        ("_blocks", "_scales", "weight_scale_inv"))]
-    if quantised:
-        raise ValueError(f"{reader.directory}: {quantised[0]!r} is a quantised tensor; convert "
-                         "dequantised weights (bf16/fp32)")
-    names = [f"{family.router}.weight"]
-    if family.interleaved:
-        names += [f"{family.router}.bias", "experts.gate_up_proj_bias", "experts.down_proj_bias"]
-    if family.model_type == "deepseek_v3":
-        names.append(f"{family.router}.e_score_correction_bias")
-    if family.shared is not None and (family.model_type != "deepseek_v3"
-                                      or config.n_shared_experts):
-        names += [f"{family.shared}.{h}.weight" for _, h in _SHARED_MAPS]
-        if family.shared_gate is not None:
-            names.append(f"{family.shared_gate}.weight")
-    state = {name: reader.get(prefix + name) for name in names}
-    if family.expert_keys is None or prefix + "experts.gate_up_proj" in reader:
-        for name in ("experts.gate_up_proj", "experts.down_proj"):
-            state[name] = reader.get(prefix + name)
-        return state
-    gate, up, down = family.expert_keys
-    num_experts = moe_config(config, drop_jitter=True).num_experts
-
-    def stacked(key: str) -> Tensor:
-        return torch.stack([reader.get(f"{prefix}experts.{e}.{key}.weight")
-                            for e in range(num_experts)])
-
-    state["experts.gate_up_proj"] = torch.cat([stacked(gate), stacked(up)], dim=1)
-    state["experts.down_proj"] = stacked(down)
-    return state
