@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from moelab.interop.hf_capture import FAMILIES, require_transformers
 from moelab.layers import MoELayer
-from moelab.layers.config import ExpertConfig, MoEConfig, RouterConfig, Weighting, choices
+from moelab.layers.config import ExpertConfig, MoEConfig, RouterConfig
 
 #: ``source["kind"]`` of a layer converted from a Hugging Face block.
 SOURCE_KIND = "huggingface"
@@ -101,8 +101,7 @@ def moe_config(config: Any, *, drop_jitter: bool = False) -> MoEConfig:
 
     Raises ValueError naming any setting the moelab layer cannot express (e.g. Mixtral's
     ``router_jitter_noise`` > 0, which scales the experts' input too; ``drop_jitter=True``
-    converts without it, for evaluation) and NotImplementedError naming a router option this
-    moelab lacks.
+    converts without it, for evaluation).
     """
     family = layout_of(config)
     mt = family.model_type
@@ -123,13 +122,12 @@ def moe_config(config: Any, *, drop_jitter: bool = False) -> MoEConfig:
                 "moelab layer jitters the router's input only; set router_jitter_noise=0, or "
                 "convert with drop_jitter=True (eval-mode outputs are unaffected)")
         num_experts, hidden = config.num_local_experts, config.intermediate_size
-        router.update(weighting=_weighting("softmax_renorm", "mixtral"), float32=True)
+        router.update(weighting="softmax_renorm", float32=True)
     elif mt in ("qwen2_moe", "qwen3_moe", "olmoe"):
         num_experts = config.num_experts
         hidden = config.moe_intermediate_size if mt != "olmoe" else config.intermediate_size
         renorm = bool(config.norm_topk_prob)
-        router.update(weighting=_weighting("softmax_renorm", f"{mt}: norm_topk_prob=True")
-                      if renorm else "switch", float32=True)
+        router.update(weighting="softmax_renorm" if renorm else "switch", float32=True)
         if mt == "qwen2_moe":
             layer.update(shared_experts=1, shared_hidden=config.shared_expert_intermediate_size,
                          shared_gated=True, shared_gate=True)
@@ -151,7 +149,7 @@ def moe_config(config: Any, *, drop_jitter: bool = False) -> MoEConfig:
         if config.norm_topk_prob:
             router.update(weighting="sigmoid", norm_eps=1e-20)
         else:
-            router.update(weighting=_weighting("sigmoid_raw", "deepseek_v3: norm_topk_prob=False"))
+            router.update(weighting="sigmoid_raw")
         router.update(balance_bias=True, scaling=float(config.routed_scaling_factor),
                       groups=groups, top_groups=top_groups, float32=True)
         if config.n_shared_experts:
@@ -163,31 +161,8 @@ def moe_config(config: Any, *, drop_jitter: bool = False) -> MoEConfig:
         experts.update(bias=True, gated_form="clamped", clamp_limit=float(config.swiglu_limit),
                        glu_alpha=float(config.swiglu_alpha))
     experts["hidden"] = hidden
-    return MoEConfig(num_experts=num_experts,
-                     router=_build(RouterConfig, router, mt),
-                     experts=_build(ExpertConfig, experts, mt),
-                     **_checked_fields(MoEConfig, layer, mt))
-
-
-def _weighting(value: str, setting: str) -> str:
-    if value not in choices(Weighting):
-        raise NotImplementedError(f"{setting} needs RouterConfig(weighting={value!r}), which this "
-                                  "moelab does not have")
-    return value
-
-
-def _checked_fields(cls: type, values: dict[str, Any], family: str) -> dict[str, Any]:
-    known = {f.name for f in dataclasses.fields(cls)}
-    missing = sorted(set(values) - known)
-    if missing:
-        raise NotImplementedError(
-            f"{family}: converting needs {cls.__name__} option(s) {missing} "
-            f"({', '.join(f'{k}={values[k]!r}' for k in missing)}), which this moelab does not have")
-    return values
-
-
-def _build(cls: type, values: dict[str, Any], family: str) -> Any:
-    return cls(**_checked_fields(cls, values, family))
+    return MoEConfig(num_experts=num_experts, router=RouterConfig(**router),
+                     experts=ExpertConfig(**experts), **layer)
 
 
 # -- tensors ------------------------------------------------------------------------------------------
