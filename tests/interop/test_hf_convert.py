@@ -6,6 +6,7 @@ experts and the same gradients (input and every parameter, mapped back to the bl
 within 1e-5 in float32, in eval and in training mode.
 """
 
+import dataclasses
 import json
 
 import pytest
@@ -143,8 +144,7 @@ def test_deepseek_group_limited_routing_matters():
     assert (layer.config.router.groups, layer.config.router.top_groups) == (4, 2)
     assert layer.config.router.scaling == 2.5
     ungrouped = MoELayer(32, 32, layer.config.replace(
-        router=layer.config.router.__class__(**{**layer.config.router.__dict__, "groups": 1,
-                                                "top_groups": None})))
+        router=dataclasses.replace(layer.config.router, groups=1, top_groups=None)))
     ungrouped.load_state_dict(layer.state_dict())
     x = random_input(block)
     a = layer.run(x).routing.expert_ids.sort(-1).values
@@ -185,12 +185,21 @@ def test_to_hf_with_an_explicit_config_and_a_fresh_layer():
 def test_to_hf_rejects_a_layer_that_does_not_match_the_config():
     config = hf_config("mixtral")
     cfg = moe_config(config)
-    layer = MoELayer(32, 32, cfg.replace(router=cfg.router.__class__(
-        **{**cfg.router.__dict__, "top_k": 3})))
+    layer = MoELayer(32, 32, cfg.replace(router=dataclasses.replace(cfg.router, top_k=3)))
     with pytest.raises(ValueError, match=r"router\.top_k=3, expected 2"):
         to_hf(layer, config)
     with pytest.raises(ValueError, match="layer.source"):
         to_hf(MoELayer(32, 32, cfg))
+
+
+def test_from_hf_rejects_a_config_the_block_was_not_built_with():
+    block = hf_block("deepseek-v3")
+    config = hf_config("deepseek-v3", **{**CASES["deepseek-v3"][1], "topk_group": 3})
+    with pytest.raises(ValueError, match=r"config.topk_group=3, but the DeepseekV3MoE was built "
+                                         r"with 2"):
+        from_hf(block, config)
+    with pytest.raises(ValueError, match="does not match the block"):
+        from_hf(block, hf_config("mixtral"))
 
 
 def test_unknown_block_class_is_named():

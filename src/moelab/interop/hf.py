@@ -275,8 +275,31 @@ def from_hf(block: nn.Module, config: Any = None, *, drop_jitter: bool = False) 
     if layout_of(config) is not family:
         raise ValueError(f"config.model_type={config.model_type!r} does not match the block "
                          f"{type(block).__name__} ({family.model_type})")
+    _check_block(block, family, config)
     layer = build_layer(family, config, block.state_dict(), drop_jitter=drop_jitter)
     return layer.train(block.training)
+
+
+#: Settings the blocks copy from their config when built: (module, its attribute, config key).
+_BLOCK_SETTINGS = (("router", "top_k", "num_experts_per_tok"),
+                   ("router", "norm_topk_prob", "norm_topk_prob"),
+                   ("router", "routed_scaling_factor", "routed_scaling_factor"),
+                   ("router", "num_group", "n_group"), ("router", "topk_group", "topk_group"),
+                   ("block", "jitter_noise", "router_jitter_noise"),
+                   ("experts", "alpha", "swiglu_alpha"), ("experts", "limit", "swiglu_limit"))
+
+
+def _check_block(block: nn.Module, family: Layout, config: Any) -> None:
+    """A ValueError if ``config`` disagrees with a setting ``block`` was built with (the tensor
+    shapes are checked when they are loaded)."""
+    modules = {"block": block, "router": getattr(block, family.router),
+               "experts": getattr(block, "experts", None)}
+    for where, attr, key in _BLOCK_SETTINGS:
+        if hasattr(modules[where], attr) and hasattr(config, key):
+            mine, theirs = getattr(modules[where], attr), getattr(config, key)
+            if mine != theirs:
+                raise ValueError(f"config.{key}={theirs!r}, but the {type(block).__name__} was "
+                                 f"built with {mine!r} ({where}.{attr}); pass the block's own config")
 
 
 def build_layer(family: Layout, config: Any, hf_state: dict[str, Tensor], *,
