@@ -445,3 +445,14 @@ def test_piece_counting_rejects_what_it_does_not_trace(name, pattern):
     layer = _layer(CONFIGS[name]).eval()
     with pytest.raises(ValueError, match=pattern):
         count_pieces(layer, torch.zeros(D), torch.ones(D), routing_intervals_only=True)
+
+
+def test_float32_router_keeps_its_selection_bias_at_least_float32():
+    router = Router(D, 8, RouterConfig(balance_bias=True, float32=True))
+    router.expert_bias.fill_(0.3 + 2**-20)
+    assert router.to(torch.bfloat16).expert_bias.dtype == torch.float32
+    assert router.expert_bias[0] == torch.tensor(0.3 + 2**-20, dtype=torch.float32)
+    assert router.double().expert_bias.dtype == torch.float64
+    assert router.half().expert_bias.dtype == torch.float64  # never narrowed below what it holds
+    plain = Router(D, 8, RouterConfig(balance_bias=True))
+    assert plain.to(torch.bfloat16).expert_bias.dtype == torch.bfloat16  # unchanged without float32

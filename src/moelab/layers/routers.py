@@ -118,12 +118,15 @@ class Router(nn.Module):
         return scorer.weight if isinstance(scorer, nn.Linear) else scorer.linears[0].weight
 
     def _apply(self, fn, recurse=True):
-        # A float32 router keeps its selection bias in float32 when the module is cast (as HF keeps
-        # DeepSeek-V3's e_score_correction_bias): bf16 would round away small bias updates.
+        # A float32 router keeps its selection bias in float32 or wider when the module is cast to
+        # a narrower dtype (as HF keeps DeepSeek-V3's e_score_correction_bias in float32): bf16
+        # would round away small bias updates.
         keep = self.expert_bias if self.config.float32 else None
         super()._apply(fn, recurse)
-        if keep is not None and self.expert_bias.dtype != keep.dtype:
-            self.expert_bias = keep.to(self.expert_bias.device)
+        bias = self.expert_bias
+        if keep is not None and bias.is_floating_point() and bias.dtype.itemsize < 4:
+            self.expert_bias = keep.to(device=bias.device,
+                                       dtype=torch.promote_types(keep.dtype, torch.float32))
         return self
 
     # -- scores -------------------------------------------------------------------------------
