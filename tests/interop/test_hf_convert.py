@@ -239,6 +239,18 @@ def test_from_hf_checkpoint_reads_the_per_expert_files(arch, tmp_path):
     assert layer.source["family"] == model.config.model_type
 
 
+def test_from_hf_checkpoint_keeps_or_casts_the_dtype(tmp_path):
+    model = random_model("mixtral").to(torch.bfloat16)
+    model.save_pretrained(tmp_path)
+    layer = from_hf_checkpoint(tmp_path, 0)
+    assert layer.experts.weight_gate.dtype == torch.bfloat16 and not layer.training
+    back = to_hf(layer)
+    for name, t in _moe_block(model, 0).state_dict().items():
+        assert torch.equal(back.state_dict()[name], t), name
+    as_fp32 = from_hf_checkpoint(tmp_path, 0, dtype=torch.float32)
+    assert torch.equal(as_fp32.experts.weight_gate, layer.experts.weight_gate.float())
+
+
 def test_checkpoint_keys_are_the_hub_layout(tmp_path):
     """save_pretrained writes one tensor per expert (the hub layout) for Mixtral."""
     from safetensors import safe_open
