@@ -130,11 +130,10 @@ class Router(nn.Module):
         return self
 
     # -- scores -------------------------------------------------------------------------------
-    @staticmethod
-    def _call(module: nn.Module, x: Tensor) -> Tensor:
-        """``module(x)``; with parameters of another dtype than x (a float32 router in a
-        lower-precision model), with the parameters cast to x's dtype (gradients flow back)."""
-        if next(module.parameters()).dtype == x.dtype:
+    def _call(self, module: nn.Module, x: Tensor) -> Tensor:
+        """``module(x)``; for a float32 router in a lower-precision model, with the parameters
+        cast to x's dtype (gradients flow back to them)."""
+        if not self.config.float32 or self.scorer_weight.dtype == x.dtype:
             return module(x)
         params = {name: p.to(x.dtype) for name, p in module.named_parameters()}
         return torch.func.functional_call(module, params, (x,))
