@@ -14,7 +14,8 @@ The JSON form (format version 3)::
       "weights": {"bytes": 2372, "sha256": "<64 hex digits of model.safetensors>",
                   "tensors": {"layers.0.router.scorer.weight": {"dtype": "float32",
                                                                 "shape": [4, 3]}, ...}},
-      "metadata": {... the caller's JSON ...}
+      "metadata": {... the caller's JSON ...},
+      "source": {... where the model came from (optional) ...}
     }
 
 A model class with a ``from_config`` classmethod (:class:`~moelab.layers.DeepMoE`,
@@ -25,6 +26,11 @@ config does not hold its widths, is stored by its constructor ``arguments``
 constructor's parameters. Both are parsed back by their annotated types with
 :mod:`moelab.typed_json`; anything unexpected is a :class:`CheckpointError` naming the file and the
 dotted key.
+
+``source`` is present only for a model that carries a provenance record in ``model.source`` (a
+JSON object, e.g. a layer converted from a Hugging Face block by :mod:`moelab.interop.hf`: its
+family, block class and HF config); loading puts it back on the model. Files without it are
+unchanged.
 
 Older files still load. Version 2 stored every class by its constructor arguments; for a class
 now stored by its config, those are turned into the config by the class's own constructor (on the
@@ -104,6 +110,7 @@ class CheckpointConfig:
     format_version: int = FORMAT_VERSION
     metadata: dict[str, Any] = field(default_factory=dict)
     model_config: Any = None
+    source: dict[str, Any] | None = None
 
     def build(self, *, device: torch.device | str | None = None) -> nn.Module:
         """A new model built from :attr:`model_config` or :attr:`arguments` (``device="meta"``
@@ -135,7 +142,7 @@ class CheckpointConfig:
                             for name, spec in self.tensors.items()},
             },
             "metadata": self.metadata,
-        }
+        } | ({} if self.source is None else {"source": self.source})
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -195,14 +202,16 @@ def parse_config(text: str, path: Path) -> CheckpointConfig:
     if version > FORMAT_VERSION:
         fail(f"format_version {version} is newer than this moelab reads ({FORMAT_VERSION}); "
              "upgrade moelab to load this checkpoint")
-    _exact_keys(data, {"format", "format_version", "moelab_version", "model", "weights", "metadata"},
-                "", fail)
+    keys = {"format", "format_version", "moelab_version", "model", "weights", "metadata"}
+    _exact_keys(data, keys | ({"source"} & set(data)), "", fail)
     model, weights = data["model"], data["weights"]
     _exact_keys(weights, {"bytes", "sha256", "tensors"}, "weights", fail)
     if not isinstance(data["moelab_version"], str):
         fail(f"moelab_version must be a string, got {data['moelab_version']!r}")
     if not isinstance(data["metadata"], dict):
         fail(f"metadata must be a JSON object, got {data['metadata']!r}")
+    if not isinstance(data.get("source", {}), dict):
+        fail(f"source must be a JSON object, got {data['source']!r}")
 
     name, arguments, model_config = _parse_model(model, version, fail)
 
@@ -219,7 +228,8 @@ def parse_config(text: str, path: Path) -> CheckpointConfig:
     return CheckpointConfig(model_class=name, arguments=arguments, tensors=tensors,
                             weights_sha256=digest, weights_bytes=size,
                             moelab_version=data["moelab_version"], format_version=version,
-                            metadata=data["metadata"], model_config=model_config)
+                            metadata=data["metadata"], model_config=model_config,
+                            source=data.get("source"))
 
 
 def _parse_model(model: Any, version: int, fail) -> tuple[str, dict[str, Any], Any]:

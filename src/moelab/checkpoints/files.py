@@ -66,6 +66,10 @@ def save_checkpoint(
             shard. It must match a single-process model built from ``model``'s configuration.
         metadata: JSON-serialisable extra information (step, run config, ...) kept in
             ``config.json`` and returned by :func:`read_config`.
+
+    A model's provenance record ``model.source`` (a JSON object, if the model has one: e.g. a
+    layer converted from a Hugging Face block) is kept in ``config.json`` too, and
+    :func:`load_checkpoint` puts it back.
     """
     class_name, description = describe(model)
     recipe = {"model_class": class_name, "arguments": description.get("arguments", {}),
@@ -82,6 +86,8 @@ def save_checkpoint(
         raise ValueError(f"{source} does not match a {class_name} built from the model's "
                          f"configuration: {problem}{hint}")
     metadata = _json_object("metadata", {} if metadata is None else metadata)
+    source = getattr(model, "source", None)
+    source = None if source is None else _json_object("model.source", source)
 
     directory = Path(directory)
     if directory.exists() and not directory.is_dir():
@@ -97,7 +103,7 @@ def save_checkpoint(
         config = CheckpointConfig(
             **recipe, tensors=_specs(tensors),
             weights_sha256=digest, weights_bytes=size, moelab_version=__version__,
-            format_version=FORMAT_VERSION, metadata=metadata,
+            format_version=FORMAT_VERSION, metadata=metadata, source=source,
         )
         text = json.dumps(config.to_dict(), indent=2, allow_nan=False) + "\n"
         config_tmp.write_text(text, encoding="utf-8")
@@ -163,13 +169,16 @@ def load_state(directory: str | Path) -> tuple[CheckpointConfig, dict[str, Tenso
 
 
 def load_checkpoint(directory: str | Path) -> nn.Module:
-    """Rebuild the saved model with its saved tensors (bit-exact, dtypes kept), in eval mode."""
+    """Rebuild the saved model with its saved tensors (bit-exact, dtypes kept), in eval mode, with
+    its provenance record (``model.source``) if it was saved with one."""
     config, state = load_state(directory)
     model = config.build(device="meta")  # no random init: every tensor comes from the file
     model.load_state_dict(state, strict=True, assign=True)
     left = [name for name, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise RuntimeError(f"{config.model_class} has tensors outside its state dict: {left}")
+    if config.source is not None:
+        model.source = config.source
     return model.eval()
 
 

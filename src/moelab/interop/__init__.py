@@ -1,5 +1,6 @@
 """moelab and Hugging Face transformers: capture the routing of a whole HF MoE model and analyse it
-with moelab (``moelab analyze-hf``). transformers is optional (``pip install 'moelab[hf]'``); it is
+with moelab (``moelab analyze-hf``); convert MoE blocks to moelab layers and back
+(:mod:`moelab.interop.hf`). transformers is optional (``pip install 'moelab[hf]'``); it is
 imported only when a function here needs it.
 
 The names below are loaded on first access, so that ``moelab.cli`` can add the ``analyze-hf``
@@ -14,6 +15,8 @@ _SOURCES = {
     "moelab.interop.hf_capture": (
         "FAMILIES", "HFUnavailableError", "LayerCapture", "ModelCapture", "capture_routing",
     ),
+    "moelab.interop.hf": ("LAYOUTS", "from_hf", "moe_config", "to_hf"),
+    "moelab.interop.hf_checkpoint": ("from_hf_checkpoint",),
     "moelab.interop.hf_models": ("ARCHITECTURES", "byte_token_ids", "load_model", "random_model"),
     "moelab.interop.routing_analysis": (
         "CoOccurrence", "ExpertDimension", "LayerStats", "ModelAnalysis", "analyze_capture",
