@@ -21,7 +21,7 @@ import types
 import typing
 from typing import Any
 
-__all__ = ["build", "describe", "from_json", "to_json"]
+__all__ = ["ADDED_LATER", "NOT_IDENTITY", "build", "describe", "from_json", "to_json"]
 
 
 def from_json(value: Any, hint: Any, key: str = "") -> Any:
@@ -67,15 +67,41 @@ def from_json(value: Any, hint: Any, key: str = "") -> Any:
     return float(value) if hint is float else value
 
 
-def to_json(value: Any) -> Any:
-    """The JSON form of a (nested) dataclass value: dataclasses as dicts, tuples as lists."""
+#: Field metadata of a field added after results were first stored under identities:
+#: :func:`to_json` with ``identity=True`` leaves it out while it holds its default, so adding it
+#: keeps every earlier identity (run ids of stored results).
+ADDED_LATER = types.MappingProxyType({"identity": "when_set"})
+#: Field metadata of a field that never changes a result (e.g. where logs are streamed): left out
+#: of identities.
+NOT_IDENTITY = types.MappingProxyType({"identity": "never"})
+
+
+def to_json(value: Any, *, identity: bool = False) -> Any:
+    """The JSON form of a (nested) dataclass value: dataclasses as dicts, tuples as lists.
+
+    ``identity=True`` gives what determines a result: fields marked :data:`NOT_IDENTITY` are left
+    out, and fields marked :data:`ADDED_LATER` while they hold their default.
+    """
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {f.name: to_json(getattr(value, f.name), identity=identity)
+                for f in dataclasses.fields(value)
+                if not (identity and _left_out(f, getattr(value, f.name)))}
     if isinstance(value, (list, tuple)):
-        return [to_json(v) for v in value]
+        return [to_json(v, identity=identity) for v in value]
     if isinstance(value, dict):
-        return {k: to_json(v) for k, v in value.items()}
+        return {k: to_json(v, identity=identity) for k, v in value.items()}
     return value
+
+
+def _left_out(f: dataclasses.Field, value: Any) -> bool:
+    """Whether field ``f`` holding ``value`` stays out of an identity."""
+    rule = f.metadata.get("identity")
+    if rule == "never":
+        return True
+    if rule == "when_set":
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        return value == default
+    return False
 
 
 def describe(hint: Any) -> str:

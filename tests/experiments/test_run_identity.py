@@ -1,6 +1,9 @@
 """A run's id hashes what determines its result: task and model fields their kind does not read
 are left out (issue 9 item 3), and constructions have their own spec."""
 
+import json
+from pathlib import Path
+
 import pytest
 
 from moelab.constructions import CONSTRUCTIONS
@@ -16,7 +19,7 @@ from moelab.experiments.config import (
     unused_keys,
 )
 from moelab.experiments.execute import execute
-from moelab.experiments.registry import constructions, dense_vs_moe, table4
+from moelab.experiments.registry import constructions, dense_vs_moe, get_experiment, table4
 
 
 def _ids(runs):
@@ -78,3 +81,26 @@ def test_constructions_have_their_own_spec_and_path():
         ConstructionSpec(args={"m": 3})
     with pytest.raises(ValueError, match="construction.name='thm9' is unknown"):
         execute(apply_overrides(run, {"construction.name": "thm9"}))
+
+
+RUN_IDS = Path(__file__).parent / "data" / "run_ids.json"
+
+
+def test_run_ids_of_the_registered_experiments_stay_what_they_were():
+    """Fields added to the configs later (marked ``ADDED_LATER``) keep stored results' run ids:
+    the ids of every registered experiment's runs (seed 0) as first written (data/run_ids.json)."""
+    stored = json.loads(RUN_IDS.read_text())
+    now = {}
+    for name in {key.split(" ", 1)[0] for key in stored}:
+        for run in get_experiment(name).runs(seeds=1):
+            now[f"{name} {json.dumps(run.labels, sort_keys=True)} seed={run.seed}"] = run.run_id()
+    changed = sorted(key for key in stored if now.get(key) != stored[key])
+    assert not changed, f"{len(changed)} run ids changed, e.g. {changed[:3]}"
+
+
+def test_a_later_field_changes_the_run_id_only_when_set():
+    run = get_experiment("table4").runs(seeds=1)[0]
+    same = apply_overrides(run, {"model.moe.router.scaling": 1.0})
+    scaled = apply_overrides(run, {"model.moe.router.scaling": 2.5})
+    assert same.run_id() == run.run_id()
+    assert scaled.run_id() != run.run_id()

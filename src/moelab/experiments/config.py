@@ -24,6 +24,7 @@ from moelab._validation import one_of, positive_int
 from moelab.layers.moe import MoEConfig
 from moelab.training.loop import TrainConfig
 from moelab.typed_json import build as _build
+from moelab.typed_json import to_json
 
 TASK_KINDS = ("manifold", "piecewise")
 MODEL_KINDS = ("moe", "dense")
@@ -53,8 +54,8 @@ class _KindSpec:
     def identity(self) -> dict[str, Any]:
         """The used fields as a JSON-ready dict: what the run id hashes. Fields the kind ignores
         are left out, so changing them does not make a new run."""
-        data = dataclasses.asdict(self)  # type: ignore[call-overload]
-        return {name: data[name] for name in self.used_fields()}
+        data = to_json(self, identity=True)
+        return {name: data[name] for name in self.used_fields() if name in data}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -130,7 +131,7 @@ class _Run:
 
     def identity(self) -> dict[str, Any]:
         """Everything that determines the run's result: what :meth:`run_id` hashes."""
-        data = self.to_dict()
+        data = to_json(self, identity=True)
         data.pop("labels")
         return data
 

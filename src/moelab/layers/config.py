@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from moelab._validation import one_of, positive_float, positive_int
+from moelab.typed_json import ADDED_LATER
 
 Scorer = Literal["linear", "mlp"]
 #: How the selected experts' outputs are weighted (token choice).
@@ -107,11 +108,11 @@ class RouterConfig:
     capacity_factor: float | None = None
     capacity_priority: CapacityPriority = "position"
     balance_bias: bool = False
-    norm_eps: float = 0.0
-    scaling: float = 1.0
-    groups: int = 1
-    top_groups: int | None = None
-    float32: bool = False
+    norm_eps: float = field(default=0.0, metadata=ADDED_LATER)
+    scaling: float = field(default=1.0, metadata=ADDED_LATER)
+    groups: int = field(default=1, metadata=ADDED_LATER)
+    top_groups: int | None = field(default=None, metadata=ADDED_LATER)
+    float32: bool = field(default=False, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         positive_int("router.top_k", self.top_k)
@@ -171,9 +172,9 @@ class ExpertConfig:
     bias: bool = True
     latent_dim: int | None = None
     latent_decoder: bool = False
-    gated_form: GatedForm = "swiglu"
-    clamp_limit: float = 7.0
-    glu_alpha: float = 1.702
+    gated_form: GatedForm = field(default="swiglu", metadata=ADDED_LATER)
+    clamp_limit: float = field(default=7.0, metadata=ADDED_LATER)
+    glu_alpha: float = field(default=1.702, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         positive_int("experts.hidden", self.hidden)
@@ -220,9 +221,9 @@ class MoEConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     experts: ExpertConfig = field(default_factory=ExpertConfig)
     shared_experts: int = 0
-    shared_hidden: int | None = None
-    shared_gated: bool = False
-    shared_gate: bool = False
+    shared_hidden: int | None = field(default=None, metadata=ADDED_LATER)
+    shared_gated: bool = field(default=False, metadata=ADDED_LATER)
+    shared_gate: bool = field(default=False, metadata=ADDED_LATER)
     dispatch: DispatchMode = "auto"
     check_finite: bool = True
 
