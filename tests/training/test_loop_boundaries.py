@@ -77,6 +77,14 @@ def test_top1_paper_weighting_without_router_losses_warns_once():
               cfg.replace(balance_bias_rate=1e-3), progress=False)
 
 
+@pytest.mark.parametrize("weighting", ["softmax_renorm", "sigmoid", "unweighted"])
+def test_every_weighting_constant_at_top1_warns(weighting):
+    """Renormalised (or unit) weights over one selected expert are exactly 1, as the paper's are."""
+    with pytest.warns(RouterGradientWarning, match=rf"weighting='{weighting}'"):
+        train(_sequential(weighting=weighting), _sampler, TrainConfig(steps=2, test_size=50),
+              progress=False)
+
+
 def test_balance_bias_updates_work_for_any_model():
     model = _sequential(balance_bias=True)
     train(model, _sampler, TrainConfig(steps=5, test_size=50, balance_bias_rate=0.1), progress=False)

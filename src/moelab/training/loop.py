@@ -41,6 +41,11 @@ AUX_LOSSES = ("load_balance", "z_loss", "importance", "load", "reconstruction")
 ROUTER_LOSSES = ("load_balance", "z_loss", "importance", "load")
 
 
+#: Weightings whose combine weight over one selected expert is exactly 1 (renormalised or unit):
+#: a top-1 router with one of them gets no gradient from the task loss.
+UNIT_WEIGHT_AT_TOP1 = ("paper", "softmax_renorm", "sigmoid", "unweighted")
+
+
 class RouterGradientWarning(UserWarning):
     """A training setup in which some router can never learn (no gradient, no bias update)."""
 
@@ -175,16 +180,17 @@ def _flat_pair(pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _warn_if_routers_cannot_learn(model: nn.Module, config: TrainConfig) -> None:
-    """Warn once when a top-1 router with the paper's weighting gets no gradient and no bias update."""
+    """Warn once when a top-1 router whose weight is always 1 gets no gradient and no bias update."""
     if any(config.aux_weights.get(name, 0) for name in ROUTER_LOSSES):
         return
-    stuck = [name or type(model).__name__ for name, m in model.named_modules()
-             if isinstance(m, MoELayer) and m.router.top_k == 1 and m.router.weighting == "paper"
-             and m.router.routing == "token_choice"
-             and not (m.router.expert_bias is not None and config.balance_bias_rate)]
+    stuck = {name or type(model).__name__: m.router.weighting for name, m in model.named_modules()
+             if isinstance(m, MoELayer) and m.router.top_k == 1
+             and m.router.weighting in UNIT_WEIGHT_AT_TOP1 and m.router.routing == "token_choice"
+             and not (m.router.expert_bias is not None and config.balance_bias_rate)}
     if stuck:
+        weightings = ", ".join(f"weighting={w!r}" for w in sorted(set(stuck.values())))
         warnings.warn(
-            f"the router(s) of {stuck} will not learn: top-1 routing with weighting='paper' has "
+            f"the router(s) of {list(stuck)} will not learn: top-1 routing with {weightings} has "
             "combine weight exactly 1 (no gradient to the router), and no router auxiliary loss "
             f"{list(ROUTER_LOSSES)} is weighted and no balance bias is updated. Set aux_weights, "
             "use weighting='switch', or balance_bias with balance_bias_rate > 0 if the router "
