@@ -129,9 +129,9 @@ def combine_cells(y_NO: Tensor, cell_N: Tensor, routing: Routing) -> Tensor:
     (T, O). Each (token, slot) cell is written exactly once, then the slots are summed in order,
     so the result is deterministic (no atomic scatter-add)."""
     T, S = routing.expert_ids.shape
-    y_NO = y_NO * routing.weights.reshape(-1)[cell_N][:, None]
+    y_NO = y_NO * routing.weights.reshape(-1).index_select(0, cell_N)[:, None]
     cells = y_NO.new_zeros(T * S, y_NO.shape[1]).index_copy(0, cell_N, y_NO)
-    return cells.view(T, S, y_NO.shape[1]).sum(1)
+    return cells if S == 1 else cells.view(T, S, y_NO.shape[1]).sum(1)
 
 
 def _grouped(x_TI: Tensor, routing: Routing, experts: ExpertBank) -> Dispatched:
@@ -140,7 +140,7 @@ def _grouped(x_TI: Tensor, routing: Routing, experts: ExpertBank) -> Dispatched:
     # Rows per expert, as a tensor of static shape (E,): bincount's shape depends on the data.
     counts_E = ids_N.new_zeros(routing.num_experts).index_add_(0, ids_N, torch.ones_like(ids_N))
     # index_select: its backward is a plain index_add (the [] gather's is a slower index_put).
-    out = experts.forward_grouped(x_TI.index_select(0, cell_N // S), counts_E)
+    out = experts.forward_grouped(x_TI.index_select(0, cell_N if S == 1 else cell_N // S), counts_E)
     recon = None if out.recon_error is None else _mean_or_zero(out.recon_error, x_TI)
     return Dispatched(combine_cells(out.y, cell_N, routing), recon)
 
