@@ -218,3 +218,51 @@ def test_cases_cover_every_k_e_pair():
     # The parametrisation above must include K = E and E = 1 (degenerate routing).
     pairs = {(1, 1), (4, 4)}
     assert pairs <= set(itertools.product(range(1, 9), repeat=2))
+
+
+def _relative_error(fast, ref):
+    fast, ref = fast.detach(), ref.detach()
+    return float((fast - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+ROUTINGS_FOR_TOLERANCE = {
+    "top1": dict(router=RouterConfig()),
+    "top1_paper": dict(router=RouterConfig(weighting="paper", bias=False)),
+    "top2": dict(router=RouterConfig(top_k=2)),
+    "top3_capacity": dict(router=RouterConfig(top_k=3, capacity_factor=0.6)),
+    "top1_capacity_score": dict(router=RouterConfig(capacity_factor=0.5, capacity_priority="score")),
+    "expert_choice": dict(router=RouterConfig(top_k=2, routing="expert_choice", capacity_factor=0.7)),
+    "shared": dict(router=RouterConfig(top_k=2), shared_experts=1),
+    "latent": dict(router=RouterConfig(top_k=2), experts=ExpertConfig(hidden=10, latent_dim=3)),
+    "latent_decoder": dict(experts=ExpertConfig(hidden=10, latent_dim=3, latent_decoder=True)),
+    "jitter": dict(router=RouterConfig(top_k=2, noise="jitter", jitter_eps=0.1)),
+    "noisy_topk": dict(router=RouterConfig(top_k=2, noise="noisy_topk")),
+    "sigmoid_gated": dict(router=RouterConfig(top_k=2, weighting="sigmoid"),
+                          experts=ExpertConfig(hidden=8, gated=True, activation="silu")),
+}
+
+
+@pytest.mark.parametrize("width", [10, 128], ids=lambda w: f"width{w}")
+@pytest.mark.parametrize("case", sorted(ROUTINGS_FOR_TOLERANCE))
+def test_fast_paths_equal_the_reference_within_1e_6_relative(case, width):
+    """The paper's shapes (E=4, T=128, d_out=1), every kind of routing, in training mode (noise
+    drawn alike for each path): outputs, auxiliary losses and every gradient within 1e-6 of the
+    reference path, relative in norm."""
+    kwargs = dict(experts=ExpertConfig(hidden=width)) | ROUTINGS_FOR_TOLERANCE[case]
+    torch.manual_seed(0)
+    layer = MoELayer(16, 1, MoEConfig(num_experts=4, **kwargs)).train()
+    x = torch.randn(128, 16)
+    results = {}
+    for mode in ("reference", "dense", "grouped", "auto"):
+        torch.manual_seed(1)  # the same router noise on every path
+        results[mode] = _grads(layer, x, mode)
+    ref, ref_g, ref_gx = results["reference"]
+    for mode in ("dense", "grouped", "auto"):
+        fast, fast_g, fast_gx = results[mode]
+        assert torch.equal(fast.routing.expert_ids, ref.routing.expert_ids), mode
+        assert _relative_error(fast.y, ref.y) <= 1e-6, mode
+        assert _relative_error(fast_gx, ref_gx) <= 1e-6, mode
+        for name, g in ref_g.items():
+            assert _relative_error(fast_g[name], g) <= 1e-6, f"{mode}: {name}"
+        for key in ref.aux_losses:
+            assert _relative_error(fast.aux_losses[key], ref.aux_losses[key]) <= 1e-6, mode
