@@ -37,8 +37,14 @@ from moelab.layers.outputs import Routing
 DISPATCH_MODES = choices(DispatchMode)
 
 #: ``"auto"`` takes the dense path when computing every expert on every token costs at most this
-#: many multiply-adds. Below it, the dense path's few large kernels beat sorting and grouping.
-DENSE_WORK_LIMIT = 2**23
+#: many multiply-adds. Below it, the dense path's few large kernels beat sorting and grouping
+#: (measured on CPU, forward + backward, T=128: the two paths tie at about 2**22 for E/K = 4).
+DENSE_WORK_LIMIT = 2**22
+#: Experts of at most this many multiply-adds per token take the dense path up to
+#: :data:`TINY_DENSE_WORK_LIMIT`: on many tokens, the grouped path's gathers and sorts of every
+#: row cost more than the dense path wastes (measured: forward, T=8192, D=16, width 10).
+TINY_EXPERT_MACS = 256
+TINY_DENSE_WORK_LIMIT = 2**23
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,14 @@ def expert_macs_per_token(experts: ExpertBank) -> int:
 
 
 def choose_path(mode: str, num_tokens: int, experts: ExpertBank, routing: Routing) -> str:
-    """Resolve ``"auto"`` to ``"dense"`` or ``"grouped"`` (see :data:`DENSE_WORK_LIMIT`)."""
+    """Resolve ``"auto"`` to ``"dense"`` or ``"grouped"`` (see :data:`DENSE_WORK_LIMIT` and
+    :data:`TINY_EXPERT_MACS`)."""
     one_of("dispatch", mode, DISPATCH_MODES)
     if mode != "auto":
         return mode
-    dense_work = num_tokens * routing.num_experts * experts.macs_per_token
-    return "dense" if dense_work <= DENSE_WORK_LIMIT else "grouped"
+    macs = experts.macs_per_token
+    limit = TINY_DENSE_WORK_LIMIT if macs <= TINY_EXPERT_MACS else DENSE_WORK_LIMIT
+    return "dense" if num_tokens * routing.num_experts * macs <= limit else "grouped"
 
 
 def dispatch_and_combine(x_TI: Tensor, routing: Routing, experts: ExpertBank, *,
