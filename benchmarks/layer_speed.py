@@ -11,7 +11,8 @@ one), and its baselines from :data:`BASELINES` (built in baselines.py; that each
 function as moelab's layer is tested in tests/layers/test_peer_parity.py, not here). The final JSON
 line gives moelab (auto) time / baseline time as ``<regime>_vs_<baseline>``.
 
-Usage: python benchmarks/layer_speed.py [--quick] [--json-out PATH] [--seed N]
+Usage: python benchmarks/layer_speed.py [--quick] [--only REGIME ...] [--compile] [--threads N]
+                                       [--json-out PATH] [--seed N]
 """
 
 from __future__ import annotations
@@ -166,6 +167,20 @@ def torchtitan_contender(layer: MoELayer, x: Tensor, gen: torch.Generator) -> Co
     return Contender(lambda: moe(x_BSD), moe, (x_BSD,), kernels)
 
 
+def compiled_contender(layer: MoELayer, x: Tensor) -> tuple[Contender | None, dict]:
+    """``torch.compile(layer)`` (inductor, which on CPU writes and builds C++ kernels), timed like
+    the eager layer. The first step (the compilation, forward and backward) is timed apart; if it
+    fails (no working C++ compiler, say), the contender is dropped and the reason reported."""
+    compiled = torch.compile(layer)
+    contender = Contender(lambda: compiled(x), layer, (x,))
+    start = time.perf_counter()
+    try:
+        contender.step()
+    except Exception as error:  # any failure to compile means: stay eager, and say why
+        return None, {"compiled": f"failed, eager only ({type(error).__name__}: {error})"[:300]}
+    return contender, {"compile_s": round(time.perf_counter() - start, 2)}
+
+
 def loop_contender(layer: MoELayer, x: Tensor, gen: torch.Generator) -> Contender:
     loop = LoopMoE.like(layer)
     return Contender(lambda: loop(x), loop, (x,))
@@ -267,8 +282,10 @@ def kernels_called(fn: Callable[[], Tensor], names: tuple[str, ...]) -> str:
     return ", ".join(f"{name} x{counts.get(name, 0)}" for name in names)
 
 
-def run_regime(regime: Regime, budget: Budget, gen: torch.Generator) -> tuple[dict[str, Timing], dict]:
-    """Time moelab's paths and the regime's available baselines; also say what ``"auto"`` ran."""
+def run_regime(regime: Regime, budget: Budget, gen: torch.Generator, *,
+               compile_layer: bool = False) -> tuple[dict[str, Timing], dict]:
+    """Time moelab's paths and the regime's available baselines; also say what ``"auto"`` ran.
+    With ``compile_layer``, also ``torch.compile(layer)`` (``moelab_compiled``)."""
     layer = MoELayer(regime.d_in, regime.d_out, regime.moe)
     if regime.init_std is not None:
         init_normal_(layer, regime.init_std, gen)
@@ -283,6 +300,11 @@ def run_regime(regime: Regime, budget: Budget, gen: torch.Generator) -> tuple[di
             continue
         contenders[name] = baseline.build(layer, x, gen)
     info = {"auto_path": auto_path(layer, x)}
+    if compile_layer:
+        compiled, compile_info = compiled_contender(layer, x)
+        info.update(compile_info)
+        if compiled is not None:
+            contenders["moelab_compiled"] = compiled
     for name, contender in contenders.items():
         if contender.kernels:
             info[f"{name}_ops"] = kernels_called(contender.forward, contender.kernels)
@@ -319,7 +341,8 @@ def summary(results: Results, quick: bool) -> dict:
 
     def ratios(stat: str) -> dict[str, float | None]:
         return {
-            f"{regime.name}_vs_{other}": ratio(results[regime.name][0], other, stat)
+            f"{regime.name}_vs_{other}":
+                ratio(results[regime.name][0], other, stat) if regime.name in results else None
             for regime in REGIMES for other in regime.baselines
         }
 
@@ -335,6 +358,13 @@ def summary(results: Results, quick: bool) -> dict:
         "median_ms": times("median_ms"),
         "min_ms": times("min_ms"),
         "auto_path": {regime: info["auto_path"] for regime, (_, info) in results.items()},
+        # compiled time / eager (auto) time, from medians: below 1 means compiling paid.
+        "compiled_vs_eager": {
+            regime: round(timings["moelab_compiled"].median_ms / timings["moelab_auto"].median_ms, 4)
+            for regime, (timings, _) in results.items() if "moelab_compiled" in timings
+        },
+        "compile_s": {regime: info["compile_s"] for regime, (_, info) in results.items()
+                      if "compile_s" in info},
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "transformers": package_version("transformers"),
@@ -354,22 +384,34 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer warm-up and timed steps")
     parser.add_argument("--json-out", metavar="PATH", help="also write the summary JSON here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", nargs="+", metavar="REGIME", choices=[r.name for r in REGIMES],
+                        help="time only these regimes (the others' ratios are null)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time torch.compile(layer) (moelab_compiled) and its compile time")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch's intra-op threads (default: torch's default, one per core)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
     # torchtitan's router asks for float32 autocast, unsupported on CPU: it warns and runs in float32.
     warnings.filterwarnings("ignore", message="In CPU autocast", category=UserWarning)
-    torch.manual_seed(args.seed)  # moelab's and nn.Linear's initialisers use the default generator
-    gen = torch.Generator().manual_seed(args.seed)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()} (default), "
+    threads = "default" if args.threads is None else "--threads"
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()} ({threads}), "
           f"{platform.processor() or platform.machine()}, "
           f"transformers {package_version('transformers')}, "
           f"torchtitan {package_version('torchtitan')}, fp32 (torchtitan's experts: bf16)")
     load_before = os.getloadavg()[0]
     print(f"1-minute load average before: {load_before:.2f} (other work on these cores adds noise)")
-    results = {
-        regime.name: run_regime(regime, regime.quick if args.quick else regime.budget, gen)
-        for regime in REGIMES
-    }
+    results = {}
+    for regime in REGIMES:
+        if args.only is not None and regime.name not in args.only:
+            continue
+        # Seeded per regime, so a regime's weights and inputs do not depend on which others ran.
+        torch.manual_seed(args.seed)  # moelab's and nn.Linear's initialisers use the default one
+        gen = torch.Generator().manual_seed(args.seed)
+        budget = regime.quick if args.quick else regime.budget
+        results[regime.name] = run_regime(regime, budget, gen, compile_layer=args.compile)
     print_table(results)
     load_after = os.getloadavg()[0]
     print(f"1-minute load average after: {load_after:.2f}")

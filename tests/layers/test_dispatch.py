@@ -199,6 +199,15 @@ def test_auto_picks_dense_for_tiny_experts_and_grouped_for_big():
         r_tiny, r_big = tiny.router(x_tiny), big.router(x_big)
     assert dispatch_mod.choose_path("auto", 128, tiny.experts, r_tiny) == "dense"
     assert dispatch_mod.choose_path("auto", 512, big.experts, r_big) == "grouped"
+    # The paper's layer at width 128 (4.3M multiply-adds dense on 128 tokens) is past the tie:
+    # grouped. Table 3's experts (170 multiply-adds a token) stay dense on 8192 tokens (5.6M).
+    wide = MoELayer(64, 1, MoEConfig(num_experts=4, experts=ExpertConfig(hidden=128)))
+    assert dispatch_mod.choose_path("auto", 128, wide.experts, r_tiny) == "grouped"
+    assert dispatch_mod.choose_path("auto", 64, wide.experts, r_tiny) == "dense"
+    table3 = MoELayer(16, 1, MoEConfig(num_experts=4, experts=ExpertConfig(hidden=10)))
+    assert table3.experts.macs_per_token == 170
+    assert dispatch_mod.choose_path("auto", 8192, table3.experts, r_tiny) == "dense"  # 5.6M
+    assert dispatch_mod.choose_path("auto", 16384, table3.experts, r_tiny) == "grouped"  # 11M
     for mode in ("dense", "grouped", "reference"):
         assert dispatch_mod.choose_path(mode, 512, big.experts, r_big) == mode
 
@@ -218,3 +227,79 @@ def test_cases_cover_every_k_e_pair():
     # The parametrisation above must include K = E and E = 1 (degenerate routing).
     pairs = {(1, 1), (4, 4)}
     assert pairs <= set(itertools.product(range(1, 9), repeat=2))
+
+
+def _relative_error(fast, ref):
+    fast, ref = fast.detach(), ref.detach()
+    return float((fast - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+ROUTINGS_FOR_TOLERANCE = {
+    "top1": dict(router=RouterConfig()),
+    "top1_paper": dict(router=RouterConfig(weighting="paper", bias=False)),
+    "top2": dict(router=RouterConfig(top_k=2)),
+    "top3_capacity": dict(router=RouterConfig(top_k=3, capacity_factor=0.6)),
+    "top1_capacity_score": dict(router=RouterConfig(capacity_factor=0.5, capacity_priority="score")),
+    "expert_choice": dict(router=RouterConfig(top_k=2, routing="expert_choice", capacity_factor=0.7)),
+    "shared": dict(router=RouterConfig(top_k=2), shared_experts=1),
+    "latent": dict(router=RouterConfig(top_k=2), experts=ExpertConfig(hidden=10, latent_dim=3)),
+    "latent_decoder": dict(experts=ExpertConfig(hidden=10, latent_dim=3, latent_decoder=True)),
+    "jitter": dict(router=RouterConfig(top_k=2, noise="jitter", jitter_eps=0.1)),
+    "noisy_topk": dict(router=RouterConfig(top_k=2, noise="noisy_topk")),
+    "sigmoid_gated": dict(router=RouterConfig(top_k=2, weighting="sigmoid"),
+                          experts=ExpertConfig(hidden=8, gated=True, activation="silu")),
+}
+
+
+@pytest.mark.parametrize("width", [10, 128], ids=lambda w: f"width{w}")
+@pytest.mark.parametrize("case", sorted(ROUTINGS_FOR_TOLERANCE))
+def test_fast_paths_equal_the_reference_within_1e_6_relative(case, width):
+    """The paper's shapes (E=4, T=128, d_out=1), every kind of routing, in training mode (noise
+    drawn alike for each path): outputs, auxiliary losses and every gradient within 1e-6 of the
+    reference path, relative in norm."""
+    kwargs = dict(experts=ExpertConfig(hidden=width)) | ROUTINGS_FOR_TOLERANCE[case]
+    torch.manual_seed(0)
+    layer = MoELayer(16, 1, MoEConfig(num_experts=4, **kwargs)).train()
+    x = torch.randn(128, 16)
+    results = {}
+    for mode in ("reference", "dense", "grouped", "auto"):
+        torch.manual_seed(1)  # the same router noise on every path
+        results[mode] = _grads(layer, x, mode)
+    ref, ref_g, ref_gx = results["reference"]
+    for mode in ("dense", "grouped", "auto"):
+        fast, fast_g, fast_gx = results[mode]
+        assert torch.equal(fast.routing.expert_ids, ref.routing.expert_ids), mode
+        assert _relative_error(fast.y, ref.y) <= 1e-6, mode
+        assert _relative_error(fast_gx, ref_gx) <= 1e-6, mode
+        for name, g in ref_g.items():
+            assert _relative_error(fast_g[name], g) <= 1e-6, f"{mode}: {name}"
+        for key in ref.aux_losses:
+            assert _relative_error(fast.aux_losses[key], ref.aux_losses[key]) <= 1e-6, mode
+
+
+@pytest.mark.parametrize("O", [1, 3, 4])
+def test_grouped_linear_pads_a_narrow_output_for_the_kernel(O, monkeypatch):
+    """Outputs of width O not a multiple of 4 floats run through grouped_mm on a zero-padded
+    weight; outputs and gradients equal the per-group matmuls of the fallback."""
+    from moelab.layers import experts as experts_mod
+
+    torch.manual_seed(O)
+    counts = torch.tensor([3, 0, 6, 2])
+    offsets = counts.cumsum(0).to(torch.int32)
+    x = torch.randn(11, 16, requires_grad=True)
+    w = torch.randn(4, 16, O, requires_grad=True)
+    b = torch.randn(4, O, requires_grad=True)
+    assert experts_mod._kernel_weight(x, w) is not None  # the kernel path is the one tested
+    g = torch.randn(11, O)
+
+    def run():
+        y = grouped_linear(x, w, b, counts, offsets)
+        return (y, *torch.autograd.grad(y, (x, w, b), g))
+
+    kernel = run()
+    monkeypatch.setattr(experts_mod, "_grouped_mm_ok", lambda *a: False)
+    assert experts_mod._kernel_weight(x, w) is None
+    fallback = run()
+    for got, want in zip(kernel, fallback, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert kernel[0].shape == (11, O)

@@ -36,3 +36,21 @@ def test_a_latent_width_above_the_input_width_is_refused():
     with pytest.raises(ValueError, match=r"experts.latent_dim=8 must be <= d_in=4"):
         MoELayer(4, 2, MoEConfig(num_experts=3, experts=ExpertConfig(latent_dim=8)))
     MoELayer(4, 2, MoEConfig(num_experts=3, experts=ExpertConfig(latent_dim=4)))
+
+
+def test_the_finite_check_is_exact_when_the_sum_of_finite_values_overflows():
+    # The check first reads one sum; finite values whose sum overflows must still pass, and a
+    # non-finite value among them must still be found.
+    from moelab._validation import check_finite_values
+
+    big = torch.full((4, 3), 3e38)  # every value finite, the sum is inf
+    check_finite_values(big, -big)
+    check_finite_values(big.double(), big)
+    one_nan = big.clone()
+    one_nan[1, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"x contains 1 non-finite"):
+        check_finite_values(one_nan, big)
+    with pytest.raises(FloatingPointError, match="not finite although the input is"):
+        check_finite_values(big, torch.tensor([1.0, float("inf")]))
+    with pytest.raises(FloatingPointError, match="not finite although the input is"):
+        check_finite_values(torch.ones(2), torch.tensor([float("inf"), float("-inf")]))

@@ -37,8 +37,14 @@ from moelab.layers.outputs import Routing
 DISPATCH_MODES = choices(DispatchMode)
 
 #: ``"auto"`` takes the dense path when computing every expert on every token costs at most this
-#: many multiply-adds. Below it, the dense path's few large kernels beat sorting and grouping.
-DENSE_WORK_LIMIT = 2**23
+#: many multiply-adds. Below it, the dense path's few large kernels beat sorting and grouping
+#: (measured on CPU, forward + backward, T=128: the two paths tie at about 2**22 for E/K = 4).
+DENSE_WORK_LIMIT = 2**22
+#: Experts of at most this many multiply-adds per token take the dense path up to
+#: :data:`TINY_DENSE_WORK_LIMIT`: on many tokens, the grouped path's gathers and sorts of every
+#: row cost more than the dense path wastes (measured: forward, T=8192, D=16, width 10).
+TINY_EXPERT_MACS = 256
+TINY_DENSE_WORK_LIMIT = 2**23
 
 
 @dataclass(frozen=True)
@@ -74,12 +80,14 @@ def expert_macs_per_token(experts: ExpertBank) -> int:
 
 
 def choose_path(mode: str, num_tokens: int, experts: ExpertBank, routing: Routing) -> str:
-    """Resolve ``"auto"`` to ``"dense"`` or ``"grouped"`` (see :data:`DENSE_WORK_LIMIT`)."""
+    """Resolve ``"auto"`` to ``"dense"`` or ``"grouped"`` (see :data:`DENSE_WORK_LIMIT` and
+    :data:`TINY_EXPERT_MACS`)."""
     one_of("dispatch", mode, DISPATCH_MODES)
     if mode != "auto":
         return mode
-    dense_work = num_tokens * routing.num_experts * experts.macs_per_token
-    return "dense" if dense_work <= DENSE_WORK_LIMIT else "grouped"
+    macs = experts.macs_per_token
+    limit = TINY_DENSE_WORK_LIMIT if macs <= TINY_EXPERT_MACS else DENSE_WORK_LIMIT
+    return "dense" if num_tokens * routing.num_experts * macs <= limit else "grouped"
 
 
 def dispatch_and_combine(x_TI: Tensor, routing: Routing, experts: ExpertBank, *,
@@ -129,9 +137,9 @@ def combine_cells(y_NO: Tensor, cell_N: Tensor, routing: Routing) -> Tensor:
     (T, O). Each (token, slot) cell is written exactly once, then the slots are summed in order,
     so the result is deterministic (no atomic scatter-add)."""
     T, S = routing.expert_ids.shape
-    y_NO = y_NO * routing.weights.reshape(-1)[cell_N][:, None]
+    y_NO = y_NO * routing.weights.reshape(-1).index_select(0, cell_N)[:, None]
     cells = y_NO.new_zeros(T * S, y_NO.shape[1]).index_copy(0, cell_N, y_NO)
-    return cells.view(T, S, y_NO.shape[1]).sum(1)
+    return cells if S == 1 else cells.view(T, S, y_NO.shape[1]).sum(1)
 
 
 def _grouped(x_TI: Tensor, routing: Routing, experts: ExpertBank) -> Dispatched:
@@ -140,7 +148,7 @@ def _grouped(x_TI: Tensor, routing: Routing, experts: ExpertBank) -> Dispatched:
     # Rows per expert, as a tensor of static shape (E,): bincount's shape depends on the data.
     counts_E = ids_N.new_zeros(routing.num_experts).index_add_(0, ids_N, torch.ones_like(ids_N))
     # index_select: its backward is a plain index_add (the [] gather's is a slower index_put).
-    out = experts.forward_grouped(x_TI.index_select(0, cell_N // S), counts_E)
+    out = experts.forward_grouped(x_TI.index_select(0, cell_N if S == 1 else cell_N // S), counts_E)
     recon = None if out.recon_error is None else _mean_or_zero(out.recon_error, x_TI)
     return Dispatched(combine_cells(out.y, cell_N, routing), recon)
 

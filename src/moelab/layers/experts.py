@@ -73,6 +73,14 @@ def _grouped_mm_ok(x_NI: Tensor, w_EIO: Tensor) -> bool:
     return w_EIO.shape[1] % step == 0 and w_EIO.shape[2] % step == 0
 
 
+def _kernel_weight(x_NI: Tensor, w_EIO: Tensor) -> Tensor | None:
+    """``w_EIO`` as the grouped_mm kernel takes it: itself, or with zero output columns appended
+    up to the kernel's 16-byte row alignment (d_out = 1, say); None where it takes neither."""
+    pad = -w_EIO.shape[2] % (16 // x_NI.element_size())
+    w_EIO = F.pad(w_EIO, (0, pad)) if pad else w_EIO
+    return w_EIO if _grouped_mm_ok(x_NI, w_EIO) else None
+
+
 def grouped_linear(
     x_NI: Tensor, w_EIO: Tensor, b_EO: Tensor | None, counts_E: Tensor, offsets_E: Tensor
 ) -> Tensor:
@@ -80,18 +88,22 @@ def grouped_linear(
 
     Rows must be sorted by expert with ``counts_E[e]`` rows for expert e; ``offsets_E`` is the
     int32 cumulative sum of ``counts_E``. Uses ``torch.nn.functional.grouped_mm`` where the kernel
-    accepts the operands and one matmul per non-empty group otherwise (same result; that fallback
-    reads the group sizes on the host). Under ``torch.compile``, where the kernel takes only
-    bfloat16 and the host read would break the graph, each row is multiplied by its own expert's
-    gathered weight instead (no sync, static shapes; memory N * I * O).
+    accepts the operands, if need be with the weight's output columns padded with zeros to the
+    kernel's 16-byte row alignment (d_out = 1, say), and one matmul per non-empty group otherwise
+    (same result; that fallback reads the group sizes on the host). Under ``torch.compile``, where
+    the kernel takes only bfloat16 and the host read would break the graph, each row is multiplied
+    by its own expert's gathered weight instead (no sync, static shapes; memory N * I * O).
     """
     if torch.compiler.is_compiling() and x_NI.dtype != torch.bfloat16:
         expert_N = torch.arange(w_EIO.shape[0], device=x_NI.device).repeat_interleave(
             counts_E, output_size=x_NI.shape[0])
         y_NO = torch.bmm(x_NI[:, None, :], w_EIO[expert_N]).squeeze(1)
         return y_NO if b_EO is None else y_NO + b_EO[expert_N]
-    if _grouped_mm_ok(x_NI, w_EIO):
-        y_NO = F.grouped_mm(x_NI.contiguous(), w_EIO, offs=offsets_E)
+    kernel_w_EIO = _kernel_weight(x_NI, w_EIO)
+    if kernel_w_EIO is not None:
+        y_NO = F.grouped_mm(x_NI.contiguous(), kernel_w_EIO, offs=offsets_E)
+        if kernel_w_EIO is not w_EIO:  # drop the padding columns
+            y_NO = y_NO[:, :w_EIO.shape[2]]
         if b_EO is not None:
             y_NO = y_NO + b_EO.repeat_interleave(counts_E, dim=0, output_size=x_NI.shape[0])
         return y_NO
