@@ -23,6 +23,7 @@ from typing import Any
 from moelab._validation import one_of, positive_int
 from moelab.layers.moe import MoEConfig
 from moelab.training.loop import TrainConfig
+from moelab.training.streams import STREAM_FIELDS
 from moelab.typed_json import build as _build
 
 TASK_KINDS = ("manifold", "piecewise")
@@ -162,6 +163,8 @@ class RunConfig(_Run):
         data = super().identity()
         data["task"] = self.task.identity()
         data["model"] = self.model.identity()
+        for name in STREAM_FIELDS:  # where the logged rows are streamed, not what is computed
+            data["train"].pop(name)
         return data
 
 
