@@ -105,7 +105,26 @@ def _runs(exp, args: argparse.Namespace, overrides: dict) -> list:
     from moelab.experiments.resolve import resolve_runs
 
     seeds = _seeds(args.seeds) if isinstance(args.seeds, str) else args.seeds
-    return resolve_runs(exp, seeds, overrides)
+    return _streamed(resolve_runs(exp, seeds, overrides), args)
+
+
+def _streamed(runs: list, args: argparse.Namespace) -> list:
+    """--tensorboard DIR / --jsonl DIR: each training run streams its logged rows to DIR/RUN_ID
+    (a TensorBoard folder) or DIR/RUN_ID.jsonl; the run ids do not change."""
+    import dataclasses
+
+    if args.tensorboard is None and args.jsonl is None:
+        return runs
+    tb, jsonl = (None if d is None else Path(d).resolve() for d in (args.tensorboard, args.jsonl))
+    out = []
+    for run in runs:
+        if hasattr(run, "train"):
+            rid = run.run_id()
+            run = dataclasses.replace(run, train=run.train.replace(
+                tensorboard_dir=None if tb is None else str(tb / rid),
+                jsonl_path=None if jsonl is None else str(jsonl / f"{rid}.jsonl")))
+        out.append(run)
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -319,6 +338,11 @@ def _add_common(p: argparse.ArgumentParser, *, workers_default: int) -> None:
                    help=f"output directory with results.sqlite (default ./{DEFAULT_OUT}); a "
                         "directory, created if needed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="stream each run's logged rows (loss, lr, router metrics) to TensorBoard "
+                        "under DIR/RUN_ID (needs moelab[tensorboard])")
+    p.add_argument("--jsonl", metavar="DIR",
+                   help="stream each run's logged rows to DIR/RUN_ID.jsonl, one JSON object a line")
     engine = p.add_argument_group(
         "engines", "where the runs execute (docs/sweeps.md); this process alone writes the "
                    "results database, which must be on a local disk")
