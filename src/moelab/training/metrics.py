@@ -31,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-from moelab.analysis.routing import expert_load, token_entropy
+from moelab.analysis.routing import token_entropy
 from moelab.layers.outputs import Routing
 from moelab.losses import router_z_loss
 
@@ -39,29 +39,27 @@ from moelab.losses import router_z_loss
 ROUTER_METRICS = ("max_share", "max_vio", "entropy", "dead_fraction", "router_z")
 
 
-def max_violation(load_E: torch.Tensor) -> float:
+def max_violation(load_E: torch.Tensor | Sequence[float]) -> float:
     """MaxVio of a load vector (E,) of counts or fractions: ``max(load) / mean(load) - 1``.
 
     Wang et al. 2024 (auxiliary-loss-free balancing), Sec. 4.1. 0 when balanced; ``E - 1`` when
     one expert takes every assignment; NaN for an all-zero load (nothing to balance).
     """
-    load = load_E.detach().double()
-    mean = float(load.mean())
-    return float(load.max()) / mean - 1 if mean > 0 else math.nan
+    load = load_E.tolist() if isinstance(load_E, torch.Tensor) else [float(v) for v in load_E]
+    total = sum(load)
+    return max(load) * len(load) / total - 1 if total > 0 else math.nan
 
 
+@torch.no_grad()
 def layer_metrics(routing: Routing) -> dict[str, float]:
     """The metrics of one MoE layer's routing (see the module docstring), keyed by name."""
-    routing = routing.detach()
-    counts_E = routing.tokens_per_expert
-    E = routing.num_experts
-    kept = int(counts_E.sum())
-    share = float(expert_load(routing).max()) if kept else math.nan
+    counts = routing.tokens_per_expert.tolist()  # one host copy for the three load metrics
+    E, total = len(counts), sum(counts)
     return {
-        "max_share": share,
-        "max_vio": max_violation(counts_E),
+        "max_share": max(counts) / total if total else math.nan,
+        "max_vio": max_violation(counts),
         "entropy": token_entropy(routing) / math.log(E) if E > 1 else 0.0,
-        "dead_fraction": float((counts_E == 0).sum()) / E,
+        "dead_fraction": counts.count(0) / E,
         "router_z": float(router_z_loss(routing.logits)),
     }
 
