@@ -20,6 +20,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
+from concurrent.futures import wait as wait_for
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -120,8 +121,7 @@ class RayExecutor(Executor):
             for future in pending:
                 future.cancel()  # and its task (see _settle)
         else:
-            for future in pending:
-                future.exception()  # waits; the caller reads the outcome from the future
+            wait_for(pending)  # the caller reads each outcome from its future
         if self._owner:
             self._ray.shutdown()
 
