@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import operator
+import os
 import shutil
 import sqlite3
 import sys
@@ -186,3 +187,21 @@ def test_an_unknown_executor_is_an_error():
     with pytest.raises(ValueError, match="executor 'dask' is unknown"):
         with open_executor("dask"):
             pass
+
+
+def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
+    """On a machine with SLURM (here a stand-in ``srun``), the CLI's options become the job
+    script's #SBATCH lines; one CPU per run."""
+    pytest.importorskip("submitit")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (bin_dir / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    options = {"slurm_partition": "cpu", "timeout_min": 30, "mem_gb": 2.0}
+    with open_executor("submitit", workers=4, submitit_folder=tmp_path / "jobs",
+                       submitit_parameters=options) as executor:
+        assert executor.cluster == "slurm"
+        script = executor._executor._executor._make_submission_file_text("CMD", "uid")
+    for line in ("--partition=cpu", "--time=30", "--mem=2GB", "--cpus-per-task=1"):
+        assert f"#SBATCH {line}\n" in script
