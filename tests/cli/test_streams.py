@@ -41,3 +41,14 @@ def test_run_streams_nothing_by_default(tmp_path, monkeypatch):
     assert main([*ARGS, "--out", "out"]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["results.sqlite"]
+
+
+def test_a_streamed_sweep_reports_like_one_without_streams(tmp_path):
+    """Where rows were streamed is no setting of the runs: the report neither splits the seeds of
+    a grid point (their paths differ) nor lists the paths as settings that differ."""
+    from moelab.reporting import write_report
+
+    assert main([*ARGS, "--seeds", "2", "--out", str(tmp_path / "a"), "--jsonl",
+                 str(tmp_path / "rows")]) == 0
+    report = write_report(tmp_path / "a", experiments=["table3"]).read_text()
+    assert "jsonl_path" not in report and "Not pooled" not in report
