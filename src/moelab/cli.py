@@ -2,6 +2,7 @@
 
     moelab list                         the named experiments
     moelab run NAME [--seeds N|S1,S2,..] [--set k=v ...] [--workers N] [--out DIR] [--show-config]
+                    [--executor process|ray|submitit]   runs on a process pool, Ray or SLURM
     moelab report DIR                   markdown report with figures, CSV and JSON exports
     moelab reproduce [--out DIR]        Tables 3 and 4 with 3 seeds each, then the report
     moelab construct NAME [--set k=v]   a hand-built construction of a theorem, and its summary
@@ -72,11 +73,58 @@ def _check_run_args(args: argparse.Namespace) -> None:
                          f"DIR/results.sqlite, so give a directory")
 
 
+def _executor(args: argparse.Namespace):
+    """The --executor's engine for the sweep (a context manager; None: the process pool)."""
+    from moelab.experiments.executors import open_executor
+
+    slurm = {"slurm_partition": args.slurm_partition, "timeout_min": args.slurm_time,
+             "mem_gb": args.slurm_mem_gb}
+    options = {"ray": {"--ray-address": args.ray_address},
+               "submitit": {"--submitit-folder": args.submitit_folder,
+                            "--submitit-local": args.submitit_local or None,
+                            "--slurm-partition": args.slurm_partition,
+                            "--slurm-time": args.slurm_time, "--slurm-mem-gb": args.slurm_mem_gb}}
+    for engine, flags in options.items():
+        stray = [flag for flag, value in flags.items() if value is not None]
+        if engine != args.executor and stray:
+            raise ValueError(f"{', '.join(stray)}: only for --executor {engine}, and the executor "
+                             f"is {args.executor!r}")
+    folder = args.submitit_folder
+    if args.executor == "submitit" and folder is None:
+        if not args.submitit_local:
+            raise ValueError("--executor submitit needs --submitit-folder DIR, on a filesystem the "
+                             "compute nodes share (or --submitit-local to test on this machine)")
+        folder = str(Path(args.out) / "submitit")
+    return open_executor(args.executor, workers=args.workers, ray_address=args.ray_address,
+                         submitit_folder=folder,
+                         submitit_cluster="local" if args.submitit_local else None,
+                         submitit_parameters={k: v for k, v in slurm.items() if v is not None})
+
+
 def _runs(exp, args: argparse.Namespace, overrides: dict) -> list:
     from moelab.experiments.resolve import resolve_runs
 
     seeds = _seeds(args.seeds) if isinstance(args.seeds, str) else args.seeds
-    return resolve_runs(exp, seeds, overrides)
+    return _streamed(resolve_runs(exp, seeds, overrides), args)
+
+
+def _streamed(runs: list, args: argparse.Namespace) -> list:
+    """--tensorboard DIR / --jsonl DIR: each training run streams its logged rows to DIR/RUN_ID
+    (a TensorBoard folder) or DIR/RUN_ID.jsonl; the run ids do not change."""
+    import dataclasses
+
+    if args.tensorboard is None and args.jsonl is None:
+        return runs
+    tb, jsonl = (None if d is None else Path(d).resolve() for d in (args.tensorboard, args.jsonl))
+    out = []
+    for run in runs:
+        if hasattr(run, "train"):
+            rid = run.run_id()
+            run = dataclasses.replace(run, train=run.train.replace(
+                tensorboard_dir=None if tb is None else str(tb / rid),
+                jsonl_path=None if jsonl is None else str(jsonl / f"{rid}.jsonl")))
+        out.append(run)
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -92,9 +140,12 @@ def _run(args: argparse.Namespace) -> int:
         _show_config(exp, runs, overrides)
         return 0
     _check_run_args(args)
+    engine = _executor(args)  # its options are checked before the store is created
     store = ResultStore(args.out)
     start = time.perf_counter()
-    done = run_all(runs, store, workers=args.workers, progress=not args.quiet)
+    with engine as executor:
+        done = run_all(runs, store, workers=args.workers, progress=not args.quiet,
+                       executor=executor)
     skipped = len(runs) - len(done)
     print(f"{exp.name}: {len(done)} run(s) done, {skipped} already stored, "
           f"{time.perf_counter() - start:.1f} s -> {store.path}")
@@ -152,18 +203,21 @@ def _reproduce(args: argparse.Namespace) -> int:
     from moelab.reporting import write_report
 
     _check_run_args(args)
+    engine = _executor(args)  # its options are checked before the store is created
     store = ResultStore(args.out)
     overrides = _overrides(args.set)
     start = time.perf_counter()
     stored = 0
-    for name in REPRODUCED + CONTRASTS:
-        exp = get_experiment(name)
-        runs = _runs(exp, args, overrides) if name in REPRODUCED else exp.runs()
-        print(f"{name}: {len(runs)} run(s) — {exp.title}", flush=True)
-        try:
-            stored += len(run_all(runs, store, workers=args.workers, progress=not args.quiet))
-        except RunsInterrupted as exc:
-            raise RunsInterrupted(stored + exc.stored, exc.remaining) from None
+    with engine as executor:
+        for name in REPRODUCED + CONTRASTS:
+            exp = get_experiment(name)
+            runs = _runs(exp, args, overrides) if name in REPRODUCED else exp.runs()
+            print(f"{name}: {len(runs)} run(s) — {exp.title}", flush=True)
+            try:
+                stored += len(run_all(runs, store, workers=args.workers,
+                                      progress=not args.quiet, executor=executor))
+            except RunsInterrupted as exc:
+                raise RunsInterrupted(stored + exc.stored, exc.remaining) from None
     path = write_report(args.out, experiments=list(REPRODUCED))
     print(f"reproduced {', '.join(REPRODUCED)} in {time.perf_counter() - start:.0f} s; "
           f"report: {path}")
@@ -284,6 +338,30 @@ def _add_common(p: argparse.ArgumentParser, *, workers_default: int) -> None:
                    help=f"output directory with results.sqlite (default ./{DEFAULT_OUT}); a "
                         "directory, created if needed")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--tensorboard", metavar="DIR",
+                   help="stream each run's logged rows (loss, lr, router metrics) to TensorBoard "
+                        "under DIR/RUN_ID (needs moelab[tensorboard])")
+    p.add_argument("--jsonl", metavar="DIR",
+                   help="stream each run's logged rows to DIR/RUN_ID.jsonl, one JSON object a line")
+    engine = p.add_argument_group(
+        "engines", "where the runs execute (docs/sweeps.md); this process alone writes the "
+                   "results database, which must be on a local disk")
+    engine.add_argument("--executor", choices=("process", "ray", "submitit"), default="process",
+                        help="process: a pool of --workers processes here (default); ray: Ray "
+                             "tasks on a local cluster of --workers CPUs or at --ray-address; "
+                             "submitit: SLURM jobs (at most --workers in flight)")
+    engine.add_argument("--ray-address", metavar="ADDR",
+                        help="a running Ray cluster, e.g. auto or ray://head:10001 (default: "
+                             "start a local one)")
+    engine.add_argument("--submitit-folder", metavar="DIR",
+                        help="submitit's job files and logs, on a filesystem the SLURM nodes "
+                             "share (default with --submitit-local: OUT/submitit)")
+    engine.add_argument("--submitit-local", action="store_true",
+                        help="run submitit's jobs as processes on this machine (for testing)")
+    engine.add_argument("--slurm-partition", metavar="NAME", help="SLURM partition of the jobs")
+    engine.add_argument("--slurm-time", type=int, metavar="MIN",
+                        help="time limit of each job in minutes (default 60)")
+    engine.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory of each job")
 
 
 def build_parser() -> argparse.ArgumentParser:

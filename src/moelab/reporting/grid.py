@@ -24,6 +24,7 @@ from moelab.reporting.aggregate import (
     natural_key,
     spread,
 )
+from moelab.training.streams import STREAM_FIELDS
 
 #: A key into a cell: an axis name, a dotted config path, or a function of the cell.
 Key = str | Callable[["Cell"], Any]
@@ -31,6 +32,8 @@ Key = str | Callable[["Cell"], Any]
 Select = Mapping[str, Any]
 _NOT_CONFIG = ("seed", "labels", "experiment")
 _ABSENT = object()
+#: Config paths that say where a run's rows were streamed, not how it ran: no setting of a run.
+_NOT_SETTINGS = tuple(f"train.{name}" for name in STREAM_FIELDS)
 
 
 class MissingData(LookupError):
@@ -141,8 +144,7 @@ def _one_key(variants) -> str | None:
 
 
 def _identity(run: StoredRun) -> str:
-    return json.dumps({k: v for k, v in run.config.items() if k not in _NOT_CONFIG},
-                      sort_keys=True, default=str)
+    return json.dumps(_flat_config(run.config), sort_keys=True, default=str)
 
 
 def _differing(labelled: Sequence[tuple[StoredRun, dict[str, str]]]) -> list[str]:
@@ -177,7 +179,8 @@ def deviations(runs: Sequence[StoredRun], exp: Experiment) -> list[str]:
 
 
 def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in flatten(config).items() if k.split(".")[0] not in _NOT_CONFIG}
+    return {k: v for k, v in flatten(config).items()
+            if k.split(".")[0] not in _NOT_CONFIG and k not in _NOT_SETTINGS}
 
 
 def _text(value: Any) -> str:

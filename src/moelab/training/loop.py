@@ -31,6 +31,9 @@ from tqdm.auto import tqdm
 from moelab._validation import one_of, positive_float, positive_int
 from moelab.layers.moe import MoELayer
 from moelab.layers.recording import RoutingRecord, record_routing
+from moelab.training.metrics import router_metrics
+from moelab.training.streams import MetricsStream
+from moelab.typed_json import NOT_IDENTITY
 
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
 
@@ -78,6 +81,10 @@ class TrainConfig:
     test_size: int = 10_000
     eval_every: int = 0
     log_every: int = 10
+    # Where logged rows are also streamed as training runs (off by default; see
+    # moelab.training.streams). Where, not what: these two are not part of a run's identity.
+    tensorboard_dir: str | None = field(default=None, metadata=NOT_IDENTITY)
+    jsonl_path: str | None = field(default=None, metadata=NOT_IDENTITY)
 
     def __post_init__(self) -> None:
         positive_int("steps", self.steps)
@@ -113,9 +120,10 @@ class Metrics:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """``history`` rows: {"step", "loss", "mse", "lr", and each auxiliary loss}, every
-    ``log_every`` steps; ``evals`` rows: {"step", "test_mse", "test_sup"}; ``final`` the last
-    evaluation; ``seconds`` the wall time of training."""
+    """``history`` rows: {"step", "loss", "mse", "lr", each auxiliary loss, and each MoE layer's
+    router metrics (:mod:`moelab.training.metrics`)}, every ``log_every`` steps; ``evals`` rows:
+    {"step", "test_mse", "test_sup"}; ``final`` the last evaluation; ``seconds`` the wall time of
+    training."""
 
     final: Metrics
     history: list[dict[str, float]]
@@ -309,7 +317,7 @@ def train(
     evals: list[dict[str, float]] = []
     start = time.perf_counter()
     model.train()
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), MetricsStream.of(config) as stream:
         torch.manual_seed(seed)
         bar = tqdm(range(config.steps), desc=description, disable=not progress, leave=False)
         for step in bar:
@@ -320,7 +328,8 @@ def train(
                 x, y = fresh.next()
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(config, step)
-            out, record = _train_forward(model, x, record=balance)
+            logged = step % config.log_every == 0 or step == config.steps - 1
+            out, record = _train_forward(model, x, record=balance or logged)
             loss, mse = _loss(out, y, config.aux_weights)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
@@ -331,11 +340,13 @@ def train(
             optimizer.step()
             if balance:
                 _update_balance_biases(record, config.balance_bias_rate)
-            if step % config.log_every == 0 or step == config.steps - 1:
+            if logged:
                 row = {"step": step, "loss": loss.item(), "mse": mse.item(),
                        "lr": optimizer.param_groups[0]["lr"]}
                 row.update({k: v.item() for k, v in out.aux_losses.items()})
+                row.update(router_metrics(record.routings))
                 history.append(row)
+                stream.write(row)
                 bar.set_postfix(mse=f"{row['mse']:.2e}", refresh=False)
             last = step == config.steps - 1
             if last or (config.eval_every and (step + 1) % config.eval_every == 0):
