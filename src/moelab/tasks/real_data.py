@@ -14,6 +14,10 @@ downloaded (install with ``pip install 'moelab[data]'``):
 * ``"wine"``: 178 wines, 13 chemical measurements, 3 cultivars.
 * ``"breast_cancer"``: 569 tumours, 30 features of cell nuclei, 2 classes (malignant, benign).
 
+All three are copies of UCI Machine Learning Repository data sets (Alpaydin & Kaynak 1998; Forina
+et al. 1991; Wolberg, Street & Mangasarian 1995), which the repository distributes under CC BY 4.0
+(attribution); scikit-learn itself is BSD-3-Clause.
+
 The task: features standardised with the mean and standard deviation of the training split (a
 constant feature is only centred), a stratified train/test split fixed by ``split_seed``, the
 embedding x = P z with P (D, k) orthonormal columns, and one-hot targets (the squared loss of the
