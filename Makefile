@@ -16,7 +16,7 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench,ray,slurm,tensorboard]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,bench,ray,slurm,tensorboard,data]"
 	touch $(STAMP)
 
 test: $(STAMP)

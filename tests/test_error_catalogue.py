@@ -34,7 +34,7 @@ from moelab.layers import (
     RouterConfig,
     collect_aux_losses,
 )
-from moelab.tasks import make_manifold_task, make_piecewise_task
+from moelab.tasks import build_real_data_task, make_manifold_task, make_piecewise_task
 from moelab.training import TrainConfig, train
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "errors.md"
@@ -187,6 +187,10 @@ CASES = [
          r"L must be >= 1, got 0"),
     Case("task-noise", lambda d: make_manifold_task("circle", 10, D=4, noise=-1.0), ValueError,
          r"noise must be a finite number >= 0, got -1.0"),
+    Case("task-dataset", lambda d: build_real_data_task("mnist"), ValueError,
+         r"dataset='mnist' is unknown"),
+    Case("task-real-D", lambda d: build_real_data_task("digits", D=32), ValueError,
+         r"D=32 is below the native width 64"),
     # constructions
     Case("construct-m", lambda d: CONSTRUCTIONS["thm5.3"](m=0), ValueError,
          r"m must be >= 1, got 0"),

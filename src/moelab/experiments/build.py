@@ -12,19 +12,23 @@ from torch import Tensor, nn
 
 from moelab.experiments.config import RunConfig, TaskSpec
 from moelab.layers import DeepMoE, DenseMLP
-from moelab.tasks import Task, build_manifold_task, build_piecewise_task
+from moelab.tasks import Task, build_manifold_task, build_piecewise_task, build_real_data_task
 
 
 @dataclass(frozen=True)
 class BuiltTask:
     """A task ready for training and measuring: the :class:`~moelab.tasks.Task` (a sampler
     ``task(n, generator) -> (x, y)`` with its widths and ground-truth regions) and the points on
-    which routing pictures are drawn."""
+    which routing pictures are drawn. A task with a fixed data set also gives its splits as (x, y):
+    ``train_set`` (what the sampler draws from) and ``test_set`` (held out, what the model is
+    evaluated on); None for tasks whose test points are drawn from their distribution."""
 
     task: Task
     picture_points: Tensor  # points on which routing pictures are drawn
     picture_kind: str  # "circle" (angles) or "grid" (square cells) or "none"
     picture_coords: Tensor
+    train_set: tuple[Tensor, Tensor] | None = None
+    test_set: tuple[Tensor, Tensor] | None = None
 
     @property
     def sampler(self) -> Callable[[int, torch.Generator], tuple[Tensor, Tensor]]:
@@ -54,6 +58,12 @@ def build_task(spec: TaskSpec) -> BuiltTask:
         task = build_piecewise_task(E=spec.E, L=spec.L, output=spec.output, noise=spec.noise)
         pts, coords = _grid_points(spec.E, spec.L)
         return BuiltTask(task, pts, "grid" if spec.L == 2 else "none", coords)
+    if spec.kind == "real":
+        rtask = build_real_data_task(spec.dataset, D=spec.D, embedding=spec.embedding,
+                                     split_seed=spec.split_seed, seed=spec.task_seed)
+        train, test = rtask.train_set(), rtask.test_set()
+        return BuiltTask(rtask, torch.zeros(0, spec.D), "none", torch.zeros(0),
+                         train_set=(train.x, train.y), test_set=(test.x, test.y))
     mtask = build_manifold_task(
         spec.manifold, D=spec.D, d=spec.d, n_charts=spec.n_charts, embedding=spec.embedding,
         target=spec.target, smoothness=spec.smoothness, noise=spec.noise, seed=spec.task_seed,

@@ -22,11 +22,12 @@ from typing import Any
 
 from moelab._validation import one_of, positive_int
 from moelab.layers.moe import MoEConfig
+from moelab.tasks.real_data import DATASETS
 from moelab.training.loop import TrainConfig
 from moelab.typed_json import build as _build
 from moelab.typed_json import to_json
 
-TASK_KINDS = ("manifold", "piecewise")
+TASK_KINDS = ("manifold", "piecewise", "real")
 MODEL_KINDS = ("moe", "dense")
 INITS = ("default", "data")
 
@@ -35,6 +36,7 @@ TASK_FIELDS = {
     "manifold": ("manifold", "D", "d", "n_charts", "embedding", "target", "smoothness", "noise",
                  "task_seed"),
     "piecewise": ("E", "L", "output", "noise"),
+    "real": ("dataset", "D", "embedding", "split_seed", "task_seed"),
 }
 #: The ModelSpec fields each model kind reads; only these (and ``kind``) enter the run id.
 MODEL_FIELDS = {
@@ -62,9 +64,12 @@ class _KindSpec:
 class TaskSpec(_KindSpec):
     """The task. ``kind="manifold"``: :func:`moelab.tasks.make_manifold_task` fields (``manifold``,
     ``D``, ``d``, ``n_charts``, ``embedding``, ``target``, ``smoothness``, ``noise``).
-    ``kind="piecewise"``: Eq. (4) on [0, E]^L (``E``, ``L``, ``output``, ``noise``). ``task_seed``
-    seeds a manifold task's own randomness (random isometry, ridge targets), separately from the
-    run's seed. :data:`TASK_FIELDS` lists what each kind reads; the others do not change the run."""
+    ``kind="piecewise"``: Eq. (4) on [0, E]^L (``E``, ``L``, ``output``, ``noise``).
+    ``kind="real"``: :func:`moelab.tasks.build_real_data_task` (``dataset``, ``D`` at least its
+    native width, ``embedding``, ``split_seed`` for the fixed train/test split). ``task_seed``
+    seeds a manifold or real-data task's own randomness (random isometry, ridge targets),
+    separately from the run's seed. :data:`TASK_FIELDS` lists what each kind reads; the others do
+    not change the run."""
 
     _FIELDS = TASK_FIELDS
 
@@ -80,10 +85,13 @@ class TaskSpec(_KindSpec):
     E: int = 3
     L: int = 2
     output: str = "vector"
+    dataset: str = "digits"
+    split_seed: int = 0
     task_seed: int = 0
 
     def __post_init__(self) -> None:
         one_of("task.kind", self.kind, TASK_KINDS)
+        one_of("task.dataset", self.dataset, DATASETS)
         positive_int("task.D", self.D)
         positive_int("task.E", self.E)
         positive_int("task.L", self.L)

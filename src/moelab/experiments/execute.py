@@ -19,7 +19,7 @@ import torch
 from moelab.analysis import count_parameters
 from moelab.experiments.build import build_model, build_task
 from moelab.experiments.config import AnyRun, ConstructionRun, RunConfig
-from moelab.experiments.measure import routing_summary
+from moelab.experiments.measure import held_out_metrics, routing_summary
 from moelab.training import train
 from moelab.training.init import data_init
 from moelab.training.loop import RouterGradientWarning
@@ -79,13 +79,14 @@ def _train_and_measure(run: RunConfig, *, progress: bool) -> RunOutcome:
     with warnings.catch_warnings():
         if run.model.init == "data":  # the recipe keeps the data-initialised routers fixed on purpose
             warnings.simplefilter("ignore", RouterGradientWarning)
-        result = train(model, task.sampler, run.train, seed=run.seed, progress=progress,
-                       description=describe_run(run))
+        result = train(model, task.sampler, run.train, seed=run.seed, test_set=task.test_set,
+                       progress=progress, description=describe_run(run))
     counts = count_parameters(model)
     metrics: dict[str, Any] = {"test_mse": result.final.mse, "test_sup": result.final.sup_error,
                                "parameters": counts.total, "active_parameters": counts.active,
                                "train_seconds": result.seconds}
     routing = routing_summary(model, task, seed=run.seed) if run.model.kind == "moe" else {}
+    routing.update(held_out_metrics(model, task))
     metrics.update({k: v for k, v in routing.items() if isinstance(v, (int, float))})
     return RunOutcome(run, result.final.mse, result.final.sup_error, metrics, routing,
                       result.history, result.evals, time.perf_counter() - start)

@@ -4,6 +4,8 @@
   smooth partition of unity (Sec. 4, Experiment I, Example 4.6).
 * :func:`make_piecewise_task`: the Eq. (4) target on [0, E]^L with its E^L pieces (Experiment II).
 * :func:`make_product_task`: the Eq. (5) target on a product of manifolds.
+* :func:`build_real_data_task`: a classification data set shipped with scikit-learn (digits, wine,
+  breast_cancer), isometrically embedded into R^D, with a fixed train/test split.
 
 Each returns a frozen sample dataclass whose ``task`` evaluates the ground truth on new points and
 draws further samples (``sample.task.sample(n, seed=...)`` for a test set); ``build_*`` returns the
@@ -50,9 +52,16 @@ from moelab.tasks.product import (
     build_product_task,
     make_product_task,
 )
+from moelab.tasks.real_data import (
+    DATASETS,
+    RealDataSample,
+    RealDataTask,
+    build_real_data_task,
+)
 from moelab.tasks.targets import TARGETS, PaperTarget, RidgeTarget, make_ridge_target
 
 __all__ = [
+    "DATASETS",
     "EMBEDDINGS",
     "MANIFOLDS",
     "OUTPUTS",
@@ -71,6 +80,8 @@ __all__ = [
     "ProductSample",
     "ProductTask",
     "QuarticPiece",
+    "RealDataSample",
+    "RealDataTask",
     "RidgeTarget",
     "Sample",
     "Sinusoid",
@@ -84,6 +95,7 @@ __all__ = [
     "build_manifold_task",
     "build_piecewise_task",
     "build_product_task",
+    "build_real_data_task",
     "embedding_matrix",
     "make_atlas",
     "make_manifold",
