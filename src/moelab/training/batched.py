@@ -141,8 +141,17 @@ class StackedMoE:
     """N :class:`~moelab.layers.DeepMoE` stacks of one shape as one model with a member axis.
 
     The parameters of all members are one (N, P) tensor :attr:`flat`; each layer's tensors are
-    views of its columns, laid out for batched matmuls: router W (I, E) and b (E), first maps
-    (I, E*H) and (E*H), second maps (E*H, O) and (E, O).
+    views of its columns: router ``wr`` (I, E) and ``br`` (E,); first maps ``w1`` (E, I + 1, H),
+    expert e's weight (I, H) with its bias as row I; second maps ``w2`` (H, E, O) and ``b2``
+    (E, O).
+
+    Top-1 routing runs only the chosen expert's hidden units, with two small matmuls per layer:
+    the input, with a 1 appended, is placed in its expert's block of an (E * (I + 1))-wide row
+    (zeros elsewhere), so one matmul with ``w1`` gives the chosen expert's pre-activations (N, B, H);
+    the hidden units then go through every expert's second map (E * O columns, few), and the
+    chosen expert's columns are kept, times its combine weight. The zeros add exact zeros and give
+    the other experts exact zero gradient, so this is the dense mix of
+    :meth:`~moelab.layers.experts.Experts.forward_mixed` without its E-fold hidden tensor.
     """
 
     def __init__(self, models: Sequence[DeepMoE],
@@ -164,17 +173,17 @@ class StackedMoE:
         self.out_widths = torch.tensor([m.d_out for m in models])
         self.switch = torch.tensor([[l.router.weighting == "switch" for l in m.moe_layers]
                                     for m in models])  # (N, layers)
+        self.experts = [E for E, _ in next(iter(shape))]
         self.slots: list[dict[str, _Slot]] = []
         start = 0
         for i, (E, H) in enumerate(next(iter(shape))):
             I, O = self.widths[i], self.widths[i + 1]
             layer = {}
-            for name, s in (("wr", (I, E)), ("br", (E,)), ("w1", (I, E * H)), ("b1", (E * H,)),
-                            ("w2", (E * H, O)), ("b2", (E, O))):
+            for name, s in (("wr", (I, E)), ("br", (E,)), ("w1", (E, I + 1, H)),
+                            ("w2", (H, E, O)), ("b2", (E, O))):
                 layer[name] = _Slot(start, s)
                 start = layer[name].stop
             self.slots.append(layer)
-        self.experts = [E for E, _ in next(iter(shape))]
         self.flat = torch.zeros(self.n, start)
         for n, model in enumerate(models):
             self._load(n, model)
@@ -185,41 +194,37 @@ class StackedMoE:
         return [{k: row[s.start:s.stop].view(s.shape) for k, s in layer.items()}
                 for layer in self.slots]
 
-    @staticmethod
-    def _solo_tensors(layer: MoELayer) -> dict[str, Tensor]:
-        """One solo layer's tensors in the stacked layout (without padding)."""
-        bank = layer.experts
-        assert isinstance(bank, Experts)
-        E, I, H = bank.num_experts, layer.d_in, bank.hidden
-        return {"wr": layer.router.scorer.weight.t(), "br": layer.router.scorer.bias,
-                "w1": bank.weight1.permute(1, 0, 2).reshape(I, E * H),
-                "b1": bank.bias1.reshape(E * H), "w2": bank.weight2.reshape(E * H, -1),
-                "b2": bank.bias2}
+    def _rows(self, n: int, i: int, layer: MoELayer) -> Tensor:
+        """The input coordinates of member n's layer i held in the stacked model."""
+        return self.inputs[n] if i == 0 else torch.arange(layer.d_in)
 
     @torch.no_grad()
     def _load(self, n: int, model: DeepMoE) -> None:
-        for i, (views, layer) in enumerate(zip(self._member_views(n), model.moe_layers,
-                                                  strict=True)):
-            for k, t in self._solo_tensors(layer).items():
-                if i == 0 and k in ("wr", "w1"):
-                    t = t[self.inputs[n]]
-                views[k][tuple(slice(0, s) for s in t.shape)] = t
+        for i, (v, layer) in enumerate(zip(self._member_views(n), model.moe_layers, strict=True)):
+            bank = layer.experts
+            assert isinstance(bank, Experts)
+            rows, O = self._rows(n, i, layer), layer.d_out
+            I = len(rows)
+            v["wr"][:I] = layer.router.scorer.weight.t()[rows]
+            v["br"].copy_(layer.router.scorer.bias)
+            v["w1"][:, :I] = bank.weight1[:, rows]
+            v["w1"][:, -1] = bank.bias1
+            v["w2"][..., :O] = bank.weight2.permute(1, 0, 2)
+            v["b2"][:, :O] = bank.bias2
 
     @torch.no_grad()
     def unstack(self, n: int, model: DeepMoE) -> None:
         """Copy member n's parameters (without padding) into ``model``, a stack of its shape."""
-        for i, (views, layer) in enumerate(zip(self._member_views(n), model.moe_layers,
-                                                  strict=True)):
+        for i, (v, layer) in enumerate(zip(self._member_views(n), model.moe_layers, strict=True)):
             bank = layer.experts
-            E, H, O = bank.num_experts, bank.hidden, layer.d_out
-            rows = self.inputs[n] if i == 0 else torch.arange(layer.d_in)
+            rows, O = self._rows(n, i, layer), layer.d_out
             I = len(rows)
-            layer.router.scorer.weight[:, rows] = views["wr"][:I].t()
-            layer.router.scorer.bias.copy_(views["br"])
-            bank.weight1[:, rows] = views["w1"][:I].view(I, E, H).permute(1, 0, 2)
-            bank.bias1.copy_(views["b1"].view(E, H))
-            bank.weight2.copy_(views["w2"][:, :O].view(E, H, O))
-            bank.bias2.copy_(views["b2"][:, :O])
+            layer.router.scorer.weight[:, rows] = v["wr"][:I].t()
+            layer.router.scorer.bias.copy_(v["br"])
+            bank.weight1[:, rows] = v["w1"][:, :I]
+            bank.bias1.copy_(v["w1"][:, -1])
+            bank.weight2.copy_(v["w2"][..., :O].permute(1, 0, 2))
+            bank.bias2.copy_(v["b2"][:, :O])
 
     def forward(self, x_NBI: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
         """x (N, B, I) -> y (N, B, O) and, per layer, (logits (N, B, E), probs, ids (N, B, 1))."""
@@ -230,17 +235,25 @@ class StackedMoE:
         for i, layer in enumerate(self.slots):
             p = {name: parts[k + j].view(N, *s.shape) for j, (name, s) in enumerate(layer.items())}
             k += len(layer)
-            E = self.experts[i]
-            logits = torch.baddbmm(p["br"][:, None, :], h, p["wr"])
-            probs = logits.softmax(-1)
+            E, O = self.experts[i], layer["w2"].shape[-1]
+            switch = self.switch[:, i]
+            # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
+            with torch.set_grad_enabled(torch.is_grad_enabled() and bool(switch.any())):
+                logits = torch.baddbmm(p["br"][:, None, :], h, p["wr"])
+                probs = logits.softmax(-1)
             ids = probs.detach().topk(1, dim=-1, sorted=True).indices
-            # switch: the selected probability; paper (top-1): exactly 1, no router gradient
-            picked = probs.gather(-1, ids)
-            weight = torch.where(self.switch[:, i, None, None], picked, torch.ones_like(picked))
-            w_NBE = torch.zeros_like(probs).scatter(-1, ids, weight)
-            a = torch.relu(torch.baddbmm(p["b1"][:, None, :], h, p["w1"]))
-            a = (a.view(N, B, E, -1) * w_NBE[..., None]).view(N, B, -1)
-            h = torch.baddbmm(torch.bmm(w_NBE, p["b2"]), a, p["w2"])
+            onehot = torch.zeros_like(probs).scatter_(-1, ids, 1.0)
+            if probs.requires_grad:  # switch: the selected probability
+                picked = probs.gather(-1, ids)
+                weight = torch.where(switch[:, None, None], picked, torch.ones_like(picked))
+                w_NBE = torch.zeros_like(probs).scatter(-1, ids, weight)
+            else:
+                w_NBE = onehot
+            h1 = torch.cat([h, h.new_ones(N, B, 1)], -1)  # (N, B, I + 1)
+            h_exp = (onehot[..., None] * h1[:, :, None, :]).view(N, B, -1)  # (N, B, E*(I+1))
+            a = torch.relu(torch.bmm(h_exp, p["w1"].reshape(N, -1, p["w1"].shape[-1])))
+            y_all = torch.baddbmm(p["b2"].reshape(N, 1, E * O), a, p["w2"].reshape(N, -1, E * O))
+            h = (y_all.view(N, B, E, O) * w_NBE[..., None]).sum(2)
             routes.append((logits, probs, ids))
         return h, routes
 
