@@ -173,6 +173,7 @@ class StackedMoE:
         self.out_widths = torch.tensor([m.d_out for m in models])
         self.switch = torch.tensor([[l.router.weighting == "switch" for l in m.moe_layers]
                                     for m in models])  # (N, layers)
+        self.any_switch = self.switch.any(0).tolist()  # per layer: does any router train?
         self.experts = [E for E, _ in next(iter(shape))]
         self.slots: list[dict[str, _Slot]] = []
         start = 0
@@ -238,7 +239,7 @@ class StackedMoE:
             E, O = self.experts[i], layer["w2"].shape[-1]
             switch = self.switch[:, i]
             # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
-            with torch.set_grad_enabled(torch.is_grad_enabled() and bool(switch.any())):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.any_switch[i]):
                 logits = torch.baddbmm(p["br"][:, None, :], h, p["wr"])
                 probs = logits.softmax(-1)
             ids = probs.detach().topk(1, dim=-1, sorted=True).indices
