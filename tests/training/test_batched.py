@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from moelab.experiments.config import apply_overrides
 from moelab.experiments.execute import _prepare, constant_inputs
 from moelab.experiments.registry import table3, table4
 from moelab.layers import DeepMoE, MoEConfig, RouterConfig
@@ -50,7 +51,7 @@ def _check_against_solo(runs, **kw):
         assert result.final.sup_error == pytest.approx(solo.final.sup_error, rel=MSE_RTOL)
         assert [row["step"] for row in result.history] == [row["step"] for row in solo.history]
         for got, want in zip(result.history, solo.history, strict=True):
-            assert got.keys() == want.keys()
+            assert got.keys() == want.keys() and got["lr"] == want["lr"]
             for key in want:
                 assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-7), key
     return members, results
@@ -127,3 +128,10 @@ def test_members_must_share_the_step_count():
     members = [Member(DeepMoE([3, 2]), sampler, TrainConfig(steps=steps), 0) for steps in (5, 6)]
     with pytest.raises(ValueError, match="train.steps"):
         train_batched(members)
+
+
+def test_per_member_gradient_clipping_and_learning_rates_match_solo_runs():
+    runs = _runs(table3(), {"D": ("16",), "recipe": ("paper",)}, seeds=2)
+    runs = [apply_overrides(r, {"train.grad_clip": clip, "train.lr": lr})
+            for r, clip, lr in zip(runs, (0.05, None), (3e-3, 1e-3), strict=True)]
+    _check_against_solo(runs)

@@ -380,7 +380,8 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
     streams = _Streams(members, stacked.inputs, stacked.widths[0], stacked.widths[-1])
     denom_N = (stacked.out_widths * B).to(torch.float32)
     lrs = torch.tensor([[m.config.lr * _lr_factor(m.config, s) for m in members]
-                        for s in range(steps)])  # (steps, N)
+                        for s in range(steps)], dtype=torch.float64)  # (steps, N), as logged
+    lrs_step = lrs.to(torch.float32)
     clips = [m.config.grad_clip for m in members]
     clip_N1 = (None if all(c is None for c in clips)
                else torch.tensor([[math.inf if c is None else c] for c in clips]))
@@ -398,7 +399,7 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
                                      f"step {step}")
         stacked.flat.grad = None
         loss.backward()
-        _adam_step(stacked.flat, state, lrs[step, :, None], step + 1, clip_N1)
+        _adam_step(stacked.flat, state, lrs_step[step, :, None], step + 1, clip_N1)
         if step % config.log_every == 0 or step == steps - 1:
             with torch.no_grad():
                 cols = {"loss": mse_N, "mse": mse_N, "lr": lrs[step],
