@@ -82,3 +82,19 @@ def test_a_resumed_sweep_trains_the_same_batches(tmp_path):
         a = stored[b.run_id]
         assert (a.test_mse, a.test_sup, a.routing) == (b.test_mse, b.test_sup, b.routing)
         assert clean.history(b.run_id) == partial.history(b.run_id)
+
+
+def test_the_routing_summary_counts_paths_as_expert_paths_does():
+    import torch
+
+    from moelab.analysis import expert_paths
+    from moelab.experiments.execute import _prepare
+    from moelab.experiments.measure import routing_summary
+
+    run = next(r for r in table4().runs(seeds=1, overrides=TINY) if r.labels["model"] == "2-3-MoE")
+    task, model = _prepare(run)
+    summary = routing_summary(model, task, seed=run.seed)
+    x, _ = task.sampler(8192, torch.Generator().manual_seed(run.seed + 2_000_003))
+    assert summary["num_paths"] == len(expert_paths(model, x).distinct)
+    pic = expert_paths(model, task.picture_points).paths
+    assert summary["picture"]["paths"] == (pic[:, 0] * 3 + pic[:, 1]).tolist()
