@@ -1,26 +1,37 @@
-"""Executing one run in the current process: build, initialise, train, measure.
+"""Executing runs in the current process: build, initialise, train, measure.
 
-:func:`execute` is deterministic given the configuration; it neither reads nor writes the results
-store (the scheduler, :mod:`moelab.experiments.schedule`, does that).
+:func:`execute` runs one configuration (the reference path); :func:`execute_batch` runs several
+that share a :func:`batch_key` as one batched model (:mod:`moelab.training.batched`), each
+measured on its own model as :func:`execute` measures it. Both are deterministic given their
+configurations; neither reads nor writes the results store (the scheduler,
+:mod:`moelab.experiments.schedule`, does that).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 from moelab.analysis import count_parameters
-from moelab.experiments.build import build_model, build_task
+from moelab.experiments.build import BuiltTask, build_model, build_task
 from moelab.experiments.config import AnyRun, ConstructionRun, RunConfig
 from moelab.experiments.measure import held_out_metrics, routing_summary
-from moelab.training import train
+from moelab.training import TrainResult, train
+from moelab.training.batched import (
+    Member,
+    layer_alone_reason,
+    train_alone_reason,
+    train_batched,
+)
 from moelab.training.init import data_init
 from moelab.training.loop import RouterGradientWarning
 
@@ -66,8 +77,8 @@ def execute(run: AnyRun, *, progress: bool = False) -> RunOutcome:
         return _train_and_measure(run, progress=progress)
 
 
-def _train_and_measure(run: RunConfig, *, progress: bool) -> RunOutcome:
-    start = time.perf_counter()
+def _prepare(run: RunConfig) -> tuple[BuiltTask, nn.Module]:
+    """The run's task and its model, initialised (seeded by the run's seed)."""
     task = build_task(run.task)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(run.seed)
@@ -76,11 +87,28 @@ def _train_and_measure(run: RunConfig, *, progress: bool) -> RunOutcome:
             gen = torch.Generator().manual_seed(run.seed + 12345)
             x_init, _ = task.sampler(4096, gen)
             data_init(model, x_init, generator=gen)
+    return task, model
+
+
+@contextmanager
+def _router_warnings(run: RunConfig) -> Iterator[None]:
     with warnings.catch_warnings():
         if run.model.init == "data":  # the recipe keeps the data-initialised routers fixed on purpose
             warnings.simplefilter("ignore", RouterGradientWarning)
+        yield
+
+
+def _train_and_measure(run: RunConfig, *, progress: bool) -> RunOutcome:
+    start = time.perf_counter()
+    task, model = _prepare(run)
+    with _router_warnings(run):
         result = train(model, task.sampler, run.train, seed=run.seed, test_set=task.test_set,
                        progress=progress, description=describe_run(run))
+    return _measured(run, task, model, result, time.perf_counter() - start)
+
+
+def _measured(run: RunConfig, task: BuiltTask, model: nn.Module, result: TrainResult,
+              seconds: float) -> RunOutcome:
     counts = count_parameters(model)
     metrics: dict[str, Any] = {"test_mse": result.final.mse, "test_sup": result.final.sup_error,
                                "parameters": counts.total, "active_parameters": counts.active,
@@ -89,7 +117,77 @@ def _train_and_measure(run: RunConfig, *, progress: bool) -> RunOutcome:
     routing.update(held_out_metrics(model, task))
     metrics.update({k: v for k, v in routing.items() if isinstance(v, (int, float))})
     return RunOutcome(run, result.final.mse, result.final.sup_error, metrics, routing,
-                      result.history, result.evals, time.perf_counter() - start)
+                      result.history, result.evals, seconds)
+
+
+#: The fields in which the members of one batch may differ (everything else is shared). Runs are
+#: grouped by everything else: model shape, initialisation, routing and the training recipe.
+PER_MEMBER = ("seed", "labels", "task", "train.lr")
+
+
+def batch_key(run: AnyRun) -> str | None:
+    """What a run shares with the other members of its batch, or None if it trains alone:
+    constructions, dense models and the runs :func:`~moelab.training.batched.alone_reason`
+    excludes (capacity limits, balance biases, noisy or non-linear routers, auxiliary losses, ...).
+    Runs with equal keys differ only in :data:`PER_MEMBER` and train as one batch."""
+    if isinstance(run, ConstructionRun) or run.model.kind != "moe":
+        return None
+    if run.task.kind == "real":  # a fixed data set, evaluated on its held-out split
+        return None
+    if run.train.tensorboard_dir is not None or run.train.jsonl_path is not None:
+        return None  # streamed rows come from the loop
+    if run.model.residual or run.model.moe_every != 1:
+        return None
+    if layer_alone_reason(run.model.moe) or train_alone_reason(run.train):
+        return None
+    data = run.to_dict()
+    for name in PER_MEMBER:
+        head, _, tail = name.partition(".")
+        if tail:
+            data[head].pop(tail)
+        else:
+            data.pop(head)
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+def constant_inputs(task: BuiltTask) -> Tensor | None:
+    """The input coordinates a task's samples can make nonzero, or None (all of them): a manifold
+    embedded in R^D by zero padding has x_j = 0 exactly for every j past the manifold's own
+    coordinates, because the embedding's row j is zero."""
+    embedding = getattr(task.task, "embedding", None)
+    if not isinstance(embedding, Tensor):
+        return None
+    live = (embedding != 0).any(1)
+    return None if bool(live.all()) else live.nonzero().squeeze(1)
+
+
+def execute_batch(runs: Sequence[AnyRun]) -> list[RunOutcome]:
+    """Execute runs that share a :func:`batch_key` as one batched model
+    (:func:`moelab.training.batched.train_batched`), each measured on its own model exactly as
+    :func:`execute` measures it; a single run, or runs without a key, run through :func:`execute`.
+    Deterministic given the runs and their order."""
+    keys = {batch_key(run) for run in runs}
+    if len(runs) == 1 or None in keys:
+        return [execute(run) for run in runs]
+    if len(keys) != 1:
+        raise ValueError("runs of one batch must share their batch_key; group them with "
+                         "moelab.experiments.schedule.plan_batches")
+    with _PROCESS_STATE, single_thread():
+        start = time.perf_counter()
+        prepared = [_prepare(run) for run in runs]
+        members = [Member(model, task.sampler, run.train, run.seed,
+                          stream=json.dumps(run.to_dict()["task"], sort_keys=True, default=str)
+                          + f"/{run.seed}", inputs=constant_inputs(task))
+                   for run, (task, model) in zip(runs, prepared, strict=True)]
+        with _router_warnings(runs[0]):
+            results = train_batched(members)
+        share = (time.perf_counter() - start) / len(runs)
+        outcomes = []
+        for run, (task, model), result in zip(runs, prepared, results, strict=True):
+            begin = time.perf_counter()
+            outcome = _measured(run, task, model, result, 0.0)
+            outcomes.append(replace(outcome, seconds=share + time.perf_counter() - begin))
+        return outcomes
 
 
 def _measure_construction(run: ConstructionRun) -> RunOutcome:

@@ -36,11 +36,13 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
         x, _ = task.sampler(n, torch.Generator().manual_seed(seed + 2_000_003))
     n = x.shape[0]
     with record_routing(model) as record:  # the routing of expert_paths' forward pass
-        paths = expert_paths(model, x).paths
+        paths = _paths(model, x)
     load = [(r.tokens_per_expert.float() / r.tokens_per_expert.sum()).tolist()
             for r in record.routings]
     truth = task.truth(x)
-    path_ids, inverse = torch.unique(paths, dim=0, return_inverse=True)
+    # Distinct paths as distinct mixed-radix codes: the same order as unique rows, and a 1-D
+    # unique (far cheaper than torch.unique(paths, dim=0)).
+    path_ids, inverse = torch.unique(_codes(paths, model), return_inverse=True)
     joint = torch.zeros(task.n_truth, len(path_ids), dtype=torch.long)
     joint.index_put_((truth, inverse), torch.ones_like(truth), accumulate=True)
     present = joint.sum(1) > 0
@@ -62,18 +64,28 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
         summary["picture"] = {
             "kind": task.picture_kind,
             "coords": task.picture_coords.tolist(),
-            "paths": _path_codes(expert_paths(model, task.picture_points).paths, model),
+            "paths": _codes(_paths(model, task.picture_points), model).tolist(),
         }
     return summary
 
 
-def _path_codes(paths: Tensor, model: nn.Module) -> list[int]:
+def _paths(model: nn.Module, x: Tensor) -> Tensor:
+    """(n, layers) the top-1 expert of each point in each MoE layer, as
+    :func:`~moelab.analysis.expert_paths` gives them (without counting the distinct ones)."""
+    if x.shape[0] == 0:
+        return expert_paths(model, x).paths
+    with record_routing(model) as record:
+        model(x)
+    return torch.stack([r.top1().cpu() for r in record.routings], 1)
+
+
+def _codes(paths: Tensor, model: nn.Module) -> Tensor:
     """Each path (one expert per layer) as one integer, mixed radix over the layers' E."""
     radices = [layer.num_experts for layer in model.moe_layers]
     code = torch.zeros(paths.shape[0], dtype=torch.long)
     for col, radix in enumerate(radices):
         code = code * radix + paths[:, col]
-    return code.tolist()
+    return code
 
 
 #: Neighbours of the Levina-Bickel estimator for the inputs of each expert: the low end of the

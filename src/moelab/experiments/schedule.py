@@ -1,8 +1,12 @@
-"""Scheduling many runs: skip those already stored, execute the rest (in this process, a pool of
-worker processes, or any :class:`concurrent.futures.Executor`), and store each as it finishes.
+"""Scheduling many runs: group them into batches, skip batches already stored, execute the rest
+(in this process, a pool of worker processes, or any :class:`concurrent.futures.Executor`), and
+store each run as its batch finishes.
 
-The driver, the process that calls :func:`run_all`, is the only writer of the store: executors
-only compute :class:`~moelab.experiments.execute.RunOutcome` values and hand them back.
+Batches (:func:`plan_batches`) are formed from the whole list of runs, never from what is left to
+do, so a sweep that resumes after a crash trains exactly the batches an uninterrupted sweep trains
+and writes the same database; a crash loses at most the batches in flight. The driver, the process
+that calls :func:`run_all`, is the only writer of the store: executors only compute
+:class:`~moelab.experiments.execute.RunOutcome` values and hand them back.
 """
 
 from __future__ import annotations
@@ -19,7 +23,13 @@ from tqdm.auto import tqdm
 
 from moelab._validation import positive_int
 from moelab.experiments.config import AnyRun
-from moelab.experiments.execute import RunOutcome, describe_run, execute
+from moelab.experiments.execute import (
+    RunOutcome,
+    batch_key,
+    describe_run,
+    execute,
+    execute_batch,
+)
 from moelab.experiments.store import ResultStore
 
 
@@ -55,8 +65,44 @@ def pending_runs(runs: Sequence[AnyRun], store: ResultStore) -> list[AnyRun]:
     return pending
 
 
+#: Set to "0" to train every run alone (the reference path), as ``run_all(batch=False)`` does.
+BATCH_ENV = "MOELAB_BATCH"
+#: The most runs one batch holds (bigger groups are split in order).
+MAX_BATCH = 64
+
+
+def plan_batches(runs: Sequence[AnyRun], *, batch: bool = True,
+                 max_size: int = MAX_BATCH) -> list[list[AnyRun]]:
+    """The runs (each once, in order of first appearance) grouped into batches: runs with equal
+    :func:`~moelab.experiments.execute.batch_key` together, in order, at most ``max_size`` per
+    batch; runs without a key (or all runs, if not ``batch``) alone."""
+    max_size = positive_int("max_size", max_size)
+    groups: dict[str, list[AnyRun]] = {}
+    planned: list[list[AnyRun]] = []
+    seen = set()
+    for run in runs:
+        rid = run.run_id()
+        if rid in seen:
+            continue
+        seen.add(rid)
+        key = batch_key(run) if batch else None
+        if key is None:
+            planned.append([run])
+            continue
+        if key not in groups or len(groups[key]) == max_size:
+            groups[key] = []
+            planned.append(groups[key])
+        groups[key].append(run)
+    return planned
+
+
+def _batching(batch: bool | None) -> bool:
+    return os.environ.get(BATCH_ENV, "1") != "0" if batch is None else batch
+
+
 def run_all(runs: Sequence[AnyRun], store: ResultStore, *, workers: int = 1,
-            progress: bool = True, executor: Executor | None = None) -> list[str]:
+            progress: bool = True, executor: Executor | None = None,
+            batch: bool | None = None) -> list[str]:
     """Run every configuration not yet in ``store``; return the run ids executed now.
 
     Each finished run is written to the store at once (atomically), so an interrupted sweep
@@ -66,22 +112,33 @@ def run_all(runs: Sequence[AnyRun], store: ResultStore, *, workers: int = 1,
     guard its entry point with ``if __name__ == "__main__":``), and ``workers`` = 1 runs them here.
     Ctrl-C stops the sweep: workers are stopped, and :class:`RunsInterrupted` (a
     KeyboardInterrupt) says how many runs were stored.
+
+    Runs are executed in batches (:func:`plan_batches`, formed from all of ``runs``): runs that
+    differ only in seed, learning rate and task train as one batched model
+    (:func:`~moelab.experiments.execute.execute_batch`); a batch with any run not yet stored is
+    executed whole and its missing runs stored. ``batch=False``, or the environment variable
+    ``MOELAB_BATCH=0`` when ``batch`` is None, trains every run alone.
     """
     workers = positive_int("workers", workers)
     pending = pending_runs(runs, store)
+    waiting = {run.run_id() for run in pending}
+    batches = [b for b in plan_batches(runs, batch=_batching(batch))
+               if any(run.run_id() in waiting for run in b)]
     done: list[str] = []
     bar = tqdm(total=len(pending), desc="runs", disable=not progress or not pending)
     try:
         if executor is not None:
-            _drain(executor, pending, store, done, bar)
-        elif workers == 1 or len(pending) <= 1:
-            for run in pending:
-                bar.set_postfix_str(describe_run(run), refresh=True)
-                store_outcome(store, execute(run, progress=progress))
-                done.append(run.run_id())
-                bar.update()
+            _drain(executor, batches, store, done, bar)
+        elif workers == 1 or len(batches) <= 1:
+            for b in batches:
+                bar.set_postfix_str(describe_run(b[0]) + (f" (+{len(b) - 1})" if len(b) > 1
+                                                          else ""), refresh=True)
+                outcomes = (execute_batch(b) if len(b) > 1
+                            else [execute(b[0], progress=progress)])
+                _store_all(store, outcomes, done, bar)
         else:
-            _run_in_pool(min(workers, len(pending), os.cpu_count() or 1), pending, store, done, bar)
+            _run_in_pool(min(workers, len(batches), os.cpu_count() or 1), batches, store, done,
+                         bar)
     except KeyboardInterrupt:
         # Counted from the store: Ctrl-C may land between a run's commit and its bookkeeping.
         stored = sum(store.has(run.run_id()) for run in pending)
@@ -91,33 +148,41 @@ def run_all(runs: Sequence[AnyRun], store: ResultStore, *, workers: int = 1,
     return done
 
 
-def _drain(executor: Executor, pending: list[AnyRun], store: ResultStore, done: list[str],
-           bar: tqdm) -> None:
-    _collect([executor.submit(_execute_quietly, run) for run in pending], store, done, bar)
-
-
-def _collect(futures: list[Future], store: ResultStore, done: list[str], bar: tqdm) -> None:
-    """Store each outcome as it arrives (the driver is the only writer)."""
-    try:
-        for future in as_completed(futures):
-            outcome = future.result()
-            store_outcome(store, outcome)
+def _store_all(store: ResultStore, outcomes: list[RunOutcome], done: list[str],
+               bar: tqdm) -> None:
+    """Store a batch's outcomes (those already stored are left as they are)."""
+    for outcome in outcomes:
+        if store_outcome(store, outcome):
             done.append(outcome.run.run_id())
             bar.set_postfix_str(describe_run(outcome.run), refresh=False)
             bar.update()
+
+
+def _drain(executor: Executor, batches: list[list[AnyRun]], store: ResultStore, done: list[str],
+           bar: tqdm) -> None:
+    _collect([executor.submit(_execute_quietly, b) for b in batches], store, done, bar)
+
+
+def _collect(futures: list[Future], store: ResultStore, done: list[str], bar: tqdm) -> None:
+    """Store each batch's outcomes as they arrive (the driver is the only writer)."""
+    try:
+        for future in as_completed(futures):
+            _store_all(store, future.result(), done, bar)
     except BaseException:
         for future in futures:
             future.cancel()
         raise
 
 
-def _run_in_pool(workers: int, pending: list[AnyRun], store: ResultStore, done: list[str],
+def _run_in_pool(workers: int, batches: list[list[AnyRun]], store: ResultStore, done: list[str],
                  bar: tqdm) -> None:
     ctx = torch.multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_ignore_sigint)
     try:
         with _sigint_ignored():  # the workers, started here, inherit "ignore Ctrl-C" from birth
-            futures = [pool.submit(_execute_quietly, run) for run in pending]
+            # The longest batches first, so that the workers finish together.
+            order = sorted(batches, key=_cost, reverse=True)
+            futures = [pool.submit(_execute_quietly, b) for b in order]
         _collect(futures, store, done, bar)
     except BaseException:
         _stop_workers(pool)
@@ -125,8 +190,14 @@ def _run_in_pool(workers: int, pending: list[AnyRun], store: ResultStore, done: 
     pool.shutdown()
 
 
-def _execute_quietly(run: AnyRun) -> RunOutcome:
-    return execute(run)
+def _execute_quietly(batch: list[AnyRun]) -> list[RunOutcome]:
+    return execute_batch(batch)
+
+
+def _cost(batch: list[AnyRun]) -> float:
+    """A rough cost of a batch, to order the pool's work: member-steps (a construction: 1)."""
+    train = getattr(batch[0], "train", None)
+    return len(batch) * (train.steps if train is not None else 1)
 
 
 @contextmanager

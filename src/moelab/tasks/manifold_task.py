@@ -118,13 +118,24 @@ class ManifoldTask(Sampling):
 
     region = chart_of
 
+    def _draw(self, n: int, rng: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(latent, p, x, y clean in float64) of n points, drawing exactly what :meth:`_sample`
+        draws before the noise."""
+        latent = self.manifold.sample_latent(n, rng)
+        p = self.manifold.to_ambient(latent)
+        return latent, p, (p @ self.embedding.T).to(self.dtype), self._target(p)
+
+    def __call__(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(x, y) of ``sample(n, generator=generator)``, the same draws and values, without the
+        ground truth (charts, latent coordinates) a training step does not read."""
+        rng = resolve_generator(None, generator)
+        _, _, x, y_clean = self._draw(positive_int("n", n), rng)
+        return x, add_noise(y_clean, self.noise, rng).to(self.dtype)
+
     def _sample(self, n: int, rng: torch.Generator) -> ManifoldSample:
         """n points drawn uniformly on M (see :mod:`moelab.tasks.manifolds`), with targets: draws
         the points, then the noise."""
-        latent = self.manifold.sample_latent(n, rng)
-        p = self.manifold.to_ambient(latent)
-        x = (p @ self.embedding.T).to(self.dtype)
-        y_clean = self._target(p)
+        latent, _, x, y_clean = self._draw(n, rng)
         y = add_noise(y_clean, self.noise, rng)
         return ManifoldSample(
             x=x,

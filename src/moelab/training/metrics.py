@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 
 from moelab.analysis.routing import token_entropy
 from moelab.layers.outputs import Routing
@@ -73,3 +75,18 @@ def router_metrics(routings: Sequence[Routing]) -> dict[str, float]:
             continue
         out.update({f"layer{i}/{name}": value for name, value in layer_metrics(routing).items()})
     return out
+
+
+def stacked_router_metrics(routes: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+                           ) -> list[dict[str, float]]:
+    """:func:`router_metrics` for each member of a batched model (:mod:`moelab.training.batched`),
+    from each MoE layer's (logits (N, B, E), probs (N, B, E), top-1 ids (N, B, 1)): the same
+    formulas, member by member, on a view holding the three fields they read."""
+    members: list[dict[str, float]] = [{} for _ in range(routes[0][0].shape[0])] if routes else []
+    for i, (logits, probs, ids) in enumerate(routes):
+        counts_NE = F.one_hot(ids[..., 0], logits.shape[-1]).sum(1)
+        for n, row in enumerate(members):
+            view = SimpleNamespace(tokens_per_expert=counts_NE[n], probs=probs[n], logits=logits[n])
+            row.update({f"layer{i}/{name}": value
+                        for name, value in layer_metrics(view).items()})  # type: ignore[arg-type]
+    return members

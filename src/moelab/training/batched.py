@@ -1,0 +1,426 @@
+"""Training many runs of one model shape at once, as one model with a leading model axis.
+
+A step of the paper's models is a few kernels on tiny matrices: its cost is per-operation
+overhead, not arithmetic. N runs that share a shape (seeds, learning rates, tasks, output
+variants) therefore train as one :class:`StackedMoE` whose every tensor has a leading axis of N
+*members*: one batched matmul per affine map for all members, one Adam update for all parameters.
+Nothing mixes members: each member's loss is its own mean squared error, the loss minimised is
+their sum (so each member's gradient is exactly its own), and Adam is elementwise (so one update
+over the stacked parameters is N independent Adams, with a per-member learning rate).
+
+Members may differ in their layer widths: each width is zero-padded to the members' largest.
+Padding is exact: a zero input coordinate gives its weights zero gradient, a hidden unit with zero
+weights and bias stays at ReLU(0) = 0 with zero gradient, and a padded output channel predicts 0
+against a target padded with 0 (the member's mean divides by its own output width). Each member's
+data come from its own sampler and generator, drawn exactly as :func:`~moelab.training.train`
+draws them; members whose ``stream`` keys are equal draw identical data, so it is drawn once.
+
+What stacks (:func:`alone_reason` says why something does not): :class:`~moelab.layers.DeepMoE`
+stacks composed plainly, each layer a linear router with a bias, token-choice top-1 routing with
+the paper's or the switch weighting, no noise, no capacity limit, no balance bias, and two-layer
+ReLU experts with biases; trained by Adam without weight decay on fresh samples, with no auxiliary
+loss. Members may differ in seed, data, learning rate, schedule, warm-up and weighting; they share
+steps, batch size and logging. Everything else trains alone, through the ordinary loop.
+
+Equivalence: a member follows the run :func:`~moelab.training.train` makes of the same model,
+sampler, config and seed to float32 rounding (the same arithmetic, batched and in another order):
+about 1e-7 relative after a few hundred steps; a hard routing decision that such a rounding flips
+can move one member further (tests/training/test_batched.py states the tolerances).
+
+Shape legend: N members, B batch rows, I input width, E experts, H hidden width, O output width,
+P parameters per member (padded).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from moelab.layers.config import MoEConfig
+from moelab.layers.experts import Experts
+from moelab.layers.moe import MoELayer
+from moelab.layers.stack import DeepMoE
+from moelab.training.loop import (
+    Metrics,
+    Sampler,
+    TrainConfig,
+    TrainResult,
+    _checked_pair,
+    _lr_factor,
+    _warn_if_routers_cannot_learn,
+    evaluate,
+)
+from moelab.training.metrics import stacked_router_metrics
+
+#: Fresh batches are drawn this many at a time, as :func:`~moelab.training.train` draws them.
+CHUNK = 64
+#: Adam's defaults, as torch.optim.Adam has them.
+BETAS, EPS = (0.9, 0.999), 1e-8
+#: Set to "1" to compile the batched loss with torch.compile (see docs/experiments.md).
+COMPILE_ENV = "MOELAB_COMPILE"
+
+
+def layer_alone_reason(config: MoEConfig) -> str | None:
+    """Why an MoE layer of ``config`` cannot be stacked, or None if it can."""
+    r, e = config.router, config.experts
+    checks = (
+        (r.scorer == "linear" and r.bias, "the router is not linear with a bias"),
+        (r.routing == "token_choice" and r.top_k == 1, "routing is not token-choice top-1"),
+        (r.weighting in ("paper", "switch"), f"weighting={r.weighting!r}"),
+        (r.scaling == 1.0, f"routed scaling {r.scaling}"),
+        (r.groups == 1, "group-limited routing"),
+        (r.noise == "none", f"router noise {r.noise!r}"),
+        (r.capacity_factor is None, "a capacity limit"),
+        (not r.balance_bias, "a balance bias"),
+        (e.depth == 2 and not e.gated and e.activation == "relu" and e.bias
+         and e.latent_dim is None, "experts other than two-layer ReLU with biases"),
+        (not config.shared_experts, "shared experts"),
+    )
+    return next((why for ok, why in checks if not ok), None)
+
+
+def train_alone_reason(config: TrainConfig) -> str | None:
+    """Why a run trained by ``config`` cannot be stacked, or None if it can."""
+    checks = (
+        (config.optimizer == "adam" and config.weight_decay == 0, "not Adam without weight decay"),
+        (not any(config.aux_weights.values()), "auxiliary losses"),
+        (config.balance_bias_rate == 0, "balance-bias updates"),
+        (config.train_size == 0, "a fixed training set"),
+    )
+    return next((why for ok, why in checks if not ok), None)
+
+
+def alone_reason(model: nn.Module, config: TrainConfig) -> str | None:
+    """Why ``model`` trained by ``config`` must train alone, or None if it can be a member."""
+    if not isinstance(model, DeepMoE):
+        return f"a {type(model).__name__}, not a DeepMoE"
+    if model.residual or model.moe_every != 1:
+        return "a residual or dense-interleaved stack"
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return "parameters that are not float32"
+    for cfg in model.config.layer_configs:
+        if (why := layer_alone_reason(cfg)) is not None:
+            return why
+    return train_alone_reason(config)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One run of a batch: its model (trained in place), data, config and seed, as
+    :func:`~moelab.training.train` takes them. Members with equal ``stream`` keys (not None) must
+    draw identical data (same sampler and seed); their data are drawn once."""
+
+    model: DeepMoE
+    sampler: Sampler
+    config: TrainConfig
+    seed: int
+    stream: Hashable | None = None
+    #: The input coordinates the sampler can make nonzero (None: all). The others are always
+    #: exactly 0 (e.g. the zero padding of a manifold embedded in R^D): their weights get exactly
+    #: zero gradient and never move, so the stacked model leaves them out.
+    inputs: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class _Slot:
+    """Where one member tensor lives in a row of the flat parameters: columns [start, stop),
+    viewed as ``shape`` (without the member axis)."""
+
+    start: int
+    shape: tuple[int, ...]
+
+    @property
+    def stop(self) -> int:
+        return self.start + math.prod(self.shape)
+
+
+class StackedMoE:
+    """N :class:`~moelab.layers.DeepMoE` stacks of one shape as one model with a member axis.
+
+    The parameters of all members are one (N, P) tensor :attr:`flat`; each layer's tensors are
+    views of its columns: router ``wr`` (I, E) and ``br`` (E,); first maps ``w1`` (E, I + 1, H),
+    expert e's weight (I, H) with its bias as row I; second maps ``w2`` (H, E, O) and ``b2``
+    (E, O).
+
+    Top-1 routing runs only the chosen expert's hidden units, with two small matmuls per layer:
+    the input, with a 1 appended, is placed in its expert's block of an (E * (I + 1))-wide row
+    (zeros elsewhere), so one matmul with ``w1`` gives the chosen expert's pre-activations (N, B, H);
+    the hidden units then go through every expert's second map (E * O columns, few), and the
+    chosen expert's columns are kept, times its combine weight. The zeros add exact zeros and give
+    the other experts exact zero gradient, so this is the dense mix of
+    :meth:`~moelab.layers.experts.Experts.forward_mixed` without its E-fold hidden tensor.
+    """
+
+    def __init__(self, models: Sequence[DeepMoE],
+                 inputs: Sequence[Tensor | None] | None = None) -> None:
+        if not models:
+            raise ValueError("models must hold at least one DeepMoE")
+        depth = {len(m.layers) for m in models}
+        shape = {tuple((l.num_experts, l.experts.hidden) for l in m.moe_layers) for m in models}
+        if len(depth) != 1 or len(shape) != 1:
+            raise ValueError("members must have the same number of layers and, per layer, the same "
+                             f"experts and hidden width; got {sorted(shape)}")
+        self.n = len(models)
+        inputs = [None] * self.n if inputs is None else list(inputs)
+        #: per member, the input coordinates kept (the others are always 0)
+        self.inputs = [torch.arange(m.d_in) if a is None else a.long()
+                       for m, a in zip(models, inputs, strict=True)]
+        self.widths = [max(m.widths[i] for m in models) for i in range(len(models[0].widths))]
+        self.widths[0] = max(len(a) for a in self.inputs)
+        self.out_widths = torch.tensor([m.d_out for m in models])
+        self.switch = torch.tensor([[l.router.weighting == "switch" for l in m.moe_layers]
+                                    for m in models])  # (N, layers)
+        self.any_switch = self.switch.any(0).tolist()  # per layer: does any router train?
+        self.experts = [E for E, _ in next(iter(shape))]
+        self.slots: list[dict[str, _Slot]] = []
+        start = 0
+        for i, (E, H) in enumerate(next(iter(shape))):
+            I, O = self.widths[i], self.widths[i + 1]
+            layer = {}
+            for name, s in (("wr", (I, E)), ("br", (E,)), ("w1", (E, I + 1, H)),
+                            ("w2", (H, E, O)), ("b2", (E, O))):
+                layer[name] = _Slot(start, s)
+                start = layer[name].stop
+            self.slots.append(layer)
+        self.flat = torch.zeros(self.n, start)
+        for n, model in enumerate(models):
+            self._load(n, model)
+        self.flat.requires_grad_(True)
+
+    def _member_views(self, n: int) -> list[dict[str, Tensor]]:
+        row = self.flat[n]
+        return [{k: row[s.start:s.stop].view(s.shape) for k, s in layer.items()}
+                for layer in self.slots]
+
+    def _rows(self, n: int, i: int, layer: MoELayer) -> Tensor:
+        """The input coordinates of member n's layer i held in the stacked model."""
+        return self.inputs[n] if i == 0 else torch.arange(layer.d_in)
+
+    @torch.no_grad()
+    def _load(self, n: int, model: DeepMoE) -> None:
+        for i, (v, layer) in enumerate(zip(self._member_views(n), model.moe_layers, strict=True)):
+            bank = layer.experts
+            assert isinstance(bank, Experts)
+            rows, O = self._rows(n, i, layer), layer.d_out
+            I = len(rows)
+            v["wr"][:I] = layer.router.scorer.weight.t()[rows]
+            v["br"].copy_(layer.router.scorer.bias)
+            v["w1"][:, :I] = bank.weight1[:, rows]
+            v["w1"][:, -1] = bank.bias1
+            v["w2"][..., :O] = bank.weight2.permute(1, 0, 2)
+            v["b2"][:, :O] = bank.bias2
+
+    @torch.no_grad()
+    def unstack(self, n: int, model: DeepMoE) -> None:
+        """Copy member n's parameters (without padding) into ``model``, a stack of its shape."""
+        for i, (v, layer) in enumerate(zip(self._member_views(n), model.moe_layers, strict=True)):
+            bank = layer.experts
+            rows, O = self._rows(n, i, layer), layer.d_out
+            I = len(rows)
+            layer.router.scorer.weight[:, rows] = v["wr"][:I].t()
+            layer.router.scorer.bias.copy_(v["br"])
+            bank.weight1[:, rows] = v["w1"][:, :I]
+            bank.bias1.copy_(v["w1"][:, -1])
+            bank.weight2.copy_(v["w2"][..., :O].permute(1, 0, 2))
+            bank.bias2.copy_(v["b2"][:, :O])
+
+    def forward(self, x_NBI: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+        """x (N, B, I) -> y (N, B, O) and, per layer, (logits (N, B, E), probs, ids (N, B, 1))."""
+        parts = self.flat.split([s.stop - s.start for layer in self.slots
+                                 for s in layer.values()], dim=1)
+        h, routes, k = x_NBI, [], 0
+        N, B = x_NBI.shape[:2]
+        for i, layer in enumerate(self.slots):
+            p = {name: parts[k + j].view(N, *s.shape) for j, (name, s) in enumerate(layer.items())}
+            k += len(layer)
+            E, O = self.experts[i], layer["w2"].shape[-1]
+            switch = self.switch[:, i]
+            # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.any_switch[i]):
+                logits = torch.baddbmm(p["br"][:, None, :], h, p["wr"])
+                probs = logits.softmax(-1)
+            ids = probs.detach().topk(1, dim=-1, sorted=True).indices
+            onehot = torch.zeros_like(probs).scatter_(-1, ids, 1.0)
+            if probs.requires_grad:  # switch: the selected probability
+                picked = probs.gather(-1, ids)
+                weight = torch.where(switch[:, None, None], picked, torch.ones_like(picked))
+                w_NBE = torch.zeros_like(probs).scatter(-1, ids, weight)
+            else:
+                w_NBE = onehot
+            h1 = torch.cat([h, h.new_ones(N, B, 1)], -1)  # (N, B, I + 1)
+            h_exp = (onehot[..., None] * h1[:, :, None, :]).view(N, B, -1)  # (N, B, E*(I+1))
+            a = torch.relu(torch.bmm(h_exp, p["w1"].reshape(N, -1, p["w1"].shape[-1])))
+            y_all = torch.baddbmm(p["b2"].reshape(N, 1, E * O), a, p["w2"].reshape(N, -1, E * O))
+            h = (y_all.view(N, B, E, O) * w_NBE[..., None]).sum(2)
+            routes.append((logits, probs, ids))
+        return h, routes
+
+
+def _losses(model: StackedMoE, x: Tensor, y: Tensor, denom_N: Tensor):
+    pred, routes = model.forward(x)
+    mse_N = (pred - y).square().sum((1, 2)) / denom_N
+    return mse_N, routes
+
+
+class _Streams:
+    """Every member's fresh batches, drawn per distinct stream ``CHUNK`` batches at a time and
+    padded to the stacked widths: :meth:`next` gives x (N, B, I) and y (N, B, O)."""
+
+    def __init__(self, members: Sequence[Member], inputs: Sequence[Tensor], in_width: int,
+                 out_width: int) -> None:
+        keys: dict[Hashable, int] = {}
+        self.sources: list[tuple[Sampler, torch.Generator, Tensor]] = []
+        index = []
+        for n, m in enumerate(members):
+            key = ("member", n) if m.stream is None else ("stream", m.stream)
+            if key not in keys:
+                keys[key] = len(self.sources)
+                self.sources.append((m.sampler, torch.Generator().manual_seed(m.seed), inputs[n]))
+            index.append(keys[key])
+        self.index = torch.tensor(index)
+        self.batch = members[0].config.batch_size
+        self.widths = (in_width, out_width)
+        self.x = self.y = None
+        self.k = CHUNK
+
+    def next(self) -> tuple[Tensor, Tensor]:
+        if self.k == CHUNK:
+            n, B = self.batch * CHUNK, self.batch
+            xs = torch.zeros(len(self.sources), CHUNK, B, self.widths[0])
+            ys = torch.zeros(len(self.sources), CHUNK, B, self.widths[1])
+            for s, (sampler, gen, cols) in enumerate(self.sources):
+                x, y = _checked_pair(sampler(n, gen), "the sampler returned")
+                if x.shape[0] != n:
+                    raise ValueError(f"the sampler returned {x.shape[0]} rows when asked for {n}")
+                x, y = x[:, cols].reshape(CHUNK, B, -1), y.reshape(CHUNK, B, -1)
+                xs[s, :, :, : x.shape[-1]] = x
+                ys[s, :, :, : y.shape[-1]] = y
+            self.x = xs[self.index].transpose(0, 1).contiguous()  # (CHUNK, N, B, I)
+            self.y = ys[self.index].transpose(0, 1).contiguous()
+            self.k = 0
+        self.k += 1
+        return self.x[self.k - 1], self.y[self.k - 1]
+
+
+def _shared(members: Sequence[Member]) -> TrainConfig:
+    first = members[0].config
+    for name in ("steps", "batch_size", "log_every", "eval_every"):
+        values = {getattr(m.config, name) for m in members}
+        if len(values) > 1:
+            raise ValueError(f"members must share train.{name}; got {sorted(values)}")
+    for m in members:
+        if (why := alone_reason(m.model, m.config)) is not None:
+            raise ValueError(f"a member cannot be batched ({why}); train it alone")
+    return first
+
+
+def _adam_step(flat: Tensor, state: dict[str, Tensor], lr_N1: Tensor, step: int,
+               clip_N1: Tensor | None) -> None:
+    """One Adam update of every member: torch.optim.Adam's arithmetic, member n at lr_N1[n]."""
+    grad = flat.grad
+    if clip_N1 is not None:  # clip_grad_norm_ per member: its own norm, its own threshold
+        norm_N1 = grad.norm(dim=1, keepdim=True)
+        grad = grad * (clip_N1 / (norm_N1 + 1e-6)).clamp(max=1.0)
+    (b1, b2) = BETAS
+    m, v = state["m"], state["v"]
+    m.lerp_(grad, 1 - b1)
+    v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
+    bias1, bias2_sqrt = 1 - b1**step, math.sqrt(1 - b2**step)
+    denom = (v.sqrt() / bias2_sqrt).add_(EPS)
+    with torch.no_grad():
+        flat.addcdiv_(m * (lr_N1 / bias1), denom, value=-1)
+
+
+def _aux_rows(routes, experts: list[int]) -> dict[str, Tensor]:
+    """Per member, the unweighted auxiliary losses the solo model logs: z_loss and load_balance,
+    summed over the layers (see :mod:`moelab.losses`)."""
+    z = lb = 0
+    for (logits, probs, ids), E in zip(routes, experts, strict=True):
+        z = z + torch.logsumexp(logits, -1).square().mean(1)
+        f = torch.zeros_like(probs).scatter_(-1, ids, 1.0).mean(1)
+        lb = lb + E * (f * probs.mean(1)).sum(-1)
+    return {"load_balance": lb, "z_loss": z}
+
+
+def _compiled(fn):
+    if os.environ.get(COMPILE_ENV, "0") != "1":
+        return fn
+    return torch.compile(fn, dynamic=False)
+
+
+def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor, Tensor]]
+                  | None = None) -> list[TrainResult]:
+    """Train every member's model in place as one :class:`StackedMoE`; return one
+    :class:`~moelab.training.TrainResult` per member, as :func:`~moelab.training.train` would.
+
+    Test sets default, per member, to ``config.test_size`` samples drawn from a generator seeded
+    with ``seed + 1_000_003`` (once per stream). ``seconds`` is each member's share of the wall time.
+    Raises ValueError if a member cannot be batched (:func:`alone_reason`) or the members do not
+    share steps, batch size and logging.
+    """
+    config = _shared(members)
+    for m in members:
+        _warn_if_routers_cannot_learn(m.model, m.config)
+    if test_sets is None:
+        drawn: dict[Hashable, tuple[Tensor, Tensor]] = {}
+        test_sets = []
+        for n, m in enumerate(members):
+            key = ("member", n) if m.stream is None else ("stream", m.stream, m.config.test_size)
+            if key not in drawn:
+                gen = torch.Generator().manual_seed(m.seed + 1_000_003)
+                drawn[key] = _checked_pair(m.sampler(m.config.test_size, gen),
+                                           "the sampler returned")
+            test_sets.append(drawn[key])
+    start = time.perf_counter()
+    stacked = StackedMoE([m.model for m in members], [m.inputs for m in members])
+    N, B, steps = stacked.n, config.batch_size, config.steps
+    streams = _Streams(members, stacked.inputs, stacked.widths[0], stacked.widths[-1])
+    denom_N = (stacked.out_widths * B).to(torch.float32)
+    lrs = torch.tensor([[m.config.lr * _lr_factor(m.config, s) for m in members]
+                        for s in range(steps)], dtype=torch.float64)  # (steps, N), as logged
+    lrs_step = lrs.to(torch.float32)
+    clips = [m.config.grad_clip for m in members]
+    clip_N1 = (None if all(c is None for c in clips)
+               else torch.tensor([[math.inf if c is None else c] for c in clips]))
+    state = {"m": torch.zeros_like(stacked.flat), "v": torch.zeros_like(stacked.flat)}
+    loss_fn = _compiled(_losses)
+    history: list[list[dict[str, float]]] = [[] for _ in members]
+    evals: list[list[dict[str, float]]] = [[] for _ in members]
+    for step in range(steps):
+        x, y = streams.next()
+        mse_N, routes = loss_fn(stacked, x, y, denom_N)
+        loss = mse_N.sum()
+        if not torch.isfinite(loss):
+            bad = [n for n, v in enumerate(mse_N.tolist()) if not math.isfinite(v)]
+            raise FloatingPointError(f"training loss of members {bad} became non-finite at "
+                                     f"step {step}")
+        stacked.flat.grad = None
+        loss.backward()
+        _adam_step(stacked.flat, state, lrs_step[step, :, None], step + 1, clip_N1)
+        if step % config.log_every == 0 or step == steps - 1:
+            with torch.no_grad():
+                cols = {"loss": mse_N, "mse": mse_N, "lr": lrs[step],
+                        **_aux_rows(routes, stacked.experts)}
+                values = {k: v.tolist() for k, v in cols.items()}
+                routers = stacked_router_metrics(routes)
+            for n in range(N):
+                row = {"step": step, **{k: v[n] for k, v in values.items()}, **routers[n]}
+                history[n].append(row)
+        last = step == steps - 1
+        if last or (config.eval_every and (step + 1) % config.eval_every == 0):
+            for n, m in enumerate(members):
+                stacked.unstack(n, m.model)
+                metrics = evaluate(m.model, *test_sets[n])
+                evals[n].append({"step": step + 1, "test_mse": metrics.mse,
+                                 "test_sup": metrics.sup_error})
+    seconds = (time.perf_counter() - start) / N
+    return [TrainResult(final=Metrics(mse=e[-1]["test_mse"], sup_error=e[-1]["test_sup"]),
+                        history=h, evals=e, seconds=seconds) for h, e in zip(history, evals,
+                                                                             strict=True)]
+

@@ -1,0 +1,137 @@
+"""Batched training: each member of a stacked batch follows the same run trained alone."""
+
+import pytest
+import torch
+
+from moelab.experiments.config import apply_overrides
+from moelab.experiments.execute import _prepare, constant_inputs
+from moelab.experiments.registry import table3, table4
+from moelab.layers import DeepMoE, MoEConfig, RouterConfig
+from moelab.training import TrainConfig, train
+from moelab.training.batched import Member, StackedMoE, alone_reason, train_batched
+
+STEPS = 150
+#: Members agree with their solo runs to float32 rounding (~1e-7 relative here); a routing
+#: decision flipped by rounding could move one member further, but not in these seeded cases.
+PARAM_RTOL, MSE_RTOL = 1e-5, 1e-4
+
+
+pytestmark = pytest.mark.filterwarnings("ignore::moelab.training.loop.RouterGradientWarning")
+
+
+def _runs(experiment, where, seeds=1):
+    overrides = {"train.steps": STEPS, "train.test_size": 256, "train.log_every": 50}
+    return [r for r in experiment.runs(seeds=seeds, overrides=overrides)
+            if all(r.labels[k] in v for k, v in where.items())]
+
+
+def _flat(model):
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def _members(runs, *, skip_zero_inputs=True):
+    members = []
+    for run in runs:
+        task, model = _prepare(run)
+        members.append(Member(model, task.sampler, run.train, run.seed,
+                              stream=(repr(run.task), run.seed),
+                              inputs=constant_inputs(task) if skip_zero_inputs else None))
+    return members
+
+
+def _check_against_solo(runs, **kw):
+    members = _members(runs, **kw)
+    results = train_batched(members)
+    for run, member, result in zip(runs, members, results, strict=True):
+        task, model = _prepare(run)
+        solo = train(model, task.sampler, run.train, seed=run.seed, progress=False)
+        a, b = _flat(model), _flat(member.model)
+        assert (a - b).norm() <= PARAM_RTOL * a.norm(), run.labels
+        assert result.final.mse == pytest.approx(solo.final.mse, rel=MSE_RTOL)
+        assert result.final.sup_error == pytest.approx(solo.final.sup_error, rel=MSE_RTOL)
+        assert [row["step"] for row in result.history] == [row["step"] for row in solo.history]
+        for got, want in zip(result.history, solo.history, strict=True):
+            assert got.keys() == want.keys() and got["lr"] == want["lr"]
+            for key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-7), key
+    return members, results
+
+
+@pytest.mark.parametrize("recipe", ["paper", "best"])
+def test_table3_members_with_padded_D_match_their_solo_runs(recipe):
+    # D = 16 and 32 in one batch: the D = 16 members are zero-padded (and the padding never
+    # trains); the manifold's zero coordinates are left out of the stacked model.
+    runs = _runs(table3(), {"D": ("16", "32"), "recipe": (recipe,)})
+    assert len(runs) == 2
+    _check_against_solo(runs)
+
+
+def test_padding_every_input_coordinate_matches_too():
+    runs = _runs(table3(), {"D": ("16", "32"), "recipe": ("paper",)})
+    _check_against_solo(runs, skip_zero_inputs=False)
+
+
+@pytest.mark.parametrize("model", ["2-3-MoE", "1-6-MoE"])
+def test_table4_members_with_every_output_match_their_solo_runs(model):
+    # vector (2 outputs) beside sum and product (1 output, padded and masked); both recipes'
+    # learning rates and weightings differ per member in one batch
+    runs = _runs(table4(), {"model": (model,), "m": ("16",), "recipe": ("best",)})
+    runs += _runs(table4(), {"model": (model,), "m": ("16",), "recipe": ("paper",),
+                             "output": ("sum",)})
+    assert {r.task.output for r in runs} == {"vector", "sum", "product"}
+    _check_against_solo(runs)
+
+
+def test_a_batch_is_bit_reproducible():
+    runs = _runs(table4(), {"model": ("2-3-MoE",), "m": ("16",), "recipe": ("paper",)}, seeds=2)
+    first, again = _members(runs), _members(runs)
+    a, b = train_batched(first), train_batched(again)
+    for x, y, ra, rb in zip(first, again, a, b, strict=True):
+        assert torch.equal(_flat(x.model), _flat(y.model))
+        assert ra.history == rb.history and ra.evals == rb.evals
+
+
+def test_unstack_returns_the_weights_it_stacked():
+    models = [DeepMoE([3, 4, 2]), DeepMoE([5, 4, 1])]
+    stacked = StackedMoE(models)
+    copies = [DeepMoE([3, 4, 2]), DeepMoE([5, 4, 1])]
+    for n, copy in enumerate(copies):
+        stacked.unstack(n, copy)
+        assert torch.equal(_flat(copy), _flat(models[n]))
+
+
+def test_members_that_cannot_be_stacked_are_named():
+    config = TrainConfig(steps=5)
+    cases = {
+        "a capacity limit": MoEConfig(router=RouterConfig(capacity_factor=1.0)),
+        "a balance bias": MoEConfig(router=RouterConfig(balance_bias=True)),
+        "router noise 'jitter'": MoEConfig(router=RouterConfig(noise="jitter")),
+        "routing is not token-choice top-1": MoEConfig(num_experts=4,
+                                                       router=RouterConfig(top_k=2)),
+    }
+    for why, cfg in cases.items():
+        model = DeepMoE([3, 2], cfg)
+        assert alone_reason(model, config) == why
+        with pytest.raises(ValueError, match="cannot be batched"):
+            train_batched([Member(model, lambda n, g: (torch.rand(n, 3, generator=g),
+                                                       torch.rand(n, 2, generator=g)),
+                                  config, 0)])
+    aux = TrainConfig(steps=5, aux_weights={"load_balance": 0.01})
+    assert alone_reason(DeepMoE([3, 2]), aux) == "auxiliary losses"
+    assert alone_reason(DeepMoE([3, 2], residual=True), config) is not None
+
+
+def test_members_must_share_the_step_count():
+    def sampler(n, g):
+        return torch.rand(n, 3, generator=g), torch.rand(n, 2, generator=g)
+
+    members = [Member(DeepMoE([3, 2]), sampler, TrainConfig(steps=steps), 0) for steps in (5, 6)]
+    with pytest.raises(ValueError, match="train.steps"):
+        train_batched(members)
+
+
+def test_per_member_gradient_clipping_and_learning_rates_match_solo_runs():
+    runs = _runs(table3(), {"D": ("16",), "recipe": ("paper",)}, seeds=2)
+    runs = [apply_overrides(r, {"train.grad_clip": clip, "train.lr": lr})
+            for r, clip, lr in zip(runs, (0.05, None), (3e-3, 1e-3), strict=True)]
+    _check_against_solo(runs)
