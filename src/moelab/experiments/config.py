@@ -162,6 +162,8 @@ class RunConfig(_Run):
         data = super().identity()
         data["task"] = self.task.identity()
         data["model"] = self.model.identity()
+        if self.train.method.is_plain:  # runs stored before methods existed keep their ids
+            data["train"].pop("method")
         return data
 
 

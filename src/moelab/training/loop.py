@@ -31,8 +31,13 @@ from tqdm.auto import tqdm
 from moelab._validation import one_of, positive_float, positive_int
 from moelab.layers.moe import MoELayer
 from moelab.layers.recording import RoutingRecord, record_routing
+from moelab.training.method import MethodConfig
 
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
+#: ``objective(model, x, y, step)``: (loss, mse, values to log) from a method's own forward pass
+#: (:mod:`moelab.training.recipes`), or None to train through the model's own forward pass.
+Objective = Callable[[nn.Module, Tensor, Tensor, int],
+                     "tuple[Tensor, Tensor, Mapping[str, Tensor]] | None"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -55,7 +60,9 @@ class TrainConfig:
     built with ``balance_bias=True``. ``schedule="cosine"`` decays the learning rate to
     ``lr * final_lr_fraction`` after ``warmup_steps`` of linear warm-up. ``train_size`` > 0 trains on
     a fixed set of that many samples instead of fresh ones. ``eval_every`` > 0 evaluates on the test
-    set every that many steps (and always at the end).
+    set every that many steps (and always at the end). ``method`` names a training method of
+    :mod:`moelab.training.recipes` (run by :func:`moelab.training.recipes.fit`; :func:`train`
+    itself trains plainly).
     """
 
     steps: int = 2000
@@ -73,6 +80,7 @@ class TrainConfig:
     test_size: int = 10_000
     eval_every: int = 0
     log_every: int = 10
+    method: MethodConfig = field(default_factory=MethodConfig)
 
     def __post_init__(self) -> None:
         positive_int("steps", self.steps)
@@ -280,11 +288,13 @@ def train(
     test_set: tuple[Tensor, Tensor] | None = None,
     progress: bool = True,
     description: str = "train",
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on batches from ``sampler``; see the module docstring.
 
     ``test_set`` defaults to ``config.test_size`` fresh samples drawn from a generator seeded with
-    ``seed + 1_000_003``, independent of the training stream.
+    ``seed + 1_000_003``, independent of the training stream. ``objective`` replaces the model's
+    own forward pass and loss at the steps where it returns a value (see :data:`Objective`).
     """
     config = config or TrainConfig()
     data_gen = torch.Generator().manual_seed(seed)
@@ -314,8 +324,13 @@ def train(
                 x, y = fresh.next()
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(config, step)
-            out, record = _train_forward(model, x, record=balance)
-            loss, mse = _loss(out, y, config.aux_weights)
+            custom = objective(model, x, y, step) if objective is not None else None
+            if custom is None:
+                out, record = _train_forward(model, x, record=balance)
+                loss, mse = _loss(out, y, config.aux_weights)
+                logged = out.aux_losses
+            else:
+                (loss, mse, logged), record = custom, None
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -323,12 +338,13 @@ def train(
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            if balance:
+            if balance and record is not None:
                 _update_balance_biases(record, config.balance_bias_rate)
             if step % config.log_every == 0 or step == config.steps - 1:
                 row = {"step": step, "loss": loss.item(), "mse": mse.item(),
                        "lr": optimizer.param_groups[0]["lr"]}
-                row.update({k: v.item() for k, v in out.aux_losses.items()})
+                row.update({k: float(v.detach()) if isinstance(v, Tensor) else float(v)
+                            for k, v in logged.items()})
                 history.append(row)
                 bar.set_postfix(mse=f"{row['mse']:.2e}", refresh=False)
             last = step == config.steps - 1
