@@ -23,6 +23,7 @@ from moelab.experiments.measure import routing_summary
 from moelab.training import train
 from moelab.training.init import data_init
 from moelab.training.loop import RouterGradientWarning
+from moelab.training.recipes import RESTART_SEED_STRIDE, fit
 
 
 @dataclass(frozen=True)
@@ -69,22 +70,35 @@ def execute(run: AnyRun, *, progress: bool = False) -> RunOutcome:
 def _train_and_measure(run: RunConfig, *, progress: bool) -> RunOutcome:
     start = time.perf_counter()
     task = build_task(run.task)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run.seed)
-        model = build_model(run, task.d_in, task.d_out)
-        if run.model.init == "data":
-            gen = torch.Generator().manual_seed(run.seed + 12345)
-            x_init, _ = task.sampler(4096, gen)
-            data_init(model, x_init, generator=gen)
+
+    def build(restart: int = 0) -> torch.nn.Module:
+        seed = run.seed + restart * RESTART_SEED_STRIDE
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(run, task.d_in, task.d_out)
+            if run.model.init == "data":
+                gen = torch.Generator().manual_seed(seed + 12345)
+                x_init, _ = task.sampler(4096, gen)
+                data_init(model, x_init, generator=gen)
+        return model
+
     with warnings.catch_warnings():
         if run.model.init == "data":  # the recipe keeps the data-initialised routers fixed on purpose
             warnings.simplefilter("ignore", RouterGradientWarning)
-        result = train(model, task.sampler, run.train, seed=run.seed, progress=progress,
-                       description=describe_run(run))
+        extra: dict[str, Any] = {}
+        if run.train.method.is_plain:
+            model = build()
+            result = train(model, task.sampler, run.train, seed=run.seed, progress=progress,
+                           description=describe_run(run))
+        else:  # a training method of moelab.training.recipes
+            fitted = fit(build, task.sampler, run.train, seed=run.seed, progress=progress,
+                         description=describe_run(run))
+            model, result = fitted.model, fitted.result
+            extra = {"restart_chosen": fitted.restart} if fitted.validation_mse else {}
     counts = count_parameters(model)
     metrics: dict[str, Any] = {"test_mse": result.final.mse, "test_sup": result.final.sup_error,
                                "parameters": counts.total, "active_parameters": counts.active,
-                               "train_seconds": result.seconds}
+                               "train_seconds": result.seconds, **extra}
     routing = routing_summary(model, task, seed=run.seed) if run.model.kind == "moe" else {}
     metrics.update({k: v for k, v in routing.items() if isinstance(v, (int, float))})
     return RunOutcome(run, result.final.mse, result.final.sup_error, metrics, routing,
