@@ -199,3 +199,16 @@ def test_a_dense_model_trains_plainly_under_every_method():
     assert objective(model, TrainConfig(method=MethodConfig(name="em"))) is None
     res = train(model, _sampler, TrainConfig(steps=3, test_size=20), progress=False)
     assert math.isfinite(res.final.mse)
+
+
+def test_a_registered_run_trains_with_its_method_and_reports_the_restart():
+    from moelab.experiments.execute import execute
+    from moelab.experiments.registry import learnability
+
+    run = next(r for r in learnability().runs(seeds=1, overrides={"train.steps": 5,
+                                                                  "train.test_size": 64})
+               if r.labels == {"method": "restarts", "model": "2-3-MoE", "m": "16"})
+    run = apply_overrides(run, {"train.method.name": "em", "train.method.validation_size": 64})
+    a, b = execute(run), execute(run)
+    assert a.metrics["restart_chosen"] in range(4) and a.test_mse == b.test_mse
+    assert "router_ce" in a.history[0] and "router_ce" not in a.history[-1]  # EM, then plain
