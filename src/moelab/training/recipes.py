@@ -241,7 +241,7 @@ def objective(model: nn.Module, config: TrainConfig) -> Objective | None:
 @dataclass(frozen=True)
 class Fitted:
     """A trained model: the :class:`TrainResult` of its final training, which restart it came from
-    and every candidate's validation MSE (one entry, the final one, without restarts)."""
+    and every candidate's validation MSE (empty without restarts)."""
 
     model: nn.Module
     result: TrainResult
@@ -261,9 +261,10 @@ def fit(build: Callable[[int], nn.Module], sampler: Sampler, config: TrainConfig
 
     Without restarts: ``build(0)`` trained for ``config.steps``. With R restarts: ``build(r)`` for
     r < R, each trained for ``ceil(restart_fraction * steps)`` steps on its own seed and scored on
-    the validation sample (:func:`validation_set`, never the test set); the lowest validation MSE
-    (the first on ties) is trained again for the full ``config.steps`` and evaluated on the test
-    set, exactly as a single run would be.
+    the validation sample (:func:`validation_set`, never the test set); the candidate with the
+    lowest validation MSE (the first on ties) trains on from its weights for the full
+    ``config.steps`` (a fresh optimiser and schedule, the run's own seed) and is evaluated on the
+    test set, as a single run would be.
     """
     method = config.method
     if method.name != "plain":  # the method's own phase trains the routers
