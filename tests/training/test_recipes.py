@@ -212,3 +212,9 @@ def test_a_registered_run_trains_with_its_method_and_reports_the_restart():
     a, b = execute(run), execute(run)
     assert a.metrics["restart_chosen"] in range(4) and a.test_mse == b.test_mse
     assert "router_ce" in a.history[0] and "router_ce" not in a.history[-1]  # EM, then plain
+
+
+def test_train_refuses_a_method_it_would_not_run():
+    cfg = TrainConfig(steps=2, test_size=10, method=MethodConfig(name="anneal"))
+    with pytest.raises(ValueError, match="moelab.training.fit"):
+        train(_deep(), _sampler, cfg, progress=False)

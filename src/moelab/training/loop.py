@@ -297,6 +297,10 @@ def train(
     own forward pass and loss at the steps where it returns a value (see :data:`Objective`).
     """
     config = config or TrainConfig()
+    if not config.method.is_plain:
+        raise ValueError(f"config.method={config.method!r} is a training method: run it with "
+                         "moelab.training.fit(build, sampler, config); train() trains through the "
+                         "model's own forward pass (or a given objective)")
     data_gen = torch.Generator().manual_seed(seed)
     given = "test_set is" if test_set is not None else "the sampler returned"
     if test_set is None:

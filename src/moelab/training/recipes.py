@@ -44,6 +44,7 @@ from moelab.training.loop import (
     TrainResult,
     train,
 )
+from moelab.training.method import MethodConfig
 
 #: Offsets that give restart r its own seeds (r = 0 is the run's own seed).
 RESTART_SEED_STRIDE = 1_000_033
@@ -278,9 +279,10 @@ def fit(build: Callable[[int], nn.Module], sampler: Sampler, config: TrainConfig
 def _fit(build: Callable[[int], nn.Module], sampler: Sampler, config: TrainConfig, *, seed: int,
          progress: bool, description: str) -> Fitted:
     method = config.method
+    loop = config.replace(method=MethodConfig())  # the loop runs the method's objective
     if method.restarts == 1:
         model = build(0)
-        result = train(model, sampler, config, seed=seed, progress=progress,
+        result = train(model, sampler, loop, seed=seed, progress=progress,
                        description=description, objective=objective(model, config))
         return Fitted(model, result, 0, ())
     val = validation_set(sampler, config, seed)
@@ -289,7 +291,8 @@ def _fit(build: Callable[[int], nn.Module], sampler: Sampler, config: TrainConfi
     for r in range(method.restarts):
         model = build(r)
         try:
-            res = train(model, sampler, screen, seed=seed + r * RESTART_SEED_STRIDE, test_set=val,
+            res = train(model, sampler, screen.replace(method=MethodConfig()),
+                        seed=seed + r * RESTART_SEED_STRIDE, test_set=val,
                         progress=progress, description=f"{description} restart {r}",
                         objective=objective(model, screen))
             score = res.final.mse if math.isfinite(res.final.mse) else math.inf
@@ -299,6 +302,6 @@ def _fit(build: Callable[[int], nn.Module], sampler: Sampler, config: TrainConfi
         scores.append(score)
     best = min(range(len(scores)), key=lambda r: scores[r])
     model = candidates[best]
-    result = train(model, sampler, config, seed=seed, progress=progress, description=description,
+    result = train(model, sampler, loop, seed=seed, progress=progress, description=description,
                    objective=objective(model, config))
     return Fitted(model, result, best, tuple(scores))
