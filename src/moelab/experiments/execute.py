@@ -34,6 +34,7 @@ from moelab.training.batched import (
 )
 from moelab.training.init import data_init
 from moelab.training.loop import RouterGradientWarning
+from moelab.training.recipes import RESTART_SEED_STRIDE, fit
 
 
 @dataclass(frozen=True)
@@ -80,14 +81,20 @@ def execute(run: AnyRun, *, progress: bool = False) -> RunOutcome:
 def _prepare(run: RunConfig) -> tuple[BuiltTask, nn.Module]:
     """The run's task and its model, initialised (seeded by the run's seed)."""
     task = build_task(run.task)
+    return task, _build(run, task)
+
+
+def _build(run: RunConfig, task: BuiltTask, restart: int = 0) -> nn.Module:
+    """The run's model, initialised; restart r > 0 of a training method draws from its own seed."""
+    seed = run.seed + restart * RESTART_SEED_STRIDE
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(run.seed)
+        torch.manual_seed(seed)
         model = build_model(run, task.d_in, task.d_out)
         if run.model.init == "data":
-            gen = torch.Generator().manual_seed(run.seed + 12345)
+            gen = torch.Generator().manual_seed(seed + 12345)
             x_init, _ = task.sampler(4096, gen)
             data_init(model, x_init, generator=gen)
-    return task, model
+    return model
 
 
 @contextmanager
@@ -100,19 +107,32 @@ def _router_warnings(run: RunConfig) -> Iterator[None]:
 
 def _train_and_measure(run: RunConfig, *, progress: bool) -> RunOutcome:
     start = time.perf_counter()
-    task, model = _prepare(run)
+    task = build_task(run.task)
+    extra: dict[str, Any] = {}
     with _router_warnings(run):
-        result = train(model, task.sampler, run.train, seed=run.seed, test_set=task.test_set,
-                       progress=progress, description=describe_run(run))
-    return _measured(run, task, model, result, time.perf_counter() - start)
+        if run.train.method.is_plain:
+            model = _build(run, task)
+            result = train(model, task.sampler, run.train, seed=run.seed, test_set=task.test_set,
+                           progress=progress, description=describe_run(run))
+        else:  # a training method of moelab.training.recipes
+            if task.test_set is not None:
+                raise ValueError(
+                    f"train.method.name={run.train.method.name!r} is not available on a task with "
+                    f"a fixed data set (task.kind={run.task.kind!r}): its validation and test "
+                    "samples are drawn from the sampler; use train.method.name='plain'")
+            fitted = fit(lambda restart=0: _build(run, task, restart), task.sampler, run.train,
+                         seed=run.seed, progress=progress, description=describe_run(run))
+            model, result = fitted.model, fitted.result
+            extra = {"restart_chosen": fitted.restart} if fitted.validation_mse else {}
+    return _measured(run, task, model, result, time.perf_counter() - start, extra)
 
 
 def _measured(run: RunConfig, task: BuiltTask, model: nn.Module, result: TrainResult,
-              seconds: float) -> RunOutcome:
+              seconds: float, extra: dict[str, Any] | None = None) -> RunOutcome:
     counts = count_parameters(model)
     metrics: dict[str, Any] = {"test_mse": result.final.mse, "test_sup": result.final.sup_error,
                                "parameters": counts.total, "active_parameters": counts.active,
-                               "train_seconds": result.seconds}
+                               "train_seconds": result.seconds, **(extra or {})}
     routing = routing_summary(model, task, seed=run.seed) if run.model.kind == "moe" else {}
     routing.update(held_out_metrics(model, task))
     metrics.update({k: v for k, v in routing.items() if isinstance(v, (int, float))})
@@ -133,6 +153,8 @@ def batch_key(run: AnyRun) -> str | None:
     if isinstance(run, ConstructionRun) or run.model.kind != "moe":
         return None
     if run.task.kind == "real":  # a fixed data set, evaluated on its held-out split
+        return None
+    if not run.train.method.is_plain:  # a method of moelab.training.recipes drives its own loop
         return None
     if run.train.tensorboard_dir is not None or run.train.jsonl_path is not None:
         return None  # streamed rows come from the loop

@@ -8,6 +8,9 @@ Recipes (applied identically to every model an experiment compares):
 * ``paper``: the paper's stated budget (Sec. 6): Adam, lr 1e-3 constant, batch 128, fresh samples,
   squared loss, default initialisation; 2000 steps (Experiment I) or 5000 (Experiment II).
 * ``best``: moelab's recipe, :func:`best_recipe`; docs/experiments.md says how it was chosen.
+
+Training methods (:data:`LEARNING_METHODS`, :mod:`moelab.training.recipes`), each on top of the best
+recipe and applied identically to deep and shallow models; none reads the target's pieces.
 """
 
 from __future__ import annotations
@@ -233,6 +236,106 @@ def dense_vs_moe() -> Experiment:
         figures=(Curves("", "Test MSE vs activated parameters, MoE vs dense (median "
                         "over seeds, [min, max] bars)", x=_active_parameters, series="model.kind",
                         panels="D", per="task", xlabel="activated parameters", xbase=10),),
+    )
+
+
+#: The training methods the ``learnability`` experiments compare, as overrides of the best recipe.
+#: ``restarts``: four candidates of the plain method, chosen on a held-out validation sample.
+LEARNING_METHODS: tuple[tuple[str, dict[str, object]], ...] = (
+    ("plain", {}),
+    ("anneal", {"train.method.name": "anneal"}),
+    ("em", {"train.method.name": "em"}),
+    ("straight-through", {"train.method.name": "straight-through"}),
+    ("restarts", {"train.method.restarts": 4}),
+)
+#: Table 4's target for a method that finds the composition: within 2x of the paper's 2.59e-6 at
+#: m = 128, with at least 7 of the 9 pieces on a path of their own.
+LEARNED_MSE, LEARNED_PIECES = 5.2e-6, 7
+
+
+@register("learnability")
+def learnability() -> Experiment:
+    """Table 4 (vector target) under each training method of :data:`LEARNING_METHODS`."""
+    deep, shallow = ("2-3-MoE", {"model": "2-3-MoE"}), ("1-6-MoE", {"model": "1-6-MoE"})
+    at_128 = {"model": "2-3-MoE", "m": "128"}
+    return Experiment(
+        title="Does training find the composition? Table 4 (vector target) under each training "
+              "method",
+        claim="Some training method, using no knowledge of the pieces, lets the 2-3-MoE reach "
+              f"Table 4's error at m = 128 (<= {LEARNED_MSE:g}, 2x the paper) with at least "
+              f"{LEARNED_PIECES} of the 9 pieces on a path of their own.",
+        base=_with(replace(table4().base, train=TrainConfig(steps=5000, test_size=10_000)),
+                   {**best_recipe(3e-3)}),
+        axes=(
+            Axis("method", LEARNING_METHODS),
+            Axis("model", (
+                ("2-3-MoE", {"model.layers": 2, "model.moe.num_experts": 3, "model.width": 4}),
+                ("1-6-MoE", {"model.layers": 1, "model.moe.num_experts": 6}),
+            )),
+            Axis.of("m", "model.moe.experts.hidden", (16, 32, 64, 128)),
+        ),
+        checks=(
+            Bounds("the 2-3-MoE at m = 128 reaches Table 4's error with the pieces separated",
+                   (("test_mse", "<=", LEARNED_MSE), ("pieces_separated", ">=", LEARNED_PIECES)),
+                   per=("method",), where=at_128),
+            Beats("2-3-MoE beats 1-6-MoE at the largest m", better=deep, worse=shallow, at="m",
+                  per=("method",)),
+        ),
+        tables=(
+            VersusPaper("Test MSE (median [min, max] over seeds; last row: log-log slope in m "
+                        "with 95% interval)", x="m", paper=TABLE4, series="model",
+                        per=("method",), summary="slope"),
+            Columns("Expert paths on test points (median [min, max] over seeds): regions present, "
+                    "distinct paths used, pieces given a path of their own, fraction of points on "
+                    "their piece's majority path",
+                    metrics=("test_mse", "num_paths", "pieces_separated", "routing_purity")),
+        ),
+        figures=(
+            Curves("mse-vs-m", "Test MSE vs expert width m per training method: median over "
+                   "seeds with [min, max] bars; dashed: the paper's Table 4", x="m",
+                   series="method", panels="model", xlabel="expert width m",
+                   reference={f"{k}, paper": v for k, v in TABLE4.items()}),
+            Pictures("routing", "Expert paths on [0, 3]^2 (2-3-MoE, m = 128, seed 0) under each "
+                     "method; black lines: the 9 unit pieces", kind="grid", panels="method",
+                     where=at_128),
+        ),
+    )
+
+
+@register("learnability-depth")
+def learnability_depth() -> Experiment:
+    """The depth study (E = 2, 3; L = 2, 3) under each training method: pieces separated."""
+    variants = []
+    for E in (2, 3):
+        for L in (2, 3):
+            variants.append((f"deep E={E} L={L}", {"task.E": E, "task.L": L, "model.layers": L,
+                                                   "model.width": 2 * L,
+                                                   "model.moe.num_experts": E}))
+            variants.append((f"shallow E={E} L={L}", {"task.E": E, "task.L": L,
+                                                      "model.layers": 1,
+                                                      "model.moe.num_experts": E * L}))
+    deep = {"model.layers": _deep}
+    return Experiment(
+        title="Depth under each training method: how many of the E^L pieces training separates",
+        claim="With some training method an L-layer MoE with E experts per layer separates all "
+              "E^L pieces.",
+        base=_with(unnamed(
+            task=TaskSpec(kind="piecewise", E=3, L=2, output="vector"),
+            model=ModelSpec(layers=2, moe=_moe(3, 32)),
+            train=TrainConfig(steps=4000),
+        ), {**best_recipe(3e-3)}),
+        axes=(Axis("method", LEARNING_METHODS), Axis("model", tuple(variants))),
+        seeds=2,
+        checks=(Bounds("the deep MoE separates all E^L pieces",
+                       (("pieces_separated", ">=", "regions"),), per=("method", "task.E", "task.L"),
+                       where=deep),),
+        tables=(Columns("Pieces separated out of the E^L regions (median [min, max] over seeds)",
+                        metrics=("test_mse", "regions", "num_paths", "pieces_separated",
+                                 "pieces_separated / regions")),),
+        figures=(Curves("pieces", "Pieces separated by the deep MoE per method, against E^L",
+                        x="task.L", series="method", panels="task.E", where=deep,
+                        metric="pieces_separated", xlabel="L", ylabel="pieces separated",
+                        logx=False, logy=False),),
     )
 
 

@@ -11,15 +11,21 @@ from moelab.training.loop import (
     evaluate,
     train,
 )
+from moelab.training.method import METHODS, MethodConfig
+from moelab.training.recipes import Fitted, fit
 
 __all__ = [
     "AUX_LOSSES",
+    "METHODS",
     "OPTIMIZERS",
     "SCHEDULES",
+    "Fitted",
+    "MethodConfig",
     "Metrics",
     "Sampler",
     "TrainConfig",
     "TrainResult",
     "evaluate",
+    "fit",
     "train",
 ]

@@ -31,11 +31,16 @@ from tqdm.auto import tqdm
 from moelab._validation import one_of, positive_float, positive_int
 from moelab.layers.moe import MoELayer
 from moelab.layers.recording import RoutingRecord, record_routing
+from moelab.training.method import MethodConfig
 from moelab.training.metrics import router_metrics
 from moelab.training.streams import MetricsStream
-from moelab.typed_json import NOT_IDENTITY
+from moelab.typed_json import ADDED_LATER, NOT_IDENTITY
 
 Sampler = Callable[[int, torch.Generator], tuple[Tensor, Tensor]]
+#: ``objective(model, x, y, step)``: (loss, mse, values to log) from a method's own forward pass
+#: (:mod:`moelab.training.recipes`), or None to train through the model's own forward pass.
+Objective = Callable[[nn.Module, Tensor, Tensor, int],
+                     "tuple[Tensor, Tensor, Mapping[str, Tensor]] | None"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -63,7 +68,9 @@ class TrainConfig:
     built with ``balance_bias=True``. ``schedule="cosine"`` decays the learning rate to
     ``lr * final_lr_fraction`` after ``warmup_steps`` of linear warm-up. ``train_size`` > 0 trains on
     a fixed set of that many samples instead of fresh ones. ``eval_every`` > 0 evaluates on the test
-    set every that many steps (and always at the end).
+    set every that many steps (and always at the end). ``method`` names a training method of
+    :mod:`moelab.training.recipes` (run by :func:`moelab.training.recipes.fit`; :func:`train`
+    itself trains plainly).
     """
 
     steps: int = 2000
@@ -85,6 +92,7 @@ class TrainConfig:
     # moelab.training.streams). Where, not what: these two are not part of a run's identity.
     tensorboard_dir: str | None = field(default=None, metadata=NOT_IDENTITY)
     jsonl_path: str | None = field(default=None, metadata=NOT_IDENTITY)
+    method: MethodConfig = field(default_factory=MethodConfig, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         positive_int("steps", self.steps)
@@ -294,13 +302,19 @@ def train(
     test_set: tuple[Tensor, Tensor] | None = None,
     progress: bool = True,
     description: str = "train",
+    objective: Objective | None = None,
 ) -> TrainResult:
     """Train ``model`` in place on batches from ``sampler``; see the module docstring.
 
     ``test_set`` defaults to ``config.test_size`` fresh samples drawn from a generator seeded with
-    ``seed + 1_000_003``, independent of the training stream.
+    ``seed + 1_000_003``, independent of the training stream. ``objective`` replaces the model's
+    own forward pass and loss at the steps where it returns a value (see :data:`Objective`).
     """
     config = config or TrainConfig()
+    if not config.method.is_plain:
+        raise ValueError(f"config.method={config.method!r} is a training method: run it with "
+                         "moelab.training.fit(build, sampler, config); train() trains through the "
+                         "model's own forward pass (or a given objective)")
     data_gen = torch.Generator().manual_seed(seed)
     given = "test_set is" if test_set is not None else "the sampler returned"
     if test_set is None:
@@ -329,8 +343,13 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = config.lr * _lr_factor(config, step)
             logged = step % config.log_every == 0 or step == config.steps - 1
-            out, record = _train_forward(model, x, record=balance or logged)
-            loss, mse = _loss(out, y, config.aux_weights)
+            custom = objective(model, x, y, step) if objective is not None else None
+            if custom is None:
+                out, record = _train_forward(model, x, record=balance or logged)
+                loss, mse = _loss(out, y, config.aux_weights)
+                values = out.aux_losses
+            else:
+                (loss, mse, values), record = custom, None
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
             optimizer.zero_grad(set_to_none=True)
@@ -338,13 +357,15 @@ def train(
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
-            if balance:
+            if balance and record is not None:
                 _update_balance_biases(record, config.balance_bias_rate)
             if logged:
                 row = {"step": step, "loss": loss.item(), "mse": mse.item(),
                        "lr": optimizer.param_groups[0]["lr"]}
-                row.update({k: v.item() for k, v in out.aux_losses.items()})
-                row.update(router_metrics(record.routings))
+                row.update({k: float(v.detach()) if isinstance(v, Tensor) else float(v)
+                            for k, v in values.items()})
+                if record is not None:
+                    row.update(router_metrics(record.routings))
                 history.append(row)
                 stream.write(row)
                 bar.set_postfix(mse=f"{row['mse']:.2e}", refresh=False)
