@@ -305,26 +305,13 @@ def learnability() -> Experiment:
 @register("learnability-depth")
 def learnability_depth() -> Experiment:
     """The depth study (E = 2, 3; L = 2, 3) under each training method: pieces separated."""
-    variants = []
-    for E in (2, 3):
-        for L in (2, 3):
-            variants.append((f"deep E={E} L={L}", {"task.E": E, "task.L": L, "model.layers": L,
-                                                   "model.width": 2 * L,
-                                                   "model.moe.num_experts": E}))
-            variants.append((f"shallow E={E} L={L}", {"task.E": E, "task.L": L,
-                                                      "model.layers": 1,
-                                                      "model.moe.num_experts": E * L}))
     deep = {"model.layers": _deep}
     return Experiment(
         title="Depth under each training method: how many of the E^L pieces training separates",
         claim="With some training method an L-layer MoE with E experts per layer separates all "
               "E^L pieces.",
-        base=_with(unnamed(
-            task=TaskSpec(kind="piecewise", E=3, L=2, output="vector"),
-            model=ModelSpec(layers=2, moe=_moe(3, 32)),
-            train=TrainConfig(steps=4000),
-        ), {**best_recipe(3e-3)}),
-        axes=(Axis("method", LEARNING_METHODS), Axis("model", tuple(variants))),
+        base=_depth_base(),
+        axes=(Axis("method", LEARNING_METHODS), Axis("model", _depth_variants((2, 3), (2, 3)))),
         seeds=2,
         checks=(Bounds("the deep MoE separates all E^L pieces",
                        (("pieces_separated", ">=", "regions"),), per=("method", "task.E", "task.L"),
@@ -347,26 +334,39 @@ def _depth_kind(cell) -> str:
     return "deep" if _deep(cell.config("model.layers")) else "shallow"
 
 
+def _depth_base() -> RunConfig:
+    """The depth studies' base run: Eq. (4) with vector output, the best recipe, 4000 steps."""
+    return _with(unnamed(
+        task=TaskSpec(kind="piecewise", E=3, L=2, output="vector"),
+        model=ModelSpec(layers=2, moe=_moe(3, 32)),
+        train=TrainConfig(steps=4000),
+    ), {**best_recipe(3e-3)})
+
+
+def _depth_variants(experts: tuple[int, ...], layers: tuple[int, ...]) -> tuple:
+    """For each E and L: an L-layer MoE with E experts per layer ("deep") and a 1-layer MoE with
+    E*L experts ("shallow") on the E^L-piece target; labels name E only when it varies."""
+    variants = []
+    for E in experts:
+        for L in layers:
+            tag = f"E={E} L={L}" if len(experts) > 1 else f"L={L}"
+            variants.append((f"deep {tag}", {"task.E": E, "task.L": L, "model.layers": L,
+                                             "model.width": 2 * L, "model.moe.num_experts": E}))
+            variants.append((f"shallow {tag}", {"task.E": E, "task.L": L, "model.layers": 1,
+                                                "model.moe.num_experts": E * L}))
+    return tuple(variants)
+
+
 @register("depth")
 def depth() -> Experiment:
     """E^L in practice: deep vs shallow MoEs with the same number of experts on Eq. (4)."""
-    variants = []
-    for L in (2, 3, 4):
-        variants.append((f"deep L={L}", {"task.L": L, "model.layers": L, "model.width": 2 * L,
-                                         "model.moe.num_experts": 3}))
-        variants.append((f"shallow L={L}", {"task.L": L, "model.layers": 1,
-                                            "model.moe.num_experts": 3 * L}))
     deep = {"model.layers": _deep}
     return Experiment(
         title="Depth gives E^L pieces: L-layer vs 1-layer MoEs with L*E experts on Eq. (4), E = 3",
         claim="An L-layer MoE with E experts per layer can separate all E^L pieces; a 1-layer MoE "
               "with L*E experts separates at most L*E.",
-        base=_with(unnamed(
-            task=TaskSpec(kind="piecewise", E=3, L=2, output="vector"),
-            model=ModelSpec(layers=2, moe=_moe(3, 32)),
-            train=TrainConfig(steps=4000),
-        ), {**best_recipe(3e-3)}),
-        axes=(Axis("model", tuple(variants)),),
+        base=_depth_base(),
+        axes=(Axis("model", _depth_variants((3,), (2, 3, 4))),),
         seeds=2,
         checks=(
             Beats("the deep MoE separates more pieces than the shallow one",
