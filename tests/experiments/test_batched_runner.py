@@ -38,6 +38,8 @@ def test_what_trains_alone():
         apply_overrides(run, {"model.moe.router.scaling": 2.5}),
         apply_overrides(run, {"model.moe.router.groups": 2, "model.moe.router.top_groups": 1}),
         apply_overrides(run, {"train.jsonl_path": "rows.jsonl"}),
+        apply_overrides(run, {"train.method.name": "anneal"}),
+        apply_overrides(run, {"train.method.restarts": 2}),
         constructions().runs()[0],
     ]
     assert all(batch_key(r) is None for r in alone)

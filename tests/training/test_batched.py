@@ -7,7 +7,7 @@ from moelab.experiments.config import apply_overrides
 from moelab.experiments.execute import _prepare, constant_inputs
 from moelab.experiments.registry import table3, table4
 from moelab.layers import DeepMoE, MoEConfig, RouterConfig
-from moelab.training import TrainConfig, train
+from moelab.training import MethodConfig, TrainConfig, train
 from moelab.training.batched import Member, StackedMoE, alone_reason, train_batched
 
 STEPS = 150
@@ -118,6 +118,10 @@ def test_members_that_cannot_be_stacked_are_named():
                                   config, 0)])
     aux = TrainConfig(steps=5, aux_weights={"load_balance": 0.01})
     assert alone_reason(DeepMoE([3, 2]), aux) == "auxiliary losses"
+    streamed = TrainConfig(steps=5, jsonl_path="rows.jsonl")
+    assert alone_reason(DeepMoE([3, 2]), streamed) == "streamed rows"
+    method = TrainConfig(steps=5, method=MethodConfig(name="anneal"))
+    assert alone_reason(DeepMoE([3, 2]), method) == "training method 'anneal'"
     assert alone_reason(DeepMoE([3, 2], residual=True), config) is not None
 
 

@@ -154,10 +154,6 @@ def batch_key(run: AnyRun) -> str | None:
         return None
     if run.task.kind == "real":  # a fixed data set, evaluated on its held-out split
         return None
-    if not run.train.method.is_plain:  # a method of moelab.training.recipes drives its own loop
-        return None
-    if run.train.tensorboard_dir is not None or run.train.jsonl_path is not None:
-        return None  # streamed rows come from the loop
     if run.model.residual or run.model.moe_every != 1:
         return None
     if layer_alone_reason(run.model.moe) or train_alone_reason(run.train):

@@ -92,8 +92,17 @@ def train_alone_reason(config: TrainConfig) -> str | None:
         (not any(config.aux_weights.values()), "auxiliary losses"),
         (config.balance_bias_rate == 0, "balance-bias updates"),
         (config.train_size == 0, "a fixed training set"),
+        (config.tensorboard_dir is None and config.jsonl_path is None, "streamed rows"),
+        (config.method.is_plain, _method_label(config)),
     )
     return next((why for ok, why in checks if not ok), None)
+
+
+def _method_label(config: TrainConfig) -> str:
+    """The training method of :mod:`moelab.training.recipes` a config asks for, in words."""
+    method = config.method
+    restarts = f" with {method.restarts} restarts" if method.restarts > 1 else ""
+    return f"training method {method.name!r}{restarts}"
 
 
 def alone_reason(model: nn.Module, config: TrainConfig) -> str | None:
