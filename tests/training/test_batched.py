@@ -139,3 +139,8 @@ def test_per_member_gradient_clipping_and_learning_rates_match_solo_runs():
     runs = [apply_overrides(r, {"train.grad_clip": clip, "train.lr": lr})
             for r, clip, lr in zip(runs, (0.05, None), (3e-3, 1e-3), strict=True)]
     _check_against_solo(runs)
+
+
+def test_a_batch_needs_members():
+    with pytest.raises(ValueError, match="at least one member"):
+        train_batched([])

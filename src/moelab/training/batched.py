@@ -318,6 +318,8 @@ class _Streams:
 
 
 def _shared(members: Sequence[Member]) -> TrainConfig:
+    if not members:
+        raise ValueError("train_batched needs at least one member, got none")
     first = members[0].config
     for name in ("steps", "batch_size", "log_every", "eval_every"):
         values = {getattr(m.config, name) for m in members}
