@@ -35,6 +35,17 @@ def test_expert_paths_of_a_deep_moe(L, E):
         assert int((result.paths == torch.tensor(path)).all(1).sum()) == count
 
 
+@pytest.mark.parametrize("widths, E", [([3, 4, 4, 2], (2, 5, 3)), ([3, 2], (7,))])
+def test_distinct_paths_are_the_sorted_unique_rows(widths, E):
+    """Mixed widths per layer: the distinct paths and counts are torch.unique(paths, dim=0)'s."""
+    torch.manual_seed(0)
+    configs = [MoEConfig(num_experts=e, router=RouterConfig(weighting="paper")) for e in E]
+    model = DeepMoE(widths, configs).eval()
+    result = expert_paths(model, torch.randn(2000, 3) * 3)
+    distinct, counts = torch.unique(result.paths, dim=0, return_counts=True)
+    assert torch.equal(result.distinct, distinct) and torch.equal(result.counts, counts)
+
+
 def test_expert_paths_through_hooks_and_of_dense_models():
     torch.manual_seed(0)
     deep = DeepMoE([2, 4, 2], MoEConfig(num_experts=3)).eval()

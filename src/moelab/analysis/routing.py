@@ -93,8 +93,27 @@ def expert_paths(model: nn.Module, x: Tensor) -> ExpertPaths:
         return ExpertPaths(paths_nL, paths_nL, torch.zeros(0, dtype=torch.long))
     if paths_nL.shape[1] == 0:  # no MoE layers: one (empty) path
         return ExpertPaths(paths_nL, paths_nL[:1], torch.tensor([n]))
-    distinct, counts = torch.unique(paths_nL, dim=0, return_counts=True)
-    return ExpertPaths(paths_nL, distinct, counts)
+    radices = [r.logits.shape[-1] for r in routings]
+    if math.prod(radices) >= 2**62:  # codes would overflow int64: unique rows directly
+        distinct, counts = torch.unique(paths_nL, dim=0, return_counts=True)
+        return ExpertPaths(paths_nL, distinct, counts)
+    # Distinct rows as distinct mixed-radix codes (first layer most significant): the same sorted
+    # order as torch.unique(dim=0), from a 1-D unique that costs far less.
+    codes, counts = torch.unique(path_codes(paths_nL, radices), return_counts=True)
+    digits = []
+    for radix in reversed(radices):
+        digits.append(codes % radix)
+        codes = codes // radix
+    return ExpertPaths(paths_nL, torch.stack(digits[::-1], 1), counts)
+
+
+def path_codes(paths_nL: Tensor, radices: list[int]) -> Tensor:
+    """(n,) each path (one expert per layer) as one integer, mixed radix over the layers' E
+    (``radices``), the first layer most significant."""
+    code = torch.zeros(paths_nL.shape[0], dtype=torch.long)
+    for col, radix in enumerate(radices):
+        code = code * radix + paths_nL[:, col]
+    return code
 
 
 def _labels(name: str, value: object) -> Tensor:

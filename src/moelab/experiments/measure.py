@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from moelab.analysis import expert_paths
 from moelab.analysis.intrinsic import intrinsic_dimension
+from moelab.analysis.routing import path_codes
 from moelab.experiments.build import BuiltTask
 from moelab.layers import record_routing
 
@@ -36,7 +37,7 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
         x, _ = task.sampler(n, torch.Generator().manual_seed(seed + 2_000_003))
     n = x.shape[0]
     with record_routing(model) as record:  # the routing of expert_paths' forward pass
-        paths = _paths(model, x)
+        paths = expert_paths(model, x).paths
     load = [(r.tokens_per_expert.float() / r.tokens_per_expert.sum()).tolist()
             for r in record.routings]
     truth = task.truth(x)
@@ -64,28 +65,14 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
         summary["picture"] = {
             "kind": task.picture_kind,
             "coords": task.picture_coords.tolist(),
-            "paths": _codes(_paths(model, task.picture_points), model).tolist(),
+            "paths": _codes(expert_paths(model, task.picture_points).paths, model).tolist(),
         }
     return summary
 
 
-def _paths(model: nn.Module, x: Tensor) -> Tensor:
-    """(n, layers) the top-1 expert of each point in each MoE layer, as
-    :func:`~moelab.analysis.expert_paths` gives them (without counting the distinct ones)."""
-    if x.shape[0] == 0:
-        return expert_paths(model, x).paths
-    with record_routing(model) as record:
-        model(x)
-    return torch.stack([r.top1().cpu() for r in record.routings], 1)
-
-
 def _codes(paths: Tensor, model: nn.Module) -> Tensor:
     """Each path (one expert per layer) as one integer, mixed radix over the layers' E."""
-    radices = [layer.num_experts for layer in model.moe_layers]
-    code = torch.zeros(paths.shape[0], dtype=torch.long)
-    for col, radix in enumerate(radices):
-        code = code * radix + paths[:, col]
-    return code
+    return path_codes(paths, [layer.num_experts for layer in model.moe_layers])
 
 
 #: Neighbours of the Levina-Bickel estimator for the inputs of each expert: the low end of the
