@@ -149,19 +149,44 @@ class _Slot:
         return self.start + math.prod(self.shape)
 
 
+class _ExpertMaps(torch.autograd.Function):
+    """Every member's two expert maps with tokens in the last axis: pre = w1^T x, a = ReLU(pre),
+    y = w2 a + b2, for x (N, K, B), w1 (N, K, H), w2 (N, C, H), b2 (N, C) -> y (N, C, B).
+
+    The backward pass is written out so that every product has the small width (K or C) on its
+    rows: with tokens in the last axis each matmul is a short-and-wide product, the shape the
+    CPU's batched GEMM does fastest (a tall-and-narrow one, e.g. autograd's (H, B) x (B, K) for
+    w1's gradient, runs several times slower for the same arithmetic)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, w1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
+        a = torch.bmm(w1.transpose(1, 2), x).relu_()  # (N, H, B)
+        ctx.save_for_backward(x, w1, w2, a)
+        return torch.baddbmm(b2[:, :, None], w2, a)
+
+    @staticmethod
+    def backward(ctx, g_y: Tensor):
+        x, w1, w2, a = ctx.saved_tensors
+        g_w2 = torch.bmm(g_y, a.transpose(1, 2))  # (N, C, H)
+        g_pre = torch.bmm(w2.transpose(1, 2), g_y).mul_(a > 0)  # (N, H, B)
+        g_w1 = torch.bmm(x, g_pre.transpose(1, 2))  # (N, K, H)
+        g_x = torch.bmm(w1, g_pre) if ctx.needs_input_grad[0] else None
+        return g_x, g_w1, g_w2, g_y.sum(2)
+
+
 class StackedMoE:
     """N :class:`~moelab.layers.DeepMoE` stacks of one shape as one model with a member axis.
 
     The parameters of all members are one (N, P) tensor :attr:`flat`; each layer's tensors are
-    views of its columns: router ``wr`` (I, E) and ``br`` (E,); first maps ``w1`` (E, I + 1, H),
-    expert e's weight (I, H) with its bias as row I; second maps ``w2`` (H, E, O) and ``b2``
-    (E, O).
+    views of its columns: router ``wr`` (E, I) and ``br`` (E,); first maps ``w1`` (E, I + 1, H),
+    expert e's weight (I, H) with its bias as row I; second maps ``w2`` (E, O, H) and ``b2``
+    (E, O). Activations keep the tokens in the last axis, (N, width, B) (see :class:`_ExpertMaps`).
 
     Top-1 routing runs only the chosen expert's hidden units, with two small matmuls per layer:
-    the input, with a 1 appended, is placed in its expert's block of an (E * (I + 1))-wide row
-    (zeros elsewhere), so one matmul with ``w1`` gives the chosen expert's pre-activations (N, B, H);
-    the hidden units then go through every expert's second map (E * O columns, few), and the
-    chosen expert's columns are kept, times its combine weight. The zeros add exact zeros and give
+    the input, with a 1 appended, is placed in its expert's block of an (E * (I + 1))-long column
+    (zeros elsewhere), so one matmul with ``w1`` gives the chosen expert's pre-activations (N, H, B);
+    the hidden units then go through every expert's second map (E * O rows, few), and the
+    chosen expert's rows are kept, times its combine weight. The zeros add exact zeros and give
     the other experts exact zero gradient, so this is the dense mix of
     :meth:`~moelab.layers.experts.Experts.forward_mixed` without its E-fold hidden tensor.
     """
@@ -192,8 +217,8 @@ class StackedMoE:
         for i, (E, H) in enumerate(next(iter(shape))):
             I, O = self.widths[i], self.widths[i + 1]
             layer = {}
-            for name, s in (("wr", (I, E)), ("br", (E,)), ("w1", (E, I + 1, H)),
-                            ("w2", (H, E, O)), ("b2", (E, O))):
+            for name, s in (("wr", (E, I)), ("br", (E,)), ("w1", (E, I + 1, H)),
+                            ("w2", (E, O, H)), ("b2", (E, O))):
                 layer[name] = _Slot(start, s)
                 start = layer[name].stop
             self.slots.append(layer)
@@ -218,11 +243,11 @@ class StackedMoE:
             assert isinstance(bank, Experts)
             rows, O = self._rows(n, i, layer), layer.d_out
             I = len(rows)
-            v["wr"][:I] = layer.router.scorer.weight.t()[rows]
+            v["wr"][:, :I] = layer.router.scorer.weight[:, rows]
             v["br"].copy_(layer.router.scorer.bias)
             v["w1"][:, :I] = bank.weight1[:, rows]
             v["w1"][:, -1] = bank.bias1
-            v["w2"][..., :O] = bank.weight2.permute(1, 0, 2)
+            v["w2"][:, :O] = bank.weight2.transpose(1, 2)
             v["b2"][:, :O] = bank.bias2
 
     @torch.no_grad()
@@ -232,42 +257,42 @@ class StackedMoE:
             bank = layer.experts
             rows, O = self._rows(n, i, layer), layer.d_out
             I = len(rows)
-            layer.router.scorer.weight[:, rows] = v["wr"][:I].t()
+            layer.router.scorer.weight[:, rows] = v["wr"][:, :I]
             layer.router.scorer.bias.copy_(v["br"])
             bank.weight1[:, rows] = v["w1"][:, :I]
             bank.bias1.copy_(v["w1"][:, -1])
-            bank.weight2.copy_(v["w2"][..., :O].permute(1, 0, 2))
+            bank.weight2.copy_(v["w2"][:, :O].transpose(1, 2))
             bank.bias2.copy_(v["b2"][:, :O])
 
-    def forward(self, x_NBI: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
-        """x (N, B, I) -> y (N, B, O) and, per layer, (logits (N, B, E), probs, ids (N, B, 1))."""
+    def forward(self, x_NIB: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+        """x (N, I, B) -> y (N, O, B) and, per layer, (logits (N, B, E), probs, ids (N, B, 1))
+        (the routes as views with tokens before experts, as the solo router gives them)."""
         parts = self.flat.split([s.stop - s.start for layer in self.slots
                                  for s in layer.values()], dim=1)
-        h, routes, k = x_NBI, [], 0
-        N, B = x_NBI.shape[:2]
+        h, routes, k = x_NIB, [], 0
+        N, _, B = x_NIB.shape
         for i, layer in enumerate(self.slots):
             p = {name: parts[k + j].view(N, *s.shape) for j, (name, s) in enumerate(layer.items())}
             k += len(layer)
-            E, O = self.experts[i], layer["w2"].shape[-1]
-            switch = self.switch[:, i]
+            E, O = self.experts[i], layer["w2"].shape[1]
             # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
             with torch.set_grad_enabled(torch.is_grad_enabled() and self.any_switch[i]):
-                logits = torch.baddbmm(p["br"][:, None, :], h, p["wr"])
-                probs = logits.softmax(-1)
-            ids = probs.detach().topk(1, dim=-1, sorted=True).indices
-            onehot = torch.zeros_like(probs).scatter_(-1, ids, 1.0)
+                logits = torch.baddbmm(p["br"][:, :, None], p["wr"], h)  # (N, E, B)
+                probs = logits.softmax(1)
+            ids = probs.detach().topk(1, dim=1, sorted=True).indices  # (N, 1, B)
+            onehot = torch.zeros_like(probs).scatter_(1, ids, 1.0)
             if probs.requires_grad:  # switch: the selected probability
-                picked = probs.gather(-1, ids)
-                weight = torch.where(switch[:, None, None], picked, torch.ones_like(picked))
-                w_NBE = torch.zeros_like(probs).scatter(-1, ids, weight)
+                picked = probs.gather(1, ids)
+                weight = torch.where(self.switch[:, i, None, None], picked, torch.ones_like(picked))
+                w_NEB = torch.zeros_like(probs).scatter(1, ids, weight)
             else:
-                w_NBE = onehot
-            h1 = torch.cat([h, h.new_ones(N, B, 1)], -1)  # (N, B, I + 1)
-            h_exp = (onehot[..., None] * h1[:, :, None, :]).view(N, B, -1)  # (N, B, E*(I+1))
-            a = torch.relu(torch.bmm(h_exp, p["w1"].reshape(N, -1, p["w1"].shape[-1])))
-            y_all = torch.baddbmm(p["b2"].reshape(N, 1, E * O), a, p["w2"].reshape(N, -1, E * O))
-            h = (y_all.view(N, B, E, O) * w_NBE[..., None]).sum(2)
-            routes.append((logits, probs, ids))
+                w_NEB = onehot
+            h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)  # (N, I + 1, B)
+            h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)  # (N, E*(I+1), B)
+            y_all = _ExpertMaps.apply(h_exp, p["w1"].view(N, -1, p["w1"].shape[-1]),
+                                      p["w2"].view(N, E * O, -1), p["b2"].view(N, E * O))
+            h = (y_all.view(N, E, O, B) * w_NEB[:, :, None, :]).sum(1)
+            routes.append((logits.transpose(1, 2), probs.transpose(1, 2), ids.transpose(1, 2)))
         return h, routes
 
 
@@ -279,7 +304,7 @@ def _losses(model: StackedMoE, x: Tensor, y: Tensor, denom_N: Tensor):
 
 class _Streams:
     """Every member's fresh batches, drawn per distinct stream ``CHUNK`` batches at a time and
-    padded to the stacked widths: :meth:`next` gives x (N, B, I) and y (N, B, O)."""
+    padded to the stacked widths: :meth:`next` gives x (N, I, B) and y (N, O, B)."""
 
     def __init__(self, members: Sequence[Member], inputs: Sequence[Tensor], in_width: int,
                  out_width: int) -> None:
@@ -310,8 +335,8 @@ class _Streams:
                 x, y = x[:, cols].reshape(CHUNK, B, -1), y.reshape(CHUNK, B, -1)
                 xs[s, :, :, : x.shape[-1]] = x
                 ys[s, :, :, : y.shape[-1]] = y
-            self.x = xs[self.index].transpose(0, 1).contiguous()  # (CHUNK, N, B, I)
-            self.y = ys[self.index].transpose(0, 1).contiguous()
+            self.x = xs[self.index].permute(1, 0, 3, 2).contiguous()  # (CHUNK, N, I, B)
+            self.y = ys[self.index].permute(1, 0, 3, 2).contiguous()
             self.k = 0
         self.k += 1
         return self.x[self.k - 1], self.y[self.k - 1]
