@@ -364,6 +364,39 @@ def _add_common(p: argparse.ArgumentParser, *, workers_default: int) -> None:
     engine.add_argument("--slurm-mem-gb", type=float, metavar="GB", help="memory of each job")
 
 
+#: Each command's one-line help (``moelab --help``) and description (``moelab COMMAND --help``).
+_COMMANDS = {
+    "list": ("list the named experiments",
+             "List the named experiments with their run counts."),
+    "run": ("run a named experiment (skips runs already stored)",
+            "Run a named experiment into OUT/results.sqlite. Finished runs are skipped, so an "
+            "interrupted run resumes."),
+    "report": ("write the markdown report of a results directory",
+               "Write DIR/report.md with figures under DIR/figures, and DIR/results.csv and "
+               "DIR/results.json."),
+    "reproduce": ("reproduce Tables 3 and 4 (3 seeds each) and report",
+                  "Run table3 and table4 (both recipes: the paper's budget and moelab's best) "
+                  "with 3 seeds each, then write the report."),
+    "construct": ("build a theorem's construction and print its summary",
+                  "Build a hand-made network realising a theorem (no training) and print its "
+                  "pieces, paths, parameters, bound and error."),
+    "export": ("export a results database to CSV or JSON",
+               "Write DIR/results.csv or DIR/results.json (or -o PATH). The database is opened "
+               "read-only."),
+    "demo": ("train a 1-4-MoE on the circle task and print its error",
+             "Train the paper's 1-4-MoE on Experiment I's circle task."),
+}
+_RESULTS_DIR_HELP = "directory holding results.sqlite"
+
+
+def _command(sub: argparse._SubParsersAction, name: str, func) -> argparse.ArgumentParser:
+    """The parser of command ``name`` (its texts from :data:`_COMMANDS`), which calls ``func``."""
+    help_, description = _COMMANDS[name]
+    p = sub.add_parser(name, help=help_, description=description)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="moelab",
@@ -371,63 +404,44 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Each command has its own --help.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _command(sub, "list", _list)
 
-    p = sub.add_parser("list", help="list the named experiments",
-                       description="List the named experiments with their run counts.")
-    p.set_defaults(func=_list)
-
-    p = sub.add_parser("run", help="run a named experiment (skips runs already stored)",
-                       description="Run a named experiment into OUT/results.sqlite. Finished runs "
-                                   "are skipped, so an interrupted run resumes.")
+    p = _command(sub, "run", _run)
     p.add_argument("name", help="experiment name (see `moelab list`)")
     _add_common(p, workers_default=1)
     p.add_argument("--show-config", action="store_true",
                    help="print the resolved run configurations and every valid --set key with "
                         "its type and value, then exit without running")
-    p.set_defaults(func=_run)
 
-    p = sub.add_parser("report", help="write the markdown report of a results directory",
-                       description="Write DIR/report.md with figures under DIR/figures, and "
-                                   "DIR/results.csv and DIR/results.json.")
-    p.add_argument("dir", help="directory holding results.sqlite")
+    p = _command(sub, "report", _report)
+    p.add_argument("dir", help=_RESULTS_DIR_HELP)
     p.add_argument("--experiment", action="append", help="only this experiment (repeatable)")
-    p.set_defaults(func=_report)
 
-    p = sub.add_parser("reproduce", help="reproduce Tables 3 and 4 (3 seeds each) and report",
-                       description="Run table3 and table4 (both recipes: the paper's budget and "
-                                   "moelab's best) with 3 seeds each, then write the report.")
+    p = _command(sub, "reproduce", _reproduce)
     _add_common(p, workers_default=os.cpu_count() or 1)
-    p.set_defaults(func=_reproduce, seeds=3)
+    p.set_defaults(seeds=3)  # after --seeds exists, so it replaces that argument's default
 
-    p = sub.add_parser("construct", help="build a theorem's construction and print its summary",
-                       description="Build a hand-made network realising a theorem (no training) "
-                                   "and print its pieces, paths, parameters, bound and error.")
+    p = _command(sub, "construct", _construct)
     p.add_argument("name", help="construction name, e.g. thm5.3, cor4.9, thm4.8, thm5.2")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="keyword argument of the construction, e.g. E=3, L=2, m=32")
     p.add_argument("--sweep", metavar="KEY=V1,V2,...", action="append",
                    help="build at each value of one argument and compare, e.g. m=4,8,16,32,64 "
                         "(fits the rate in m) or D=3,16,128,1024 (error against D)")
-    p.set_defaults(func=_construct)
 
-    p = sub.add_parser("export", help="export a results database to CSV or JSON",
-                       description="Write DIR/results.csv or DIR/results.json (or -o PATH). The "
-                                   "database is opened read-only.")
-    p.add_argument("dir", help="directory holding results.sqlite")
+    p = _command(sub, "export", _export)
+    p.add_argument("dir", help=_RESULTS_DIR_HELP)
     p.add_argument("--format", choices=("csv", "json"), default=None,
                    help="file format (default: json if -o ends in .json, else csv)")
     p.add_argument("-o", "--output", metavar="PATH",
                    help="file to write (default DIR/results.csv or DIR/results.json)")
-    p.set_defaults(func=_export)
 
-    p = sub.add_parser("demo", help="train a 1-4-MoE on the circle task and print its error",
-                       description="Train the paper's 1-4-MoE on Experiment I's circle task.")
+    p = _command(sub, "demo", _demo)
     p.add_argument("--D", type=int, default=16, help="ambient dimension (default 16)")
     p.add_argument("--steps", type=int, default=1000, help="training steps (default 1000)")
     p.add_argument("--lr", type=float, default=1e-2, help="peak learning rate (default 1e-2)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_demo)
 
     from moelab.interop.hf_cli import add_parser as add_analyze_hf
 

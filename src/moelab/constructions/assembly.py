@@ -209,6 +209,12 @@ def dense_spec(net: Net, copies: int = 1) -> LayerSpec:
     return LayerSpec(net.d_in, net.d_out, tuple(maps for _ in range(copies)), router=None)
 
 
+def choice_layers(L: int) -> list[int]:
+    """The choice layers 2l + 1 (l < L) of a depth-2L construction: the layers whose routers pick a
+    piece or chart of block l (layer 2l computes the routing features)."""
+    return list(range(1, 2 * L, 2))
+
+
 def select_router(d_in: int, offset: int, num_experts: int) -> tuple[Tensor, None]:
     """The paper's W_R = [0 | I | 0]: logits are inputs offset..offset+E-1, no bias."""
     w = torch.zeros(d_in, num_experts, dtype=_F64)

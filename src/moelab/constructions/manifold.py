@@ -37,7 +37,7 @@ from moelab.constructions.assembly import Affine, LayerSpec, Net, build_stack, d
 from moelab.constructions.baseline import linear_router_misroute
 from moelab.constructions.charts import ChartExpert, chart_experts
 from moelab.constructions.partition import PartitionNet, partition_net
-from moelab.constructions.summary import ConstructionSummary, route, summarize
+from moelab.constructions.summary import ConstructionSummary, eval_points, route, summarize
 from moelab.layers import DeepMoE
 from moelab.tasks import ManifoldTask
 
@@ -110,6 +110,15 @@ def chart_bound(experts: tuple[ChartExpert, ...]) -> tuple[float, str]:
             "max_i sup |g_hat_i - g_i| on a dense grid of phi_i(U_i) (d >= 2, least-squares experts)")
 
 
+def manifold_target(task: ManifoldTask) -> str:
+    """The target of a manifold construction, in words."""
+    return f"f on the {task.manifold.name} (d={task.d}) in R^{task.D}, E={task.n_charts} charts"
+
+
+#: What :func:`routing_check`'s first fraction counts.
+OUTSIDE_NOTE = "points routed to a chart whose domain does not contain them"
+
+
 def routing_check(task: ManifoldTask, x: Tensor, chosen: Tensor) -> tuple[float, float]:
     """(fraction routed to a chart whose domain does not contain x, fraction routed to argmax rho)."""
     inside = task.atlas.in_domain(x)[torch.arange(x.shape[0]), chosen]
@@ -138,7 +147,7 @@ def build_manifold_moe(
         tau, tau_knots: the partition net's build (``"auto"``, ``"profile"``, ``"fit"``) and the
             profile's knots; see :func:`~moelab.constructions.partition.partition_net`.
         feature_experts: experts of layer 1 (1, or E copies for H^{2,E} literally).
-        n_eval, seed: the evaluation points, ``task.sample(n_eval, seed=seed)``.
+        n_eval, seed: the evaluation points, ``task.sample(n_eval, seed=seed + 2)``.
         linear_baseline: also fit linear routers on raw x to the chart labels and report their
             misroute fraction (:func:`~moelab.constructions.baseline.linear_router_misroute`).
         dtype: the model's dtype.
@@ -153,7 +162,7 @@ def build_manifold_moe(
     specs = manifold_specs(task, partition, experts, expert_depth=expert_depth,
                            feature_experts=positive_int("feature_experts", feature_experts))
     model = build_stack(specs, dtype)
-    x = task.sample(positive_int("n_eval", n_eval), seed=seed + 2).x
+    x = eval_points(task, n_eval, seed)
     y, ids = route(model, x.to(dtype))
     outside, agree = routing_check(task, x, ids[:, 1])
     bound, note = chart_bound(experts)
@@ -167,9 +176,9 @@ def build_manifold_moe(
         "Thm 4.8 (depth-2 MoE, 3-layer experts)"
     summary = summarize(
         model, theorem=theorem,
-        target=f"f on the {task.manifold.name} (d={task.d}) in R^{task.D}, E={task.n_charts} charts",
+        target=manifold_target(task),
         m=m, y_pred=y, y_true=task.target(x), ids=ids, routing_layers=[1],
-        misrouted=outside, routing_note="points routed to a chart whose domain does not contain them",
+        misrouted=outside, routing_note=OUTSIDE_NOTE,
         bound=bound, bound_note=note + ("; + 0 for the linear charts" if expert_depth == 3 else ""),
         tau_error=partition.error(task.atlas, x), tau_threshold=partition.threshold, extra=extra,
     )

@@ -27,9 +27,11 @@ from moelab.analysis.params import count_parameters
 from moelab.constructions.assembly import LayerSpec, Net, build_layer, build_stack
 from moelab.constructions.charts import chart_experts
 from moelab.constructions.manifold import (
+    OUTSIDE_NOTE,
     as_float64,
     chart_bound,
     manifold_specs,
+    manifold_target,
     routing_check,
     target_function,
 )
@@ -39,9 +41,16 @@ from moelab.constructions.piecewise import (
     piecewise_bound,
     piecewise_eval_points,
     piecewise_specs,
+    piecewise_target,
     resolve_piecewise_task,
 )
-from moelab.constructions.summary import ConstructionSummary, route, summarize
+from moelab.constructions.summary import (
+    ConstructionSummary,
+    eval_points,
+    misrouted_fraction,
+    route,
+    summarize,
+)
 from moelab.layers import DeepMoE, MoELayer
 from moelab.tasks import ManifoldTask, PiecewiseTask
 
@@ -74,7 +83,7 @@ def build_nonlinear_manifold_moe(
     target at depth 1). Arguments as for :func:`~moelab.constructions.manifold.build_manifold_moe`."""
     task = as_float64(task)
     m = positive_int("m", m)
-    D, E = task.D, task.n_charts
+    D = task.D
     partition = partition_net(task.atlas, method=tau, knots=tau_knots, seed=seed)
     experts = chart_experts(task.atlas, target_function(task), m)
     tau_ = partition.net
@@ -82,7 +91,7 @@ def build_nonlinear_manifold_moe(
     maps = tuple(ex.add_to(Net(D, 1), src=0, dst=0).affine_maps() for ex in experts)
     model = build_layer(LayerSpec(D, 1, maps, mlp_router=router), dtype)
     linear = build_stack(manifold_specs(task, partition, experts), dtype)
-    x = task.sample(positive_int("n_eval", n_eval), seed=seed + 2).x
+    x = eval_points(task, n_eval, seed)
     y, ids = route(model, x.to(dtype))
     y_true = task.target(x)
     outside, agree = routing_check(task, x, ids[:, 0])
@@ -90,9 +99,9 @@ def build_nonlinear_manifold_moe(
     extra = {"routed to argmax rho": agree, **_comparison(linear, x.to(dtype), y_true, y)}
     summary = summarize(
         model, theorem="Cor 4.9 with an MLP router (depth 1, suggestion 1)",
-        target=f"f on the {task.manifold.name} (d={task.d}) in R^{D}, E={E} charts",
+        target=manifold_target(task),
         m=m, y_pred=y, y_true=y_true, ids=ids, routing_layers=[0], misrouted=outside,
-        routing_note="points routed to a chart whose domain does not contain them",
+        routing_note=OUTSIDE_NOTE,
         bound=bound, bound_note=note, tau_error=partition.error(task.atlas, x),
         tau_threshold=partition.threshold, extra=extra,
     )
@@ -135,14 +144,14 @@ def build_nonlinear_piecewise_moe(
                               n_random=n_random, seed=seed)
     y, ids = route(model, x.to(dtype))
     y_true = task.components(x)
-    misrouted = float((ids != task.pieces(x)).any(dim=1).double().mean())
+    layers = list(range(task.L))
+    bound, note = piecewise_bound(task, m)
     summary = summarize(
         model, theorem="Thm 5.3 with MLP routers (depth L, suggestion 1)",
-        target=f"Eq. (4) on [0, {task.E}]^{task.L}, {task.E ** task.L} pieces, vector output",
-        m=m, y_pred=y, y_true=y_true, ids=ids, routing_layers=list(range(task.L)),
-        misrouted=misrouted, routing_note="points whose layer-l expert is not the piece of x_l, for some l",
-        bound=piecewise_bound(task, m),
-        bound_note="max_{l,i} ||f_{l,i}''|| / (8 m^2), the C^2 interpolation bound",
-        extra=_comparison(linear, x.to(dtype), y_true, y),
+        target=piecewise_target(task),
+        m=m, y_pred=y, y_true=y_true, ids=ids, routing_layers=layers,
+        misrouted=misrouted_fraction(ids, layers, task.pieces(x)),
+        routing_note="points whose layer-l expert is not the piece of x_l, for some l",
+        bound=bound, bound_note=note, extra=_comparison(linear, x.to(dtype), y_true, y),
     )
     return model, summary

@@ -40,9 +40,16 @@ import torch
 from torch import Tensor
 
 from moelab._validation import positive_int
-from moelab.constructions.assembly import LayerSpec, Net, build_stack, dense_spec, select_router
+from moelab.constructions.assembly import (
+    LayerSpec,
+    Net,
+    build_stack,
+    choice_layers,
+    dense_spec,
+    select_router,
+)
 from moelab.constructions.interpolation import cell_grid, interpolant, interpolation_bound
-from moelab.constructions.summary import ConstructionSummary, route, summarize
+from moelab.constructions.summary import ConstructionSummary, misrouted_fraction, route, summarize
 from moelab.layers import DeepMoE
 from moelab.tasks import PiecewiseTask, build_piecewise_task
 
@@ -138,12 +145,19 @@ def piecewise_eval_points(task: PiecewiseTask, *, per_piece: int, n_random: int,
     return x[(frac.abs() > 1e-12).all(dim=1)]
 
 
-def piecewise_bound(task: PiecewiseTask, m: int) -> float:
-    """max_{l,i} ||f_{l,i}''|| / (8 m^2): the C^2 interpolation bound on every expert's error."""
-    return max(
+def piecewise_target(task: PiecewiseTask) -> str:
+    """The Eq. (4) target of ``task``, in words."""
+    return f"Eq. (4) on [0, {task.E}]^{task.L}, {task.E ** task.L} pieces, vector output"
+
+
+def piecewise_bound(task: PiecewiseTask, m: int) -> tuple[float, str]:
+    """max_{l,i} ||f_{l,i}''|| / (8 m^2), the C^2 interpolation bound on every expert's error, and
+    that description."""
+    bound = max(
         interpolation_bound(f, float(i), float(i + 1), m)
         for row in task.subfunctions for i, f in enumerate(row)
     )
+    return bound, "max_{l,i} ||f_{l,i}''|| / (8 m^2), the C^2 interpolation bound"
 
 
 def build_piecewise_moe(
@@ -179,16 +193,15 @@ def build_piecewise_moe(
     x = piecewise_eval_points(task, per_piece=positive_int("per_piece", per_piece),
                               n_random=n_random, seed=seed)
     y, ids = route(model, x.to(dtype))
-    choice = list(range(1, 2 * task.L, 2))
-    misrouted = float((ids[:, choice] != task.pieces(x)).any(dim=1).double().mean())
+    choice = choice_layers(task.L)
+    bound, note = piecewise_bound(task, m)
     summary = summarize(
         model,
         theorem="Thm 5.3 (depth-2L MoE, Eq. (4) target)",
-        target=f"Eq. (4) on [0, {task.E}]^{task.L}, {task.E ** task.L} pieces, vector output",
+        target=piecewise_target(task),
         m=m, y_pred=y, y_true=task.components(x), ids=ids, routing_layers=choice,
-        misrouted=misrouted,
+        misrouted=misrouted_fraction(ids, choice, task.pieces(x)),
         routing_note="points whose layer-(2l+1) expert is not the piece of x_l, for some l",
-        bound=piecewise_bound(task, m),
-        bound_note="max_{l,i} ||f_{l,i}''|| / (8 m^2), the C^2 interpolation bound",
+        bound=bound, bound_note=note,
     )
     return model, summary

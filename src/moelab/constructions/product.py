@@ -27,11 +27,24 @@ from dataclasses import replace
 import torch
 
 from moelab._validation import positive_int
-from moelab.constructions.assembly import LayerSpec, Net, build_stack, dense_spec, select_router
+from moelab.constructions.assembly import (
+    LayerSpec,
+    Net,
+    build_stack,
+    choice_layers,
+    dense_spec,
+    select_router,
+)
 from moelab.constructions.charts import ChartExpert, chart_expert
 from moelab.constructions.manifold import chart_bound
 from moelab.constructions.partition import PartitionNet, partition_net
-from moelab.constructions.summary import ConstructionSummary, route, summarize
+from moelab.constructions.summary import (
+    ConstructionSummary,
+    eval_points,
+    misrouted_fraction,
+    route,
+    summarize,
+)
 from moelab.layers import DeepMoE
 from moelab.tasks import ProductTask
 
@@ -118,10 +131,9 @@ def build_product_moe(
         all_experts += experts
         partitions.append(partition)
     model = build_stack(specs, dtype)
-    x = task.sample(positive_int("n_eval", n_eval), seed=seed + 2).x
+    x = eval_points(task, n_eval, seed)
     y, ids = route(model, x.to(dtype))
-    choice = list(range(1, 2 * task.L, 2))
-    misrouted = float((ids[:, choice] != task.pieces(x)).any(dim=1).double().mean())
+    choice = choice_layers(task.L)
     bound, note = chart_bound(tuple(all_experts))
     blocks = task.split(x)
     tau_error = max(p.error(a, b) for p, a, b in zip(partitions, task.atlases, blocks, strict=True))
@@ -130,7 +142,7 @@ def build_product_moe(
         model, theorem="Thm 5.2 (depth-2L MoE, Eq. (5) target)",
         target=f"Eq. (5) on {names} in R^{task.D}, E={task.E} charts per block, {task.E ** task.L} pieces",
         m=m, y_pred=y, y_true=task.components(x), ids=ids, routing_layers=choice,
-        misrouted=misrouted,
+        misrouted=misrouted_fraction(ids, choice, task.pieces(x)),
         routing_note="points whose layer-(2l+1) expert is not the chart argmax rho_l(x_l), for some l",
         bound=bound, bound_note=note.replace("max_i", "max_{l,i}"),
         tau_error=tau_error, tau_threshold=1 / (2 * task.E),

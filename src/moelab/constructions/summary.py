@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from moelab._validation import positive_int
 from moelab.analysis.params import count_parameters
 from moelab.layers import DeepMoE, MoELayer
 
@@ -118,6 +119,18 @@ def route(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     out = model.run(x)
     routings = (out.routing,) if isinstance(model, MoELayer) else out.routings
     return out.y, torch.stack([r.top1() for r in routings], dim=1)
+
+
+def eval_points(task, n_eval: int, seed: int) -> Tensor:
+    """(n_eval, D) evaluation points of a manifold or product construction: the x of
+    ``task.sample(n_eval, seed=seed + 2)``."""
+    return task.sample(positive_int("n_eval", n_eval), seed=seed + 2).x
+
+
+def misrouted_fraction(ids: Tensor, layers: Sequence[int], truth: Tensor) -> float:
+    """The fraction of points whose top-1 expert in some layer ``layers[l]`` is not ``truth[:, l]``;
+    ``ids`` (n, MoE layers) from :func:`route`, ``truth`` (n, len(layers)) long."""
+    return float((ids[:, list(layers)] != truth).any(dim=1).double().mean())
 
 
 def describe(model: nn.Module) -> str:

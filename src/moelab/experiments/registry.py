@@ -305,29 +305,26 @@ def learnability() -> Experiment:
 @register("learnability-depth")
 def learnability_depth() -> Experiment:
     """The depth study (E = 2, 3; L = 2, 3) under each training method: pieces separated."""
-    deep = {"model.layers": _deep}
-    return Experiment(
+    return _depth_study(
         title="Depth under each training method: how many of the E^L pieces training separates",
         claim="With some training method an L-layer MoE with E experts per layer separates all "
               "E^L pieces.",
-        base=_depth_base(),
         axes=(Axis("method", LEARNING_METHODS), Axis("model", _depth_variants((2, 3), (2, 3)))),
-        seeds=2,
-        checks=(Bounds("the deep MoE separates all E^L pieces",
-                       (("pieces_separated", ">=", "regions"),), per=("method", "task.E", "task.L"),
-                       where=deep),),
-        tables=(Columns("Pieces separated out of the E^L regions (median [min, max] over seeds)",
-                        metrics=("test_mse", "regions", "num_paths", "pieces_separated",
-                                 "pieces_separated / regions")),),
-        figures=(Curves("pieces", "Pieces separated by the deep MoE per method, against E^L",
-                        x="task.L", series="method", panels="task.E", where=deep,
-                        metric="pieces_separated", xlabel="L", ylabel="pieces separated",
-                        logx=False, logy=False),),
+        checks=(_depth_separates_all(per=("method", "task.E", "task.L")),),
+        tables=(_depth_columns("Pieces separated out of the E^L regions (median [min, max] over "
+                               "seeds)", "pieces_separated / regions"),),
+        figures=(_depth_pieces_curve("Pieces separated by the deep MoE per method, against E^L",
+                                     series="method", panels="task.E", where=_depth_deep()),),
     )
 
 
 def _deep(layers: int) -> bool:
     return layers > 1
+
+
+def _depth_deep() -> dict[str, Callable[[int], bool]]:
+    """The depth studies' selector of the deep MoEs (more than one layer)."""
+    return {"model.layers": _deep}
 
 
 def _depth_kind(cell) -> str:
@@ -357,34 +354,49 @@ def _depth_variants(experts: tuple[int, ...], layers: tuple[int, ...]) -> tuple:
     return tuple(variants)
 
 
+def _depth_study(**declared) -> Experiment:
+    """A depth study: the shared base run, two seeds, and what ``declared`` adds."""
+    return Experiment(base=_depth_base(), seeds=2, **declared)
+
+
+def _depth_separates_all(*, per: tuple[str, ...]) -> Bounds:
+    """The depth studies' claim: the deep MoE separates all E^L pieces."""
+    return Bounds("the deep MoE separates all E^L pieces", (("pieces_separated", ">=", "regions"),),
+                  per=per, where=_depth_deep())
+
+
+def _depth_columns(caption: str, last: str) -> Columns:
+    """A depth study's table: test MSE, regions, paths and pieces separated, then ``last``."""
+    return Columns(caption, metrics=("test_mse", "regions", "num_paths", "pieces_separated", last))
+
+
+def _depth_pieces_curve(caption: str, **how) -> Curves:
+    """A depth study's figure: pieces separated against L on linear axes."""
+    return Curves("pieces", caption, x="task.L", metric="pieces_separated", xlabel="L",
+                  ylabel="pieces separated", logx=False, logy=False, **how)
+
+
 @register("depth")
 def depth() -> Experiment:
     """E^L in practice: deep vs shallow MoEs with the same number of experts on Eq. (4)."""
-    deep = {"model.layers": _deep}
-    return Experiment(
+    return _depth_study(
         title="Depth gives E^L pieces: L-layer vs 1-layer MoEs with L*E experts on Eq. (4), E = 3",
         claim="An L-layer MoE with E experts per layer can separate all E^L pieces; a 1-layer MoE "
               "with L*E experts separates at most L*E.",
-        base=_depth_base(),
         axes=(Axis("model", _depth_variants((3,), (2, 3, 4))),),
-        seeds=2,
         checks=(
             Beats("the deep MoE separates more pieces than the shallow one",
-                  better=("deep", deep), worse=("shallow", {"model.layers": 1}),
+                  better=("deep", _depth_deep()), worse=("shallow", {"model.layers": 1}),
                   within={"pieces_separated": 1.0}, per=("task.L",), higher=True),
-            Bounds("the deep MoE separates all E^L pieces",
-                   (("pieces_separated", ">=", "regions"),), per=("task.L",), where=deep),
+            _depth_separates_all(per=("task.L",)),
         ),
-        tables=(Columns("Deep (L layers x E experts) vs shallow (1 layer x L*E experts) on Eq. "
-                        "(4): test MSE and expert paths (median [min, max] over seeds)",
-                        metrics=("test_mse", "regions", "num_paths", "pieces_separated",
-                                 "distinct_majority_paths")),),
-        figures=(Curves("pieces", "Pieces separated vs L: deep vs shallow MoE, with E^L "
-                        "and L*E (E = 3)", x="task.L", series=_depth_kind,
-                        metric="pieces_separated", xlabel="L", ylabel="pieces separated",
-                        logx=False, logy=False,
-                        reference={"E^L": {L: 3.0**L for L in (2, 3, 4)},
-                                   "L*E": {L: 3.0 * L for L in (2, 3, 4)}}),),
+        tables=(_depth_columns("Deep (L layers x E experts) vs shallow (1 layer x L*E experts) on "
+                               "Eq. (4): test MSE and expert paths (median [min, max] over seeds)",
+                               "distinct_majority_paths"),),
+        figures=(_depth_pieces_curve("Pieces separated vs L: deep vs shallow MoE, with E^L and L*E "
+                                     "(E = 3)", series=_depth_kind,
+                                     reference={"E^L": {L: 3.0**L for L in (2, 3, 4)},
+                                                "L*E": {L: 3.0 * L for L in (2, 3, 4)}}),),
     )
 
 
@@ -550,17 +562,32 @@ def matched_dense_width(D: int, m: int, E: int, C: int) -> int:
     return m + round(E * (D + 1) / (D + 1 + C))
 
 
+def _real_data_tasks() -> tuple:
+    """Each data set at each of its ambient dimensions D, with one expert per class and the dense
+    net's hidden width matched to the MoE's activated parameters."""
+    m = REAL_EXPERT_WIDTH
+    return tuple((f"{name} D={D}", {"task.dataset": name, "task.D": D,
+                                    "model.moe.num_experts": classes,
+                                    "model.dense_hidden": matched_dense_width(D, m, classes,
+                                                                              classes)})
+                 for name, classes, dims in REAL_DATA for D in dims)
+
+
+def _real_data_base() -> RunConfig:
+    """The real-data study's base run: digits in R^64, the paper's recipe, 1000 steps."""
+    m = REAL_EXPERT_WIDTH
+    return _with(unnamed(
+        task=TaskSpec(kind="real", dataset="digits", D=64, embedding="isometry"),
+        model=ModelSpec(layers=1, moe=_moe(10, m), dense_hidden=matched_dense_width(64, m, 10, 10)),
+        train=TrainConfig(steps=1000),
+    ), PAPER_RECIPE)
+
+
 @register("real-data")
 def real_data() -> Experiment:
     """Thm 4.8 on real data: scikit-learn's digits, wine and breast_cancer embedded isometrically
     into R^D; a 1-layer MoE with one expert per class against a dense net of equal activated
     parameters (:func:`matched_dense_width`)."""
-    m = REAL_EXPERT_WIDTH
-    tasks = tuple((f"{name} D={D}", {"task.dataset": name, "task.D": D,
-                                     "model.moe.num_experts": classes,
-                                     "model.dense_hidden": matched_dense_width(D, m, classes,
-                                                                               classes)})
-                  for name, classes, dims in REAL_DATA for D in dims)
     moe, dense = ("MoE", {"model": "MoE"}), ("dense", {"model": "dense"})
     per = ("task.dataset",)
     return Experiment(
@@ -569,12 +596,8 @@ def real_data() -> Experiment:
         claim="A shallow MoE's error is set by the intrinsic dimension of the data, not by the "
               "ambient D: on real data embedded isometrically into R^D its test error is flat in "
               "D, and at equal activated parameters it beats a dense net.",
-        base=_with(unnamed(
-            task=TaskSpec(kind="real", dataset="digits", D=64, embedding="isometry"),
-            model=ModelSpec(layers=1, moe=_moe(10, m), dense_hidden=matched_dense_width(64, m, 10, 10)),
-            train=TrainConfig(steps=1000),
-        ), PAPER_RECIPE),
-        axes=(Axis("task", tasks),
+        base=_real_data_base(),
+        axes=(Axis("task", _real_data_tasks()),
               Axis("model", (("MoE", {"model.kind": "moe"}), ("dense", {"model.kind": "dense"})))),
         checks=(
             Flat("(a) the MoE's test MSE is flat in D", x="task.D", tolerance=FLAT_TOLERANCE,

@@ -114,13 +114,7 @@ def moe_config(config: Any, *, drop_jitter: bool = False) -> MoEConfig:
                                    activation=_ACTIVATIONS[act])
     layer: dict[str, Any] = {}
     if mt == "mixtral":
-        jitter = getattr(config, "router_jitter_noise", 0.0) or 0.0
-        if jitter > 0 and not drop_jitter:
-            raise ValueError(
-                f"mixtral: router_jitter_noise={jitter} is not supported: in training mode "
-                "Mixtral scales the input of the router *and the experts* by the noise, and the "
-                "moelab layer jitters the router's input only; set router_jitter_noise=0, or "
-                "convert with drop_jitter=True (eval-mode outputs are unaffected)")
+        _check_mixtral_jitter(config, drop_jitter)
         num_experts, hidden = config.num_local_experts, config.intermediate_size
         router.update(weighting="softmax_renorm", float32=True)
     elif mt in ("qwen2_moe", "qwen3_moe", "olmoe"):
@@ -133,25 +127,7 @@ def moe_config(config: Any, *, drop_jitter: bool = False) -> MoEConfig:
                          shared_gated=True, shared_gate=True)
     elif mt == "deepseek_v3":
         num_experts, hidden = config.n_routed_experts, config.moe_intermediate_size
-        groups = config.n_group or 1
-        top_groups = config.topk_group if groups > 1 else None
-        if num_experts % groups:
-            raise ValueError(f"deepseek_v3: n_routed_experts={num_experts} must be a multiple of "
-                             f"n_group={groups}")
-        if top_groups is not None and router["top_k"] > top_groups * (num_experts // groups):
-            raise ValueError(f"deepseek_v3: num_experts_per_tok={router['top_k']} exceeds the "
-                             f"{top_groups} kept group(s) of {num_experts // groups} experts "
-                             f"(topk_group={top_groups})")
-        method = getattr(config, "topk_method", "noaux_tc")
-        if method != "noaux_tc":
-            raise ValueError(f"deepseek_v3: topk_method={method!r} is not supported; expected "
-                             "'noaux_tc' (the DeepSeek-V3 router of transformers 5.23)")
-        if config.norm_topk_prob:
-            router.update(weighting="sigmoid", norm_eps=1e-20)
-        else:
-            router.update(weighting="sigmoid_raw")
-        router.update(balance_bias=True, scaling=float(config.routed_scaling_factor),
-                      groups=groups, top_groups=top_groups, float32=True)
+        router.update(_deepseek_v3_router(config, num_experts, router["top_k"]))
         if config.n_shared_experts:
             layer.update(shared_experts=config.n_shared_experts,
                          shared_hidden=config.n_shared_experts * hidden, shared_gated=True)
@@ -163,6 +139,41 @@ def moe_config(config: Any, *, drop_jitter: bool = False) -> MoEConfig:
     experts["hidden"] = hidden
     return MoEConfig(num_experts=num_experts, router=RouterConfig(**router),
                      experts=ExpertConfig(**experts), **layer)
+
+
+def _check_mixtral_jitter(config: Any, drop_jitter: bool) -> None:
+    """A ValueError for Mixtral's router jitter, which moelab applies differently, unless dropped."""
+    jitter = getattr(config, "router_jitter_noise", 0.0) or 0.0
+    if jitter > 0 and not drop_jitter:
+        raise ValueError(
+            f"mixtral: router_jitter_noise={jitter} is not supported: in training mode "
+            "Mixtral scales the input of the router *and the experts* by the noise, and the "
+            "moelab layer jitters the router's input only; set router_jitter_noise=0, or "
+            "convert with drop_jitter=True (eval-mode outputs are unaffected)")
+
+
+def _deepseek_v3_router(config: Any, num_experts: int, top_k: int) -> dict[str, Any]:
+    """The :class:`RouterConfig` settings of DeepSeek-V3's grouped sigmoid router (``noaux_tc``),
+    after checking that its groups, kept groups and ``top_k`` fit together."""
+    groups = config.n_group or 1
+    top_groups = config.topk_group if groups > 1 else None
+    if num_experts % groups:
+        raise ValueError(f"deepseek_v3: n_routed_experts={num_experts} must be a multiple of "
+                         f"n_group={groups}")
+    if top_groups is not None and top_k > top_groups * (num_experts // groups):
+        raise ValueError(f"deepseek_v3: num_experts_per_tok={top_k} exceeds the "
+                         f"{top_groups} kept group(s) of {num_experts // groups} experts "
+                         f"(topk_group={top_groups})")
+    method = getattr(config, "topk_method", "noaux_tc")
+    if method != "noaux_tc":
+        raise ValueError(f"deepseek_v3: topk_method={method!r} is not supported; expected "
+                         "'noaux_tc' (the DeepSeek-V3 router of transformers 5.23)")
+    if config.norm_topk_prob:
+        weighting: dict[str, Any] = dict(weighting="sigmoid", norm_eps=1e-20)
+    else:
+        weighting = dict(weighting="sigmoid_raw")
+    return dict(**weighting, balance_bias=True, scaling=float(config.routed_scaling_factor),
+                groups=groups, top_groups=top_groups, float32=True)
 
 
 # -- tensors ------------------------------------------------------------------------------------------

@@ -293,6 +293,83 @@ def _update_balance_biases(record, rate: float) -> None:
             layer.router.update_balance_bias(layer_out.routing.tokens_per_expert, rate)
 
 
+def _check_plain(config: TrainConfig) -> None:
+    if not config.method.is_plain:
+        raise ValueError(f"config.method={config.method!r} is a training method: run it with "
+                         "moelab.training.fit(build, sampler, config); train() trains through the "
+                         "model's own forward pass (or a given objective)")
+
+
+def _test_pair(sampler: Sampler, config: TrainConfig, seed: int,
+               test_set: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor]:
+    """``test_set`` checked, or ``config.test_size`` points drawn with the seed ``seed + 1_000_003``."""
+    given = "test_set is" if test_set is not None else "the sampler returned"
+    if test_set is None:
+        test_set = sampler(config.test_size, torch.Generator().manual_seed(seed + 1_000_003))
+    return _checked_pair(test_set, given)
+
+
+def _batch_source(sampler: Sampler, config: TrainConfig,
+                  data_gen: torch.Generator) -> Callable[[], tuple[Tensor, Tensor]]:
+    """Each step's batch: drawn with replacement from a fixed set of ``config.train_size`` points
+    (drawn now), or fresh from the sampler when ``train_size`` is 0."""
+    if not config.train_size:
+        return _Batches(sampler, config.batch_size, data_gen).next
+    x_all, y_all = _checked_pair(sampler(config.train_size, data_gen), "the sampler returned")
+
+    def draw() -> tuple[Tensor, Tensor]:
+        idx = torch.randint(config.train_size, (config.batch_size,), generator=data_gen)
+        return x_all[idx], y_all[idx]
+
+    return draw
+
+
+def _keeps_balance_biases(model: nn.Module, config: TrainConfig) -> bool:
+    """Whether the loop updates balance biases: a rate is set and some router keeps a bias."""
+    return bool(config.balance_bias_rate) and any(
+        isinstance(m, MoELayer) and m.router.expert_bias is not None for m in model.modules())
+
+
+def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                batch: tuple[Tensor, Tensor], step: int, *, objective: Objective | None,
+                balance: bool, logged: bool) -> dict[str, float] | None:
+    """One optimisation step on ``batch``; its history row when ``logged``, else None."""
+    x, y = batch
+    for group in optimizer.param_groups:
+        group["lr"] = config.lr * _lr_factor(config, step)
+    custom = objective(model, x, y, step) if objective is not None else None
+    if custom is None:
+        out, record = _train_forward(model, x, record=balance or logged)
+        loss, mse = _loss(out, y, config.aux_weights)
+        values = out.aux_losses
+    else:
+        (loss, mse, values), record = custom, None
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    if balance and record is not None:
+        _update_balance_biases(record, config.balance_bias_rate)
+    if not logged:
+        return None
+    row = {"step": step, "loss": loss.item(), "mse": mse.item(),
+           "lr": optimizer.param_groups[0]["lr"]}
+    row.update({k: float(v.detach()) if isinstance(v, Tensor) else float(v)
+                for k, v in values.items()})
+    if record is not None:
+        row.update(router_metrics(record.routings))
+    return row
+
+
+def _evaluates_after(config: TrainConfig, step: int) -> bool:
+    """Whether the test set is evaluated after ``step``: every ``eval_every`` steps and at the end."""
+    last = step == config.steps - 1
+    return last or bool(config.eval_every and (step + 1) % config.eval_every == 0)
+
+
 def train(
     model: nn.Module,
     sampler: Sampler,
@@ -311,20 +388,11 @@ def train(
     own forward pass and loss at the steps where it returns a value (see :data:`Objective`).
     """
     config = config or TrainConfig()
-    if not config.method.is_plain:
-        raise ValueError(f"config.method={config.method!r} is a training method: run it with "
-                         "moelab.training.fit(build, sampler, config); train() trains through the "
-                         "model's own forward pass (or a given objective)")
+    _check_plain(config)
     data_gen = torch.Generator().manual_seed(seed)
-    given = "test_set is" if test_set is not None else "the sampler returned"
-    if test_set is None:
-        test_set = sampler(config.test_size, torch.Generator().manual_seed(seed + 1_000_003))
-    test_set = _checked_pair(test_set, given)
-    fixed = (_checked_pair(sampler(config.train_size, data_gen), "the sampler returned")
-             if config.train_size else None)
-    fresh = _Batches(sampler, config.batch_size, data_gen)
-    balance = bool(config.balance_bias_rate) and any(
-        isinstance(m, MoELayer) and m.router.expert_bias is not None for m in model.modules())
+    test_set = _test_pair(sampler, config, seed, test_set)
+    next_batch = _batch_source(sampler, config, data_gen)
+    balance = _keeps_balance_biases(model, config)
     _warn_if_routers_cannot_learn(model, config)
     optimizer = _optimizer(model, config)
     history: list[dict[str, float]] = []
@@ -335,42 +403,14 @@ def train(
         torch.manual_seed(seed)
         bar = tqdm(range(config.steps), desc=description, disable=not progress, leave=False)
         for step in bar:
-            if fixed is not None:
-                idx = torch.randint(config.train_size, (config.batch_size,), generator=data_gen)
-                x, y = fixed[0][idx], fixed[1][idx]
-            else:
-                x, y = fresh.next()
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * _lr_factor(config, step)
             logged = step % config.log_every == 0 or step == config.steps - 1
-            custom = objective(model, x, y, step) if objective is not None else None
-            if custom is None:
-                out, record = _train_forward(model, x, record=balance or logged)
-                loss, mse = _loss(out, y, config.aux_weights)
-                values = out.aux_losses
-            else:
-                (loss, mse, values), record = custom, None
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"training loss became {loss.item()} at step {step}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            if balance and record is not None:
-                _update_balance_biases(record, config.balance_bias_rate)
-            if logged:
-                row = {"step": step, "loss": loss.item(), "mse": mse.item(),
-                       "lr": optimizer.param_groups[0]["lr"]}
-                row.update({k: float(v.detach()) if isinstance(v, Tensor) else float(v)
-                            for k, v in values.items()})
-                if record is not None:
-                    row.update(router_metrics(record.routings))
+            row = _train_step(model, optimizer, config, next_batch(), step, objective=objective,
+                              balance=balance, logged=logged)
+            if row is not None:
                 history.append(row)
                 stream.write(row)
                 bar.set_postfix(mse=f"{row['mse']:.2e}", refresh=False)
-            last = step == config.steps - 1
-            if last or (config.eval_every and (step + 1) % config.eval_every == 0):
+            if _evaluates_after(config, step):
                 m = evaluate(model, *test_set)
                 evals.append({"step": step + 1, "test_mse": m.mse, "test_sup": m.sup_error})
         bar.close()
