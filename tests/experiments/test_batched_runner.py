@@ -15,13 +15,17 @@ def _table3(seeds=2):
     return table3().runs(seeds=seeds, overrides=TINY)
 
 
-def test_runs_differing_in_seed_lr_and_task_share_a_batch():
+def test_runs_differing_in_seed_recipe_and_task_share_a_batch():
     runs = _table3()
     batches = plan_batches(runs)
-    # D (the task) and the seed vary within a batch; the two recipes do not share one
-    assert [len(b) for b in batches] == [8, 8]
-    assert all(len({r.labels["recipe"] for r in b}) == 1 for b in batches)
+    # D (the task), the seed and the recipe (lr, schedule, warm-up, init, weighting) vary in a batch
+    assert [len(b) for b in batches] == [16]
+    assert {r.labels["recipe"] for r in batches[0]} == {"paper", "best"}
     assert {r.run_id() for b in batches for r in b} == {r.run_id() for r in runs}
+    # the registered recipes train for different step counts, so they do not share a batch
+    registered = plan_batches(table3().runs(seeds=2))
+    assert [len(b) for b in registered] == [8, 8]
+    assert all(len({r.labels["recipe"] for r in b}) == 1 for b in registered)
     assert batch_key(apply_overrides(runs[0], {"train.lr": 0.5, "seed": 9})) == batch_key(runs[0])
     assert batch_key(apply_overrides(runs[0], {"model.moe.experts.hidden": 11})) != \
         batch_key(runs[0])
@@ -49,7 +53,7 @@ def test_what_trains_alone():
 def test_switching_batching_off_plans_every_run_alone(monkeypatch, tmp_path):
     runs = _table3(seeds=1)
     assert all(len(b) == 1 for b in plan_batches(runs, batch=False))
-    assert [len(b) for b in plan_batches(runs, max_size=3)] == [3, 3, 1, 1]
+    assert [len(b) for b in plan_batches(runs, max_size=3)] == [3, 3, 2]
     monkeypatch.setenv("MOELAB_BATCH", "0")
     monkeypatch.setattr("moelab.experiments.schedule.execute_batch", None)  # never called
     quick = [apply_overrides(r, {"train.steps": 10}) for r in plan_batches(runs)[0][:2]]
@@ -74,7 +78,8 @@ def test_a_batched_run_stores_what_its_solo_run_stores():
 
 
 def test_a_resumed_sweep_trains_the_same_batches(tmp_path):
-    runs = plan_batches(_table3(seeds=1))[0]  # the paper recipe at D = 16, 32, 64, 128
+    runs = [r for r in plan_batches(_table3(seeds=1))[0]
+            if r.labels["recipe"] == "paper"]  # the paper recipe at D = 16, 32, 64, 128
     clean, partial = ResultStore(tmp_path / "clean"), ResultStore(tmp_path / "partial")
     assert len(run_all(runs, clean, progress=False)) == 4
     # a sweep stopped after storing half of the batch: the resume trains the whole batch again

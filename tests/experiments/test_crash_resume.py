@@ -9,8 +9,10 @@ import time
 
 from moelab.experiments.store import ResultStore
 
-ARGS = ["run", "table3", "--seeds", "2", "--set", "train.steps=150", "--set",
-        "train.test_size=500", "--set", "task.D=8", "--quiet"]
+#: 12 runs in two batches of 6 (the deep and the shallow model): a kill between them keeps one.
+ARGS = ["run", "table4", "--seeds", "1", "--set", "train.steps=150", "--set",
+        "train.test_size=500", "--set", "model.moe.experts.hidden=8", "--quiet"]
+RUNS = 12
 
 
 def _cli(out, **kw):
@@ -50,15 +52,15 @@ def test_sigkill_mid_sweep_then_resume(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
     kept = _content(killed)
-    assert 1 <= len(kept) < 4 and len(kept) >= before_kill
+    assert 1 <= len(kept) < RUNS and len(kept) >= before_kill
 
     resumed = _cli(killed)
     assert resumed.wait(300) == 0, resumed.stderr.read().decode()
     final = _content(killed)
-    assert len(final) == 4 and len({r[0] for r in final}) == 4  # none duplicated, none missing
+    assert len(final) == RUNS and len({r[0] for r in final}) == RUNS  # none duplicated or missing
     assert all(row in final for row in kept)  # finished runs kept unchanged
     out = resumed.stdout.read().decode()
-    assert f"{4 - len(kept)} run(s) done, {len(kept)} already stored" in out
+    assert f"{RUNS - len(kept)} run(s) done, {len(kept)} already stored" in out
 
     assert _cli(clean).wait(300) == 0
     assert final == _content(clean)

@@ -33,7 +33,7 @@ from moelab.training.batched import (
     train_batched,
 )
 from moelab.training.init import data_init
-from moelab.training.loop import RouterGradientWarning
+from moelab.training.loop import RouterGradientWarning, warn_if_routers_cannot_learn
 from moelab.training.recipes import RESTART_SEED_STRIDE, fit
 
 
@@ -140,9 +140,12 @@ def _measured(run: RunConfig, task: BuiltTask, model: nn.Module, result: TrainRe
                       result.history, result.evals, seconds)
 
 
-#: The fields in which the members of one batch may differ (everything else is shared). Runs are
-#: grouped by everything else: model shape, initialisation, routing and the training recipe.
-PER_MEMBER = ("seed", "labels", "task", "train.lr")
+#: The fields in which the members of one batch may differ (everything else is shared): the seed,
+#: the data, and the parts of a recipe a member keeps to itself (learning rate and its schedule,
+#: initialisation, the top-1 combine weighting). Runs are grouped by everything else: model
+#: shape, routing, steps, batch size and logging.
+PER_MEMBER = ("seed", "labels", "task", "train.lr", "train.schedule", "train.warmup_steps",
+              "model.init", "model.moe.router.weighting")
 
 
 def batch_key(run: AnyRun) -> str | None:
@@ -160,11 +163,11 @@ def batch_key(run: AnyRun) -> str | None:
         return None
     data = run.to_dict()
     for name in PER_MEMBER:
-        head, _, tail = name.partition(".")
-        if tail:
-            data[head].pop(tail)
-        else:
-            data.pop(head)
+        *path, last = name.split(".")
+        parent = data
+        for key in path:
+            parent = parent[key]
+        parent.pop(last)
     return json.dumps(data, sort_keys=True, default=str)
 
 
@@ -197,7 +200,11 @@ def execute_batch(runs: Sequence[AnyRun]) -> list[RunOutcome]:
                           stream=json.dumps(run.to_dict()["task"], sort_keys=True, default=str)
                           + f"/{run.seed}", inputs=constant_inputs(task))
                    for run, (task, model) in zip(runs, prepared, strict=True)]
-        with _router_warnings(runs[0]):
+        for run, member in zip(runs, members, strict=True):
+            with _router_warnings(run):
+                warn_if_routers_cannot_learn(member.model, member.config)
+        with warnings.catch_warnings():  # said above, run by run
+            warnings.simplefilter("ignore", RouterGradientWarning)
             results = train_batched(members)
         share = (time.perf_counter() - start) / len(runs)
         outcomes = []

@@ -52,9 +52,11 @@ from moelab.training.loop import (
     TrainConfig,
     TrainResult,
     _checked_pair,
+    _evaluates_after,
     _lr_factor,
-    _warn_if_routers_cannot_learn,
+    _test_pair,
     evaluate,
+    warn_if_routers_cannot_learn,
 )
 from moelab.training.metrics import stacked_router_metrics
 
@@ -358,7 +360,8 @@ def _shared(members: Sequence[Member]) -> TrainConfig:
 
 def _adam_step(flat: Tensor, state: dict[str, Tensor], lr_N1: Tensor, step: int,
                clip_N1: Tensor | None) -> None:
-    """One Adam update of every member: torch.optim.Adam's arithmetic, member n at lr_N1[n]."""
+    """One Adam update of every member: torch.optim.Adam's arithmetic, member n at lr_N1[n].
+    ``state`` holds the moments ``m`` and ``v`` and two scratch tensors of their shape."""
     grad = flat.grad
     if clip_N1 is not None:  # clip_grad_norm_ per member: its own norm, its own threshold
         norm_N1 = grad.norm(dim=1, keepdim=True)
@@ -368,9 +371,13 @@ def _adam_step(flat: Tensor, state: dict[str, Tensor], lr_N1: Tensor, step: int,
     m.lerp_(grad, 1 - b1)
     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
     bias1, bias2_sqrt = 1 - b1**step, math.sqrt(1 - b2**step)
-    denom = (v.sqrt() / bias2_sqrt).add_(EPS)
+    denom = torch.sqrt(v, out=state["denom"]).div_(bias2_sqrt).add_(EPS)
     with torch.no_grad():
-        flat.addcdiv_(m * (lr_N1 / bias1), denom, value=-1)
+        flat.addcdiv_(torch.mul(m, lr_N1 / bias1, out=state["scaled"]), denom, value=-1)
+
+
+def _adam_state(flat: Tensor) -> dict[str, Tensor]:
+    return {name: torch.zeros_like(flat) for name in ("m", "v", "denom", "scaled")}
 
 
 def _aux_rows(routes, experts: list[int]) -> dict[str, Tensor]:
@@ -390,6 +397,29 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
+def _test_sets(members: Sequence[Member]) -> list[tuple[Tensor, Tensor]]:
+    """Each member's test set, drawn as :func:`~moelab.training.train` draws it (once a stream)."""
+    drawn: dict[Hashable, tuple[Tensor, Tensor]] = {}
+    sets = []
+    for n, m in enumerate(members):
+        key = ("member", n) if m.stream is None else ("stream", m.stream, m.config.test_size)
+        if key not in drawn:
+            drawn[key] = _test_pair(m.sampler, m.config, m.seed, None)
+        sets.append(drawn[key])
+    return sets
+
+
+def _log_rows(step: int, mse_N: Tensor, lr_N: Tensor, routes, experts: list[int]
+              ) -> list[dict[str, float]]:
+    """Each member's history row of ``step``, with the keys :func:`~moelab.training.train` logs."""
+    with torch.no_grad():
+        cols = {"loss": mse_N, "mse": mse_N, "lr": lr_N, **_aux_rows(routes, experts)}
+        values = {k: v.tolist() for k, v in cols.items()}
+        routers = stacked_router_metrics(routes)
+    return [{"step": step, **{k: v[n] for k, v in values.items()}, **routers[n]}
+            for n in range(len(routers))]
+
+
 def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor, Tensor]]
                   | None = None) -> list[TrainResult]:
     """Train every member's model in place as one :class:`StackedMoE`; return one
@@ -402,17 +432,8 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
     """
     config = _shared(members)
     for m in members:
-        _warn_if_routers_cannot_learn(m.model, m.config)
-    if test_sets is None:
-        drawn: dict[Hashable, tuple[Tensor, Tensor]] = {}
-        test_sets = []
-        for n, m in enumerate(members):
-            key = ("member", n) if m.stream is None else ("stream", m.stream, m.config.test_size)
-            if key not in drawn:
-                gen = torch.Generator().manual_seed(m.seed + 1_000_003)
-                drawn[key] = _checked_pair(m.sampler(m.config.test_size, gen),
-                                           "the sampler returned")
-            test_sets.append(drawn[key])
+        warn_if_routers_cannot_learn(m.model, m.config)
+    test_sets = _test_sets(members) if test_sets is None else test_sets
     start = time.perf_counter()
     stacked = StackedMoE([m.model for m in members], [m.inputs for m in members])
     N, B, steps = stacked.n, config.batch_size, config.steps
@@ -424,7 +445,7 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
     clips = [m.config.grad_clip for m in members]
     clip_N1 = (None if all(c is None for c in clips)
                else torch.tensor([[math.inf if c is None else c] for c in clips]))
-    state = {"m": torch.zeros_like(stacked.flat), "v": torch.zeros_like(stacked.flat)}
+    state = _adam_state(stacked.flat)
     loss_fn = _compiled(_losses)
     history: list[list[dict[str, float]]] = [[] for _ in members]
     evals: list[list[dict[str, float]]] = [[] for _ in members]
@@ -440,16 +461,10 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
         loss.backward()
         _adam_step(stacked.flat, state, lrs_step[step, :, None], step + 1, clip_N1)
         if step % config.log_every == 0 or step == steps - 1:
-            with torch.no_grad():
-                cols = {"loss": mse_N, "mse": mse_N, "lr": lrs[step],
-                        **_aux_rows(routes, stacked.experts)}
-                values = {k: v.tolist() for k, v in cols.items()}
-                routers = stacked_router_metrics(routes)
-            for n in range(N):
-                row = {"step": step, **{k: v[n] for k, v in values.items()}, **routers[n]}
-                history[n].append(row)
-        last = step == steps - 1
-        if last or (config.eval_every and (step + 1) % config.eval_every == 0):
+            for rows, row in zip(history, _log_rows(step, mse_N, lrs[step], routes,
+                                                    stacked.experts), strict=True):
+                rows.append(row)
+        if _evaluates_after(config, step):
             for n, m in enumerate(members):
                 stacked.unstack(n, m.model)
                 metrics = evaluate(m.model, *test_sets[n])
@@ -459,4 +474,3 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
     return [TrainResult(final=Metrics(mse=e[-1]["test_mse"], sup_error=e[-1]["test_sup"]),
                         history=h, evals=e, seconds=seconds) for h, e in zip(history, evals,
                                                                              strict=True)]
-

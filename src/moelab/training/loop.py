@@ -195,7 +195,7 @@ def _flat_pair(pred: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return pred_f, y_f
 
 
-def _warn_if_routers_cannot_learn(model: nn.Module, config: TrainConfig) -> None:
+def warn_if_routers_cannot_learn(model: nn.Module, config: TrainConfig) -> None:
     """Warn once when a top-1 router whose weight is always 1 gets no gradient and no bias update."""
     if any(config.aux_weights.get(name, 0) for name in ROUTER_LOSSES):
         return
@@ -393,7 +393,7 @@ def train(
     test_set = _test_pair(sampler, config, seed, test_set)
     next_batch = _batch_source(sampler, config, data_gen)
     balance = _keeps_balance_biases(model, config)
-    _warn_if_routers_cannot_learn(model, config)
+    warn_if_routers_cannot_learn(model, config)
     optimizer = _optimizer(model, config)
     history: list[dict[str, float]] = []
     evals: list[dict[str, float]] = []

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -77,16 +76,27 @@ def router_metrics(routings: Sequence[Routing]) -> dict[str, float]:
     return out
 
 
+@torch.no_grad()
 def stacked_router_metrics(routes: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
                            ) -> list[dict[str, float]]:
     """:func:`router_metrics` for each member of a batched model (:mod:`moelab.training.batched`),
     from each MoE layer's (logits (N, B, E), probs (N, B, E), top-1 ids (N, B, 1)): the same
-    formulas, member by member, on a view holding the three fields they read."""
+    formulas as :func:`layer_metrics`, for all N members at once (one host copy a layer)."""
     members: list[dict[str, float]] = [{} for _ in range(routes[0][0].shape[0])] if routes else []
     for i, (logits, probs, ids) in enumerate(routes):
-        counts_NE = F.one_hot(ids[..., 0], logits.shape[-1]).sum(1)
+        E = logits.shape[-1]
+        counts_NE = F.one_hot(ids[..., 0], E).sum(1).double()
+        total_N = counts_NE.sum(1)
+        p = probs.double()
+        columns = {
+            "max_share": counts_NE.amax(1) / total_N,
+            "max_vio": counts_NE.amax(1) * E / total_N - 1,
+            "entropy": (-torch.special.xlogy(p, p).sum(-1).mean(1) / math.log(E) if E > 1
+                        else torch.zeros_like(total_N)),
+            "dead_fraction": (counts_NE == 0).sum(1) / E,
+            "router_z": torch.logsumexp(logits.float(), -1).square().mean(1).double(),
+        }
+        values = {name: columns[name].tolist() for name in ROUTER_METRICS}
         for n, row in enumerate(members):
-            view = SimpleNamespace(tokens_per_expert=counts_NE[n], probs=probs[n], logits=logits[n])
-            row.update({f"layer{i}/{name}": value
-                        for name, value in layer_metrics(view).items()})  # type: ignore[arg-type]
+            row.update({f"layer{i}/{name}": values[name][n] for name in ROUTER_METRICS})
     return members
