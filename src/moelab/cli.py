@@ -198,7 +198,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from moelab.experiments.registry import get_experiment
-    from moelab.experiments.schedule import RunsInterrupted, run_all
+    from moelab.experiments.schedule import run_all
     from moelab.experiments.store import ResultStore
     from moelab.reporting import write_report
 
@@ -207,17 +207,14 @@ def _reproduce(args: argparse.Namespace) -> int:
     store = ResultStore(args.out)
     overrides = _overrides(args.set)
     start = time.perf_counter()
-    stored = 0
-    with engine as executor:
-        for name in REPRODUCED + CONTRASTS:
-            exp = get_experiment(name)
-            runs = _runs(exp, args, overrides) if name in REPRODUCED else exp.runs()
-            print(f"{name}: {len(runs)} run(s) — {exp.title}", flush=True)
-            try:
-                stored += len(run_all(runs, store, workers=args.workers,
-                                      progress=not args.quiet, executor=executor))
-            except RunsInterrupted as exc:
-                raise RunsInterrupted(stored + exc.stored, exc.remaining) from None
+    runs = []
+    for name in REPRODUCED + CONTRASTS:
+        exp = get_experiment(name)
+        mine = _runs(exp, args, overrides) if name in REPRODUCED else exp.runs()
+        print(f"{name}: {len(mine)} run(s) — {exp.title}", flush=True)
+        runs += mine
+    with engine as executor:  # one sweep, so the workers share all experiments' batches
+        run_all(runs, store, workers=args.workers, progress=not args.quiet, executor=executor)
     path = write_report(args.out, experiments=list(REPRODUCED))
     print(f"reproduced {', '.join(REPRODUCED)} in {time.perf_counter() - start:.0f} s; "
           f"report: {path}")
