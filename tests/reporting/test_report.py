@@ -112,8 +112,13 @@ def test_exports_hold_one_row_per_run(full_report):
         rows = list(csv.DictReader(fh))
     assert len(rows) == total
     assert {r["experiment"] for r in rows} >= {"table3", "table4", "custom-sweep"}
-    records = json.loads((directory / "results.json").read_text())
+    text = (directory / "results.json").read_text()
+    records = json.loads(text)
     assert len(records) == total and len({r["run_id"] for r in records}) == total
+    assert all(r["history"] and r["evals"] for r in records if r["experiment"] == "table3")
+    lines = text.splitlines()  # one run a line, between the list's brackets
+    assert lines[0] == "[" and lines[-1] == "]" and len(lines) == total + 2
+    assert [json.loads(line.rstrip(",")) for line in lines[1:-1]] == records
 
 
 def test_header_counts_runs_and_unregistered_experiments_get_the_generic_table(full_report):
