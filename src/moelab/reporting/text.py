@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from moelab.analysis.rates import RateFit
-from moelab.reporting.aggregate import Spread
-
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
+
+    from moelab.analysis import RateFit
+    from moelab.reporting.grid import Spread
 
 HELD, PARTLY, NOT_HELD, NO_DATA = "HELD", "PARTLY", "NOT HELD", "NO DATA"
 
@@ -42,6 +42,18 @@ def ratio(x: float | None) -> str:
 def count(x: float | None) -> str:
     """A (median) count such as a parameter number, rounded: ``2,304``."""
     return "n/a" if _missing(x) else f"{round(x):,}"
+
+
+def metric_format(name: str) -> Callable[[float | None], str]:
+    """The number format of a metric: scientific for errors, counts for parameters, else plain."""
+    if name in ("test_mse", "test_sup", "bound"):
+        return sci
+    return count if "parameters" in name else num
+
+
+def metric_header(name: str) -> str:
+    """How a metric is named in the report."""
+    return {"test_mse": "test MSE", "test_sup": "sup error"}.get(name, name.replace("_", " "))
 
 
 def cell(s: Spread, fmt: Callable[[float], str] = sci) -> str:

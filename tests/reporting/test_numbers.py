@@ -6,13 +6,8 @@ import math
 
 import pytest
 
-from moelab.reporting.aggregate import (
-    fit_slope,
-    loglog_crossing,
-    max_over_min,
-    path_names,
-    spread,
-)
+from moelab.reporting.declare import path_names
+from moelab.reporting.grid import fit_slope, loglog_crossing, max_over_min, spread
 from moelab.reporting.text import Table, cell, ratio, sci, status_of
 
 
