@@ -92,8 +92,7 @@ def curves_figure(panels: Sequence[Panel], *, xlabel: str, ylabel: str = "test M
         if xticks is not None:
             ax.set_xticks(list(xticks), [f"{t:g}" for t in xticks])
             ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
         ax.set_title(panel.title, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
         if panel.curves:
