@@ -104,9 +104,8 @@ class Flat(Check):
     reference: Mapping[float, float] | None = None  # the paper's values: its own max/min is quoted
 
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
-        flat = max_over_min(c.spread(self.metric).median for c in cells if c.x(self.x) is not None)
-        ref = (f" (paper's own {ratio(max_over_min(self.reference.values()))})"
-               if self.reference else "")
+        flat = max_over_min(c.median(self.metric) for c in cells if c.x(self.x) is not None)
+        ref = f" (paper's own {ratio(max_over_min(self.reference.values()))})" if self.reference else ""
         fit = loglog_slope(cells, self.x, self.metric)
         return Verdict(status_of([flat <= self.tolerance] if math.isfinite(flat) else []),
                        f"{check}: max/min of the medians over {self.x} <= {self.tolerance:g}",
@@ -127,7 +126,7 @@ class NearReference(Check):
 
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
         ratios = [(c.label(self.x), r) for c in cells if c.x(self.x) in self.reference
-                  if math.isfinite(r := c.spread(self.metric).median / self.reference[c.x(self.x)])]
+                  if math.isfinite(r := c.median(self.metric) / self.reference[c.x(self.x)])]
         return Verdict(status_of([r <= self.factor for _, r in ratios]),
                        f"{check}: median <= {self.factor:g}x the paper at every {self.x}",
                        ", ".join(f"{self.x}={x}: {ratio(r)}x" for x, r in ratios)
@@ -195,13 +194,13 @@ class Beats(Check):
         pair = _last(better, self.at), _last(worse, self.at)
         flags, texts = [], []
         for name, factor in self.within.items():
-            b, w = (c.spread(name).median for c in pair)
+            b, w = (c.median(name) for c in pair)
             flags.append(b > w if self.higher else b < w if factor == 1 else b <= factor * w)
             text = f"{metric_header(name)} {metric_format(name)(b)} vs {metric_format(name)(w)}"
             if not self.higher and b > 0:
                 text += f", {self.worse[0]}/{self.better[0]} = {ratio(w / b)}x"
             texts.append(text + (f" (held within {factor:g}x)" if factor != 1 else ""))
-        finite = all(math.isfinite(c.spread(name).median) for c in pair for name in self.within)
+        finite = all(math.isfinite(c.median(name)) for c in pair for name in self.within)
         at = f"{self.at}={pair[0].label(self.at)}: " if self.at else ""
         return Verdict(status_of(flags if finite else []), check, at + "; ".join(texts))
 
@@ -219,10 +218,10 @@ class Bounds(Check):
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
         flags, texts = [], []
         for name, op, other in self.conditions:
-            held = [_OPS[op](c.spread(name).median, _limit(c, op, other)) for c in cells]
+            held = [_OPS[op](c.median(name), _limit(c, op, other)) for c in cells]
             flags.append(all(held))
             texts.append(f"{metric_header(name)} {op} {other}: {sum(held)} of {len(held)} cells "
-                         f"({', '.join(metric_format(name)(c.spread(name).median) for c in cells)})")
+                         f"({', '.join(metric_format(name)(c.median(name)) for c in cells)})")
         return Verdict(status_of(flags if cells else []), check, "; ".join(texts))
 
 
@@ -230,7 +229,7 @@ def _limit(c: Cell, op: str, other: str | float) -> float:
     """A number, or the median of another metric loosened by the relative slack."""
     if not isinstance(other, str):
         return float(other)
-    return c.spread(other).median * {"<=": 1 + _REL, ">=": 1 - _REL}.get(op, 1.0)
+    return c.median(other) * {"<=": 1 + _REL, ">=": 1 - _REL}.get(op, 1.0)
 
 
 @dataclass(frozen=True)
@@ -254,15 +253,14 @@ class CostToMatch(Check):
                 for combo, cells in groups(grid, None, self.per).items()]
 
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
-        dear = sorted((c.spread(self.cost).median, c.spread(self.metric).median)
+        dear = sorted((c.median(self.cost), c.median(self.metric))
                       for c in cells if c.matches(self.dear))
         flags, texts = [], []
         for c in (c for c in cells if c.matches(self.cheap)):
-            cross = loglog_crossing([p for p, _ in dear], [v for _, v in dear],
-                                    c.spread(self.metric).median)
+            cross = loglog_crossing([p for p, _ in dear], [v for _, v in dear], c.median(self.metric))
             if cross is None:
                 continue
-            factor = cross.size / c.spread(self.cost).median
+            factor = cross.size / c.median(self.cost)
             flags.append(factor >= self.fraction * float(c.config(self.expected) or 1)
                          and cross.bound != "<=")
             name = ", ".join(v for k, v in c.labels.items() if k not in self.per)
@@ -296,7 +294,7 @@ class Columns:
 def _entry(c: Cell, name: str) -> str:
     if " / " not in name:
         return cell(c.spread(name), metric_format(name))
-    return " / ".join(metric_format(m)(c.spread(m).median) for m in name.split(" / "))
+    return " / ".join(metric_format(m)(c.median(m)) for m in name.split(" / "))
 
 
 @dataclass(frozen=True)
@@ -317,18 +315,16 @@ class VersusPaper:
     def tables(self, grid: Grid, grid_of: GridOf | None = None) -> list[Table]:
         out = []
         for combo, cells in groups(grid, None, self.per).items():
-            by = grid.split(cells, (self.series,) if self.series else ())
-            refs = [self.paper.get(" ".join(s), self.paper.get("", {})) for s in by]
-            header = (str(self.x),) + tuple(h for s in by for h in (
-                f"ours{where_text((self.series,), s)}", "paper", "ours / paper"))
-            rows = [(x,) + tuple(h for ref, cs in zip(refs, by.values(), strict=True)
-                                 for h in self._row(x, ref, cs))
-                    for (x,) in grid.split(cells, (self.x,))]
-            rows.append((f"{'max/min' if self.summary == 'flat' else 'slope'} over {self.x}",)
-                        + tuple(h for ref, cs in zip(refs, by.values(), strict=True)
-                                for h in self._summary(ref, cs)))
+            xs = [x for (x,) in grid.split(cells, (self.x,))]
+            header, columns = [str(self.x)], []  # columns: per series, a triple per row
+            for s, scells in grid.split(cells, (self.series,) if self.series else ()).items():
+                ref = self.paper.get(" ".join(s), self.paper.get("", {}))
+                header += [f"ours{where_text((self.series,), s)}", "paper", "ours / paper"]
+                columns.append([self._row(x, ref, scells) for x in xs] + [self._summary(ref, scells)])
+            xs.append(f"{'max/min' if self.summary == 'flat' else 'slope'} over {self.x}")
+            rows = tuple((x,) + tuple(h for col in columns for h in col[i]) for i, x in enumerate(xs))
             out.append(Table(f"{self.caption}{where_text(self.per + grid.extra, combo)}",
-                             header, tuple(rows)))
+                             tuple(header), rows))
         return out
 
     def _row(self, x: str, ref: Mapping[float, float], cells: list[Cell]) -> tuple[str, ...]:
@@ -340,7 +336,7 @@ class VersusPaper:
 
     def _summary(self, ref: Mapping[float, float], cells: list[Cell]) -> tuple[str, ...]:
         if self.summary == "flat":
-            return (ratio(max_over_min(c.spread(self.metric).median for c in cells)),
+            return (ratio(max_over_min(c.median(self.metric) for c in cells)),
                     ratio(max_over_min(ref.values())), "")
         return (slope_text(loglog_slope(cells, self.x, self.metric)),
                 slope_text(paper_slope(ref)), "")

@@ -133,6 +133,9 @@ class Cell:
     def spread(self, name: str) -> Spread:
         return spread(metric(r, name) for r in self.runs)
 
+    def median(self, name: str) -> float:
+        return self.spread(name).median
+
     def get(self, key: Key) -> Any:
         """The cell's label (axis name), config value (dotted path) or ``key(cell)``."""
         if callable(key):
