@@ -99,11 +99,11 @@ def render_markdown(sections: Sequence[Section], skipped: Sequence[str],
     ]
     contents = []
     for s in sections:
-        counts = Counter(v.status for v in s.verdicts)
-        tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        tally = ", ".join(f"{n} {status}" for status, n in
+                          sorted(Counter(v.status for v in s.verdicts).items()))
         tally += " (provisional)" if any(v.provisional for v in s.verdicts) else ""
-        contents.append(f"- **{s.experiment}**: {s.num_runs} runs"
-                        + (f"; verdicts: {tally}" if tally else ""))
+        tally = f"; verdicts: {tally}" if tally else ""
+        contents.append(f"- **{s.experiment}**: {s.num_runs} runs{tally}")
     contents += [f"- **{name}**: no runs in this database, skipped." for name in skipped]
     head.append("## Contents\n\n" + "\n".join(contents))
     body = [s.markdown(FIGURE_DIR) for s in sections]
@@ -169,17 +169,14 @@ def _declared(specs: Sequence, notes: list[str], render: Callable) -> tuple:
 def _honesty(grid: Grid, runs: Sequence[StoredRun], exp: Experiment | None
              ) -> tuple[list[str], bool]:
     """Notes on how the runs differ from the registration, and whether verdicts are provisional."""
-    notes = []
-    if grid.extra:
-        notes.append(f"*Not pooled:* runs with the same labels differ in {', '.join(grid.extra)}; "
-                     "each configuration is its own grid point, reported apart.")
+    notes = [f"*Not pooled:* runs with the same labels differ in {', '.join(grid.extra)}; each "
+             "configuration is its own grid point, reported apart."] if grid.extra else []
     if exp is None:
         return notes, False
     changed = deviations(runs, exp)
-    if changed:
-        notes.append("*Settings that differ from the registered experiment:* "
-                     + "; ".join(changed) + ".")
     fewest = min(len({r.seed for r in c.runs}) for c in grid.cells)
+    if changed:
+        notes.append(f"*Settings that differ from the registered experiment:* {'; '.join(changed)}.")
     if fewest < exp.seeds:
         notes.append(f"*Seeds:* as few as {fewest} per grid point (registered: {exp.seeds}).")
     provisional = bool(changed) or fewest < exp.seeds

@@ -14,9 +14,6 @@ if TYPE_CHECKING:
     from moelab.analysis import RateFit
     from moelab.reporting.grid import Spread
 
-HELD, PARTLY, NOT_HELD, NO_DATA = "HELD", "PARTLY", "NOT HELD", "NO DATA"
-
-
 def _missing(x: float | None) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
@@ -98,10 +95,8 @@ def slug(text: str) -> str:
 def status_of(flags: Sequence[bool]) -> str:
     """HELD if every check passed, NOT HELD if none did, PARTLY otherwise (NO DATA if none ran)."""
     if not flags:
-        return NO_DATA
-    if all(flags):
-        return HELD
-    return NOT_HELD if not any(flags) else PARTLY
+        return "NO DATA"
+    return "HELD" if all(flags) else "PARTLY" if any(flags) else "NOT HELD"
 
 
 @dataclass(frozen=True)
@@ -135,12 +130,10 @@ class Table:
                                  f"header has {len(self.header)}")
 
     def markdown(self) -> str:
-        def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
-
-        align = ["---"] + ["--:"] * (len(self.header) - 1)
-        body = [line(self.header), "| " + " | ".join(align) + " |"]
-        return f"**{self.caption}**\n\n" + "\n".join(body + [line(r) for r in self.rows])
+        align = ("---",) + ("--:",) * (len(self.header) - 1)  # labels left, numbers right
+        return f"**{self.caption}**\n\n" + "\n".join(
+            "| " + " | ".join(c.replace("|", "/") for c in row) + " |"
+            for row in (self.header, align, *self.rows))
 
 
 @dataclass(frozen=True)
