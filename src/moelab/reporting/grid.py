@@ -13,7 +13,7 @@ import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -119,10 +119,12 @@ def natural_key(label: str) -> tuple[int, float, str]:
 
 @dataclass(frozen=True)
 class Cell:
-    """The runs of one grid point (one configuration, every seed), with their axis labels."""
+    """The runs of one grid point (one configuration, every seed), with their axis labels and, for
+    an axis whose variants set one config path, that path (where its numeric position is read)."""
 
     labels: Mapping[str, str]
     runs: tuple[StoredRun, ...]
+    keys: Mapping[str, str] = field(default_factory=dict)
 
     def config(self, dotted: str) -> Any:
         value = config_value(self.runs[0], dotted, _ABSENT)
@@ -147,7 +149,7 @@ class Cell:
 
     def x(self, key: Key) -> float | None:
         """The numeric position of the cell along ``key`` (None if it has none)."""
-        value = self.get(key)
+        value = self.get(self.keys.get(key, key) if isinstance(key, str) else key)
         if isinstance(value, bool) or value is None:
             return None
         return float(value) if isinstance(value, (int, float)) else as_number(str(value))
@@ -197,7 +199,7 @@ def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> 
         lab.update((extra, str(config_value(r, extra))) for extra in extras)
         cells.setdefault(_identity(r), [lab, []])[1].append(r)
     grid = Grid(name, tuple(axes + extras), order, (), tuple(extras))
-    unsorted = [Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))))
+    unsorted = [Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))), keys)
                 for lab, rs in cells.values()]
     return replace(grid, cells=tuple(c for cs in grid.split(unsorted, grid.axes).values() for c in cs))
 
