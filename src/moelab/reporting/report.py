@@ -99,11 +99,11 @@ def render_markdown(sections: Sequence[Section], skipped: Sequence[str],
     ]
     contents = []
     for s in sections:
-        tally = ", ".join(f"{n} {status}" for status, n in
-                          sorted(Counter(v.status for v in s.verdicts).items()))
+        counts = Counter(v.status for v in s.verdicts)
+        tally = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         tally += " (provisional)" if any(v.provisional for v in s.verdicts) else ""
-        tally = f"; verdicts: {tally}" if tally else ""
-        contents.append(f"- **{s.experiment}**: {s.num_runs} runs{tally}")
+        contents.append(f"- **{s.experiment}**: {s.num_runs} runs"
+                        + (f"; verdicts: {tally}" if tally else ""))
     contents += [f"- **{name}**: no runs in this database, skipped." for name in skipped]
     head.append("## Contents\n\n" + "\n".join(contents))
     body = [s.markdown(FIGURE_DIR) for s in sections]

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from moelab.analysis import RateFit
     from moelab.reporting.grid import Spread
 
+
 def _missing(x: float | None) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
 
