@@ -187,10 +187,12 @@ def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> 
     """The grid of ``runs`` (all of experiment ``name``; ``exp`` its registration or None). A run
     without a label on an axis (the user overrode it for the whole sweep) is labelled by the value
     of the axis's config key, or ``"custom"``."""
-    axes = [a.name for a in exp.axes] if exp else sorted({k for r in runs for k in r.labels},
-                                                         key=natural_key)
-    order = {a.name: [label for label, _ in a.variants] for a in exp.axes} if exp else {}
-    keys = {a.name: k for a in exp.axes if (k := _one_key(a.variants))} if exp else {}
+    if exp is not None:
+        axes = [a.name for a in exp.axes]
+        order = {a.name: [label for label, _ in a.variants] for a in exp.axes}
+        keys = {a.name: k for a in exp.axes if (k := _one_key(a.variants))}
+    else:
+        axes, order, keys = sorted({k for r in runs for k in r.labels}, key=natural_key), {}, {}
     labelled = [(r, {a: str(r.labels[a] if a in r.labels else config_value(r, keys[a])
                             if a in keys else "custom") for a in axes}) for r in runs]
     extras = _differing(labelled)
