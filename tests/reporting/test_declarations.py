@@ -70,7 +70,7 @@ class Small(Check):
     per: tuple = ("D",)
 
     def verdict(self, grid, cells, check):
-        medians = [c.spread("test_mse").median for c in cells]
+        medians = [c.median("test_mse") for c in cells]
         return Verdict(status_of([m < self.limit for m in medians]), check, f"medians {medians}")
 
 

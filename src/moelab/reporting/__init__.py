@@ -8,19 +8,11 @@ names below are imported on first use, so declaring stays cheap.
 
 from importlib import import_module
 
-_EXPORTS = {
-    "write_report": "moelab.reporting.report",
-    "build_section": "moelab.reporting.report",
-    "FigureSpec": "moelab.reporting.text",
-    "Section": "moelab.reporting.text",
-    "Table": "moelab.reporting.text",
-    "Verdict": "moelab.reporting.text",
-}
-
-__all__ = sorted(_EXPORTS)
+__all__ = ["FigureSpec", "Section", "Table", "Verdict", "build_section", "write_report"]
 
 
 def __getattr__(name: str):
-    if name not in _EXPORTS:
+    if name not in __all__:
         raise AttributeError(f"module 'moelab.reporting' has no attribute {name!r}")
-    return getattr(import_module(_EXPORTS[name]), name)
+    module = "report" if name in ("build_section", "write_report") else "text"
+    return getattr(import_module(f"moelab.reporting.{module}"), name)

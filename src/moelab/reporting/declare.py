@@ -11,6 +11,7 @@ interval reaches the other side.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 from collections.abc import Callable, Mapping, Sequence
@@ -19,22 +20,24 @@ from functools import partial
 from typing import Literal
 
 from moelab.analysis import RateFit
-from moelab.reporting.aggregate import (
+from moelab.reporting.grid import (
+    Cell,
+    Grid,
+    Key,
+    MissingData,
+    Select,
     fit_slope,
     loglog_crossing,
     max_over_min,
     metric,
-    path_names,
-    pick_run,
 )
-from moelab.reporting.grid import Cell, Grid, Key, MissingData, Select
 from moelab.reporting.text import (
     FigureSpec,
     Table,
     Verdict,
     cell,
-    count,
-    num,
+    metric_format,
+    metric_header,
     ratio,
     sci,
     slope_text,
@@ -45,19 +48,6 @@ from moelab.reporting.text import (
 Series = tuple[str, Select]  # (name in the report, which cells)
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
 _REL = 1e-6  # relative slack of "<=" / ">=" against another metric (rounding of stored floats)
-HEADERS = {"test_mse": "test MSE", "test_sup": "sup error"}
-
-
-def fmt(name: str):
-    """The number format of a metric: scientific for errors, counts for parameters, else plain."""
-    if name in ("test_mse", "test_sup", "bound"):
-        return sci
-    return count if "parameters" in name else num
-
-
-def header(name: str) -> str:
-    """How a metric is named in the report."""
-    return HEADERS.get(name, name.replace("_", " "))
 
 
 def groups(grid: Grid, where: Select | None, per: Sequence[Key]) -> dict[tuple[str, ...], list]:
@@ -70,10 +60,10 @@ def where_text(keys: Sequence[Key], combo: Sequence[str]) -> str:
     return f" ({', '.join(parts)})" if parts else ""
 
 
-def loglog_slope(grid: Grid, cells: Sequence[Cell], x: Key, name: str) -> RateFit | None:
+def loglog_slope(cells: Sequence[Cell], x: Key, name: str) -> RateFit | None:
     """The fitted log-log slope of metric ``name`` in ``x`` over every run of ``cells`` that has a
     position along ``x``."""
-    pts = [(at, metric(r, name)) for c in cells if (at := grid.x(c, x)) is not None for r in c.runs]
+    pts = [(at, metric(r, name)) for c in cells if (at := c.x(x)) is not None for r in c.runs]
     return fit_slope([a for a, _ in pts], [b for _, b in pts])
 
 
@@ -82,10 +72,8 @@ def paper_slope(values: Mapping[float, float]) -> RateFit | None:
     return fit_slope(list(values), list(values.values()))
 
 
-def _last(grid: Grid, cells: Sequence[Cell], x: Key | None) -> Cell | None:
-    if not cells:
-        return None
-    return max(cells, key=lambda c: grid.x(c, x) or -math.inf) if x is not None else cells[-1]
+def _last(cells: Sequence[Cell], x: Key | None) -> Cell:
+    return max(cells, key=lambda c: c.x(x) or -math.inf) if x is not None else cells[-1]
 
 
 # -- checks: each gives one verdict per combination of ``per`` -------------------------------------
@@ -116,11 +104,9 @@ class Flat(Check):
     reference: Mapping[float, float] | None = None  # the paper's values: its own max/min is quoted
 
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
-        flat = max_over_min(c.spread(self.metric).median for c in cells
-                            if grid.x(c, self.x) is not None)
-        ref = (f" (paper's own {ratio(max_over_min(self.reference.values()))})"
-               if self.reference else "")
-        fit = loglog_slope(grid, cells, self.x, self.metric)
+        flat = max_over_min(c.median(self.metric) for c in cells if c.x(self.x) is not None)
+        ref = f" (paper's own {ratio(max_over_min(self.reference.values()))})" if self.reference else ""
+        fit = loglog_slope(cells, self.x, self.metric)
         return Verdict(status_of([flat <= self.tolerance] if math.isfinite(flat) else []),
                        f"{check}: max/min of the medians over {self.x} <= {self.tolerance:g}",
                        f"max/min {ratio(flat)}{ref}; log-log slope in {self.x} {slope_text(fit)} "
@@ -139,10 +125,8 @@ class NearReference(Check):
     metric: str = "test_mse"
 
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
-        ratios = [(grid.label(c, self.x),
-                   c.spread(self.metric).median / self.reference[grid.x(c, self.x)])
-                  for c in cells if grid.x(c, self.x) in self.reference]
-        ratios = [(x, r) for x, r in ratios if math.isfinite(r)]
+        ratios = [(c.label(self.x), r) for c in cells if c.x(self.x) in self.reference
+                  if math.isfinite(r := c.median(self.metric) / self.reference[c.x(self.x)])]
         return Verdict(status_of([r <= self.factor for _, r in ratios]),
                        f"{check}: median <= {self.factor:g}x the paper at every {self.x}",
                        ", ".join(f"{self.x}={x}: {ratio(r)}x" for x, r in ratios)
@@ -165,7 +149,7 @@ class Slopes(Check):
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
         flags, texts = [], []
         for name, which, op, bound in self.series:
-            fit = loglog_slope(grid, [c for c in cells if c.matches(which)], self.x, self.metric)
+            fit = loglog_slope([c for c in cells if c.matches(which)], self.x, self.metric)
             paper = paper_slope(self.paper[name]) if name in self.paper else None
             texts.append(f"{name} {slope_text(fit, predicted=paper and paper.slope)}")
             if fit is not None:
@@ -201,25 +185,23 @@ class Beats(Check):
     higher: bool = False
 
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
-        better = [c for c in cells if c.matches(self.better[1])]
-        worse = [c for c in cells if c.matches(self.worse[1])]
+        better, worse = ([c for c in cells if c.matches(s[1])] for s in (self.better, self.worse))
         if self.at is not None:
-            common = {grid.x(c, self.at) for c in better} & {grid.x(c, self.at) for c in worse}
-            better = [c for c in better if grid.x(c, self.at) in common]
-            worse = [c for c in worse if grid.x(c, self.at) in common]
+            common = {c.x(self.at) for c in better} & {c.x(self.at) for c in worse}
+            better, worse = ([c for c in cs if c.x(self.at) in common] for cs in (better, worse))
         if not better or not worse:
             return Verdict(status_of([]), check, f"no {self.at or 'cell'} with runs of both")
-        pair = _last(grid, better, self.at), _last(grid, worse, self.at)
+        pair = _last(better, self.at), _last(worse, self.at)
         flags, texts = [], []
         for name, factor in self.within.items():
-            b, w = (c.spread(name).median for c in pair)
+            b, w = (c.median(name) for c in pair)
             flags.append(b > w if self.higher else b < w if factor == 1 else b <= factor * w)
-            text = f"{header(name)} {fmt(name)(b)} vs {fmt(name)(w)}"
+            text = f"{metric_header(name)} {metric_format(name)(b)} vs {metric_format(name)(w)}"
             if not self.higher and b > 0:
                 text += f", {self.worse[0]}/{self.better[0]} = {ratio(w / b)}x"
             texts.append(text + (f" (held within {factor:g}x)" if factor != 1 else ""))
-        finite = all(math.isfinite(c.spread(name).median) for c in pair for name in self.within)
-        at = f"{self.at}={grid.label(pair[0], self.at)}: " if self.at else ""
+        finite = all(math.isfinite(c.median(name)) for c in pair for name in self.within)
+        at = f"{self.at}={pair[0].label(self.at)}: " if self.at else ""
         return Verdict(status_of(flags if finite else []), check, at + "; ".join(texts))
 
 
@@ -236,10 +218,10 @@ class Bounds(Check):
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
         flags, texts = [], []
         for name, op, other in self.conditions:
-            held = [_OPS[op](c.spread(name).median, _limit(c, op, other)) for c in cells]
+            held = [_OPS[op](c.median(name), _limit(c, op, other)) for c in cells]
             flags.append(all(held))
-            texts.append(f"{header(name)} {op} {other}: {sum(held)} of {len(held)} cells "
-                         f"({', '.join(fmt(name)(c.spread(name).median) for c in cells)})")
+            texts.append(f"{metric_header(name)} {op} {other}: {sum(held)} of {len(held)} cells "
+                         f"({', '.join(metric_format(name)(c.median(name)) for c in cells)})")
         return Verdict(status_of(flags if cells else []), check, "; ".join(texts))
 
 
@@ -247,7 +229,7 @@ def _limit(c: Cell, op: str, other: str | float) -> float:
     """A number, or the median of another metric loosened by the relative slack."""
     if not isinstance(other, str):
         return float(other)
-    return c.spread(other).median * {"<=": 1 + _REL, ">=": 1 - _REL}.get(op, 1.0)
+    return c.median(other) * {"<=": 1 + _REL, ">=": 1 - _REL}.get(op, 1.0)
 
 
 @dataclass(frozen=True)
@@ -271,15 +253,14 @@ class CostToMatch(Check):
                 for combo, cells in groups(grid, None, self.per).items()]
 
     def verdict(self, grid: Grid, cells: list[Cell], check: str) -> Verdict:
-        dear = sorted((c.spread(self.cost).median, c.spread(self.metric).median)
+        dear = sorted((c.median(self.cost), c.median(self.metric))
                       for c in cells if c.matches(self.dear))
         flags, texts = [], []
         for c in (c for c in cells if c.matches(self.cheap)):
-            cross = loglog_crossing([p for p, _ in dear], [v for _, v in dear],
-                                    c.spread(self.metric).median)
+            cross = loglog_crossing([p for p, _ in dear], [v for _, v in dear], c.median(self.metric))
             if cross is None:
                 continue
-            factor = cross.size / c.spread(self.cost).median
+            factor = cross.size / c.median(self.cost)
             flags.append(factor >= self.fraction * float(c.config(self.expected) or 1)
                          and cross.bound != "<=")
             name = ", ".join(v for k, v in c.labels.items() if k not in self.per)
@@ -296,24 +277,24 @@ GridOf = Callable[[str], Grid]
 @dataclass(frozen=True)
 class Columns:
     """A table with one row per selected cell: its labels, its number of runs and each metric
-    (median [min, max] over seeds)."""
+    (median [min, max] over seeds; ``"a / b"``: the two medians)."""
 
     caption: str = "Test error per grid point (median [min, max] over seeds)"
-    metrics: tuple[str, ...] = ("test_mse", "test_sup")  # "a / b": two medians, e.g. paths
+    metrics: tuple[str, ...] = ("test_mse", "test_sup")
     where: Select | None = None
 
     def tables(self, grid: Grid, grid_of: GridOf | None = None) -> list[Table]:
+        header = grid.axes + ("runs",) + tuple(" / ".join(map(metric_header, m.split(" / ")))
+                                               for m in self.metrics)
         rows = tuple(tuple(c.labels[a] for a in grid.axes) + (str(len(c.runs)),)
-                     + tuple(self._cell(c, m) for m in self.metrics)
-                     for c in grid.select(self.where))
-        return [Table(self.caption, grid.axes + ("runs",) + tuple(
-            " / ".join(map(header, m.split(" / "))) for m in self.metrics), rows)]
+                     + tuple(_entry(c, m) for m in self.metrics) for c in grid.select(self.where))
+        return [Table(self.caption, header, rows)]
 
-    @staticmethod
-    def _cell(c: Cell, name: str) -> str:
-        if " / " not in name:
-            return cell(c.spread(name), fmt(name))
-        return " / ".join(fmt(m)(c.spread(m).median) for m in name.split(" / "))
+
+def _entry(c: Cell, name: str) -> str:
+    if " / " not in name:
+        return cell(c.spread(name), metric_format(name))
+    return " / ".join(metric_format(m)(c.median(m)) for m in name.split(" / "))
 
 
 @dataclass(frozen=True)
@@ -334,33 +315,30 @@ class VersusPaper:
     def tables(self, grid: Grid, grid_of: GridOf | None = None) -> list[Table]:
         out = []
         for combo, cells in groups(grid, None, self.per).items():
-            by = grid.split(cells, (self.series,) if self.series else ())
-            header = (str(self.x),) + tuple(h for s in by for h in (
-                f"ours{where_text((self.series,), s)}", "paper", "ours / paper"))
-            rows = [(x,) + tuple(h for s, cs in by.items() for h in self._row(grid, x, s, cs))
-                    for (x,) in grid.split(cells, (self.x,))]
-            rows.append((f"{'max/min' if self.summary == 'flat' else 'slope'} over {self.x}",)
-                        + tuple(h for s, cs in by.items() for h in self._summary(grid, s, cs)))
+            xs = [x for (x,) in grid.split(cells, (self.x,))]
+            header, columns = [str(self.x)], []  # columns: per series, a triple per row
+            for s, scells in grid.split(cells, (self.series,) if self.series else ()).items():
+                ref = self.paper.get(" ".join(s), self.paper.get("", {}))
+                header += [f"ours{where_text((self.series,), s)}", "paper", "ours / paper"]
+                columns.append([self._row(x, ref, scells) for x in xs] + [self._summary(ref, scells)])
+            xs.append(f"{'max/min' if self.summary == 'flat' else 'slope'} over {self.x}")
+            rows = tuple((x,) + tuple(h for col in columns for h in col[i]) for i, x in enumerate(xs))
             out.append(Table(f"{self.caption}{where_text(self.per + grid.extra, combo)}",
-                             header, tuple(rows)))
+                             tuple(header), rows))
         return out
 
-    def _ref(self, series: tuple[str, ...]) -> Mapping[float, float]:
-        return self.paper.get(" ".join(series), self.paper.get("", {}))
-
-    def _row(self, grid: Grid, x: str, series, cells) -> tuple[str, str, str]:
-        c = next((c for c in cells if grid.label(c, self.x) == x), None)
+    def _row(self, x: str, ref: Mapping[float, float], cells: list[Cell]) -> tuple[str, ...]:
+        c = next((c for c in cells if c.label(self.x) == x), None)
         if c is None:
             return ("-", "-", "-")
-        ours, paper = c.spread(self.metric), self._ref(series).get(grid.x(c, self.x))
+        ours, paper = c.spread(self.metric), ref.get(c.x(self.x))
         return (cell(ours), sci(paper), ratio(ours.median / paper) if paper else "-")
 
-    def _summary(self, grid: Grid, series, cells) -> tuple[str, str, str]:
-        ref = self._ref(series)
+    def _summary(self, ref: Mapping[float, float], cells: list[Cell]) -> tuple[str, ...]:
         if self.summary == "flat":
-            return (ratio(max_over_min(c.spread(self.metric).median for c in cells)),
+            return (ratio(max_over_min(c.median(self.metric) for c in cells)),
                     ratio(max_over_min(ref.values())), "")
-        return (slope_text(loglog_slope(grid, cells, self.x, self.metric)),
+        return (slope_text(loglog_slope(cells, self.x, self.metric)),
                 slope_text(paper_slope(ref)), "")
 
 
@@ -429,12 +407,12 @@ class Curves:
         curves, colors = [], {}
         series = grid.split(cells, (self.series,) if self.series else ())
         for i, (label, scells) in enumerate(series.items()):
-            pts = sorted(((x, s) for c in scells if (x := grid.x(c, self.x)) is not None
+            pts = sorted(((x, s) for c in scells if (x := c.x(self.x)) is not None
                           and (s := c.spread(self.metric)).ok), key=lambda p: p[0])
             if not pts:
                 continue
             name = " ".join(label) or self.metric
-            fit = loglog_slope(grid, scells, self.x, self.metric)
+            fit = loglog_slope(scells, self.x, self.metric)
             if fit is not None and self.logx and self.logy:
                 name += f" (log-log slope {fit.slope:+.2f})"
             colors[" ".join(label)] = F.color(i)
@@ -466,16 +444,28 @@ class Pictures:
 
         pictures = []
         for (label,), cells in grid.split(grid.select(self.where), (self.panels,)).items():
-            c = _last(grid, cells, self.last)
-            run = pick_run(c.runs)
+            c = _last(cells, self.last)
+            run = min(c.runs, key=lambda r: (r.seed != 0, r.seed, r.run_id))  # seed 0, else lowest
             pic = run.routing.get("picture") or {}
             if pic.get("kind") != self.kind or not pic.get("paths"):
                 continue
             title = f"{self.panels}={label}"
-            title += f", {self.last}={grid.label(c, self.last)}" if self.last else ""
+            title += f", {self.last}={c.label(self.last)}" if self.last else ""
             title += f", seed {run.seed}" if run.seed != 0 else ""
             pictures.append(F.RoutingPicture(title, self.kind, tuple(pic["coords"]),
                                              tuple(pic["paths"]),
                                              path_names(run.routing.get("load", []))))
         return [FigureSpec(f"{grid.experiment}-{self.name}", self.caption,
                            partial(F.routing_figure, pictures))] if pictures else []
+
+
+def path_names(load: Sequence[Sequence[float]]) -> dict[int, str]:
+    """Legend text for each path code of a model whose MoE layers have ``len(load[l])`` experts:
+    ``"expert e"`` for one layer, ``"(e1, e2, ...)"`` for several (experts numbered from 0, the
+    first layer the most significant digit, as the runner encodes paths)."""
+    radices = [len(layer) for layer in load]
+    if not radices or min(radices) < 1:
+        return {}
+    paths = itertools.product(*map(range, radices))  # last layer varies fastest
+    return {code: f"expert {p[0]}" if len(p) == 1 else f"({', '.join(map(str, p))})"
+            for code, p in enumerate(paths)}

@@ -92,8 +92,7 @@ def curves_figure(panels: Sequence[Panel], *, xlabel: str, ylabel: str = "test M
         if xticks is not None:
             ax.set_xticks(list(xticks), [f"{t:g}" for t in xticks])
             ax.xaxis.set_minor_locator(NullLocator())
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel(ylabel)
+        ax.set(xlabel=xlabel, ylabel=ylabel)
         ax.set_title(panel.title, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
         if panel.curves:
@@ -195,20 +194,17 @@ def routing_figure(pictures: Sequence[RoutingPicture]) -> Figure:
     each labelled by its majority path."""
     if not pictures:
         raise ValueError("routing_figure needs at least one picture, got none")
-    if pictures[0].kind == "circle":
-        fig = figure(2.9 * len(pictures) + 1.6, 3.3)
-        axes = fig.subplots(1, len(pictures), squeeze=False, subplot_kw={"projection": "polar"})[0]
-    else:
-        fig = figure(5.3 * len(pictures), 4.0)
-        axes = fig.subplots(1, len(pictures), squeeze=False)[0]
-    codes = [c for pic in pictures for c in pic.paths]
+    circle, n = pictures[0].kind == "circle", len(pictures)
+    fig = figure(2.9 * n + 1.6, 3.3) if circle else figure(5.3 * n, 4.0)
+    axes = fig.subplots(1, n, squeeze=False, subplot_kw={"projection": "polar"} if circle else None)[0]
+    codes = [c for pic in pictures for c in pic.paths]  # the rings share one palette
     for ax, pic in zip(axes, pictures, strict=True):
-        if pic.kind == "circle":
+        if circle:
             _ring(ax, pic, codes)
         else:
             _square(ax, pic)
         ax.set_title(pic.title, fontsize=10)
-    if pictures[0].kind == "circle":
+    if circle:
         names = {code: name for pic in pictures for code, name in pic.names.items()}
         fig.legend(handles=_handles(codes, names), loc="outside right center", fontsize=8,
                    title="expert")
@@ -219,7 +215,7 @@ def _ring(ax, pic: RoutingPicture, codes: Sequence[int]) -> None:
     theta = np.asarray(pic.coords, float)
     edges = np.append(theta, theta[-1] + 2 * math.pi / len(theta))
     ax.pcolormesh(edges, [0.7, 1.0], np.asarray(pic.paths, int)[None, :], shading="flat",
-                  **_palette(codes))  # one palette for every panel
+                  **_palette(codes))
     ax.set_ylim(0, 1.0)
     ax.set_yticks([])
     ax.set_xticks(np.deg2rad([0, 90, 180, 270]), ["0°", "90°", "180°", "270°"], fontsize=8)

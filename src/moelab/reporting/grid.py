@@ -1,29 +1,26 @@
-"""Runs arranged on their experiment's grid: one :class:`Cell` per distinct configuration, its seeds
-pooled. Runs whose configurations differ are never pooled: where two such runs share their labels,
-each setting they differ in becomes an extra axis of the grid (e.g. ``train.steps``).
+"""Runs arranged on their experiment's grid, and the numbers the report reads off them.
 
-The grid also says how the runs differ from the registered experiment (settings overridden, fewer
-seeds): verdicts drawn from such runs are provisional.
+One :class:`Cell` per distinct configuration, its seeds pooled, each metric summarised over seeds
+as a :class:`Spread`. Runs whose configurations differ are never pooled: where two such runs share
+their labels, each setting they differ in becomes an extra axis of the grid (e.g. ``train.steps``).
+:func:`deviations` says how the runs differ from the registered experiment. Nothing here draws or
+formats.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
+from moelab.analysis import RateFit, fit_rate
 from moelab.experiments.spec import Experiment
 from moelab.experiments.store import StoredRun
-from moelab.reporting.aggregate import (
-    Spread,
-    as_number,
-    config_value,
-    flatten,
-    metric,
-    natural_key,
-    spread,
-)
 from moelab.training.streams import STREAM_FIELDS
 
 #: A key into a cell: an axis name, a dotted config path, or a function of the cell.
@@ -47,11 +44,87 @@ class MissingData(LookupError):
 
 
 @dataclass(frozen=True)
+class Spread:
+    """Median and range of one quantity over a group of runs (usually the seeds of one cell).
+
+    ``n`` counts the finite values summarised; ``missing`` the runs whose value was absent or not
+    finite (e.g. a diverged run). With ``n == 0`` the median, low and high are NaN.
+    """
+
+    median: float
+    low: float
+    high: float
+    n: int
+    missing: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.n > 0
+
+
+def spread(values: Iterable[float | None]) -> Spread:
+    """The median, min and max of the finite values among ``values``."""
+    v = np.array([math.nan if x is None else x for x in values], float)
+    finite = v[np.isfinite(v)]
+    if not finite.size:
+        return Spread(math.nan, math.nan, math.nan, 0, v.size)
+    return Spread(float(np.median(finite)), float(finite.min()), float(finite.max()), finite.size,
+                  v.size - finite.size)
+
+
+def metric(run: StoredRun, name: str) -> float | None:
+    """A scalar result of ``run``: ``test_mse``, ``test_sup``, ``seconds`` or a key of its metrics."""
+    value = getattr(run, name) if name in ("test_mse", "test_sup", "seconds") else run.metrics.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def config_value(run: StoredRun, dotted: str, missing: Any = None) -> Any:
+    """The value at a dotted path of the run's stored config (``"task.D"``), or ``missing`` if the
+    config has no such path. The report reads every config value through here (and
+    :func:`flatten`), so a renamed key is a change in one place."""
+    node: Any = run.config
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return missing
+        node = node[part]
+    return node
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config as ``{"train.steps": 5000, ...}`` (dotted paths to leaf values)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def as_number(label: str) -> float | None:
+    """``"128"`` -> 128.0; None for a label that is not a number."""
+    try:
+        return float(label)
+    except ValueError:
+        return None
+
+
+def natural_key(label: str) -> tuple[int, float, str]:
+    """Sort numbers numerically (``"16" < "128"``) and before words."""
+    number = as_number(label)
+    return (0, number, label) if number is not None else (1, 0.0, label)
+
+
+@dataclass(frozen=True)
 class Cell:
-    """The runs of one grid point (one configuration, every seed), with their axis labels."""
+    """The runs of one grid point (one configuration, every seed), with their axis labels and, for
+    an axis whose variants set one config path, that path (where its numeric position is read)."""
 
     labels: Mapping[str, str]
     runs: tuple[StoredRun, ...]
+    keys: Mapping[str, str] = field(default_factory=dict)
 
     def config(self, dotted: str) -> Any:
         value = config_value(self.runs[0], dotted, _ABSENT)
@@ -62,50 +135,48 @@ class Cell:
     def spread(self, name: str) -> Spread:
         return spread(metric(r, name) for r in self.runs)
 
+    def median(self, name: str) -> float:
+        return self.spread(name).median
+
     def get(self, key: Key) -> Any:
         """The cell's label (axis name), config value (dotted path) or ``key(cell)``."""
         if callable(key):
             return key(self)
         return self.labels[key] if key in self.labels else self.config(key)
 
+    def label(self, key: Key) -> str:
+        return str(self.get(key))
+
+    def x(self, key: Key) -> float | None:
+        """The numeric position of the cell along ``key`` (None if it has none)."""
+        value = self.get(self.keys.get(key, key) if isinstance(key, str) else key)
+        if isinstance(value, bool) or value is None:
+            return None
+        return float(value) if isinstance(value, (int, float)) else as_number(str(value))
+
     def matches(self, where: Select | None) -> bool:
-        return all(want(self.get(k)) if callable(want) else _same(self.get(k), want)
-                   for k, want in (where or {}).items())
-
-
-def _same(value: Any, want: Any) -> bool:
-    return value == want or str(value) == str(want)
+        return all(want(v) if callable(want) else v == want or str(v) == str(want)
+                   for k, want in (where or {}).items() for v in [self.get(k)])
 
 
 @dataclass(frozen=True)
 class Grid:
-    """An experiment's cells, its axes in the registry's order, and each axis's config key."""
+    """An experiment's cells, its axes in the registry's order and the labels of each axis in order."""
 
     experiment: str
     axes: tuple[str, ...]
     order: Mapping[str, Sequence[str]]
-    keys: Mapping[str, str]  # axis -> the one config path its variants set (numeric axes)
     cells: tuple[Cell, ...]
     extra: tuple[str, ...] = ()  # settings split off as axes (runs differing only in them)
 
     def select(self, where: Select | None = None) -> list[Cell]:
         return [c for c in self.cells if c.matches(where)]
 
-    def x(self, cell: Cell, key: Key) -> float | None:
-        """The numeric position of ``cell`` along ``key`` (None if it has none)."""
-        value = cell.get(self.keys.get(key, key) if isinstance(key, str) else key)
-        if isinstance(value, bool) or value is None:
-            return None
-        return float(value) if isinstance(value, (int, float)) else as_number(str(value))
-
-    def label(self, cell: Cell, key: Key) -> str:
-        return str(cell.get(key))
-
     def split(self, cells: Sequence[Cell], keys: Sequence[Key]) -> dict[tuple[str, ...], list[Cell]]:
         """``cells`` grouped by their labels along ``keys``, in the registry's order."""
         groups: dict[tuple[str, ...], list[Cell]] = {}
         for c in cells:
-            groups.setdefault(tuple(self.label(c, k) for k in keys), []).append(c)
+            groups.setdefault(tuple(c.label(k) for k in keys), []).append(c)
         ranks = [list(self.order.get(k, ())) if isinstance(k, str) else [] for k in keys]
         return dict(sorted(groups.items(), key=lambda item: tuple(
             (r.index(v) if v in r else len(r), natural_key(v))
@@ -119,23 +190,20 @@ def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> 
     if exp is not None:
         axes = [a.name for a in exp.axes]
         order = {a.name: [label for label, _ in a.variants] for a in exp.axes}
-        keys = {a.name: k for a in exp.axes if (k := _one_key(a.variants)) is not None}
+        keys = {a.name: k for a in exp.axes if (k := _one_key(a.variants))}
     else:
-        axes = sorted({k for r in runs for k in r.labels}, key=natural_key)
-        order, keys = {}, {}
+        axes, order, keys = sorted({k for r in runs for k in r.labels}, key=natural_key), {}, {}
     labelled = [(r, {a: str(r.labels[a] if a in r.labels else config_value(r, keys[a])
                             if a in keys else "custom") for a in axes}) for r in runs]
     extras = _differing(labelled)
-    axes += extras
-    keys.update(zip(extras, extras, strict=True))
     cells: dict[str, list] = {}
     for r, lab in labelled:
         lab.update((extra, str(config_value(r, extra))) for extra in extras)
         cells.setdefault(_identity(r), [lab, []])[1].append(r)
-    grid = Grid(name, tuple(axes), order, keys, (), tuple(extras))
-    unsorted = [Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))))
+    grid = Grid(name, tuple(axes + extras), order, (), tuple(extras))
+    unsorted = [Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))), keys)
                 for lab, rs in cells.values()]
-    return replace(grid, cells=tuple(c for cs in grid.split(unsorted, axes).values() for c in cs))
+    return replace(grid, cells=tuple(c for cs in grid.split(unsorted, grid.axes).values() for c in cs))
 
 
 def _one_key(variants) -> str | None:
@@ -185,3 +253,48 @@ def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
+
+
+# -- the numbers checks compare: slopes, flatness, crossings ---------------------------------------
+
+def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> RateFit | None:
+    """Least-squares slope of log(error) on log(size) over the finite, positive pairs; None with
+    fewer than two distinct sizes. Uses :func:`moelab.analysis.fit_rate` (t-based 95% interval)."""
+    pairs = [(float(s), float(e)) for s, e in zip(sizes, errors, strict=True)
+             if e is not None and s > 0 and math.isfinite(e) and e > 0]
+    if len({s for s, _ in pairs}) < 2:
+        return None
+    return fit_rate(*zip(*pairs, strict=True))
+
+
+def max_over_min(values: Iterable[float]) -> float:
+    """max/min of the finite positive values (NaN with none): 1.0 means perfectly flat."""
+    v = [x for x in values if math.isfinite(x) and x > 0]
+    return max(v) / min(v) if v else math.nan
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """Where a log-log curve reaches a target value. ``bound`` is ``"="`` (interpolated inside the
+    curve), ``"<="`` (already reached at the smallest size) or ``">"`` (never reached: the value is
+    the largest size tried)."""
+
+    size: float
+    bound: str
+
+
+def loglog_crossing(sizes: Sequence[float], values: Sequence[float], target: float
+                    ) -> Crossing | None:
+    """The smallest size at which the piecewise log-log-linear curve through (sizes, values) first
+    comes down to ``target``. Points are sorted by size; non-finite or non-positive values dropped."""
+    pts = sorted((s, v) for s, v in zip(sizes, values, strict=True)
+                 if s > 0 and math.isfinite(v) and v > 0)
+    if not pts or not (math.isfinite(target) and target > 0):
+        return None
+    if pts[0][1] <= target:
+        return Crossing(pts[0][0], "<=")
+    for (s0, v0), (s1, v1) in itertools.pairwise(pts):
+        if v1 <= target:
+            t = (math.log(v0) - math.log(target)) / (math.log(v0) - math.log(v1))
+            return Crossing(math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0))), "=")
+    return Crossing(pts[-1][0], ">")

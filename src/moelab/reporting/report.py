@@ -5,10 +5,6 @@ Each experiment's section is its grid of runs rendered through what its registra
 (checks, tables, figures); experiments that declare nothing, and unregistered ones, get a table and
 a figure of their test error per grid point. Each section says how its runs differ from the
 registered experiment (settings, seeds); verdicts drawn from such runs are marked provisional.
-
-Everything is computed and drawn in memory first; files are then written each through a
-temporary file and a rename, figures and exports before ``report.md``, so a crash never leaves a
-half-written file and an existing report is replaced only by a complete one.
 """
 
 from __future__ import annotations
@@ -58,7 +54,9 @@ def write_report(directory: str | Path, *, experiments: Sequence[str] | None = N
     """Write ``directory/report.md`` from ``directory/results.sqlite``; return its path.
 
     Also writes the report's figures to ``directory/figures/*.png`` and exports every run to
-    ``directory/results.csv`` (one row per run) and ``directory/results.json``.
+    ``directory/results.csv`` (one row per run) and ``directory/results.json``. Everything is drawn
+    in memory first and each file written atomically, ``report.md`` last, so an existing report is
+    replaced only by a complete one.
 
     Args:
         directory: an output directory holding ``results.sqlite``.
@@ -72,18 +70,10 @@ def write_report(directory: str | Path, *, experiments: Sequence[str] | None = N
     """
     directory = Path(directory)
     store = ResultStore(directory, create=False)
-    names = _experiment_names(store, experiments)
-    sections: list[Section] = []
-    skipped: list[str] = []
-    for name in names:
-        runs = store.runs(name)
-        if runs:
-            sections.append(build_section(name, runs, related=store.runs))
-        else:
-            skipped.append(name)
+    runs = {name: store.runs(name) for name in _experiment_names(store, experiments)}
+    sections = [build_section(name, rs, related=store.runs) for name, rs in runs.items() if rs]
     figures = {f.name: png_bytes(f.make(), dpi=100) for s in sections for f in s.figures}
-    markdown = render_markdown(sections, skipped, store.runs())
-
+    markdown = render_markdown(sections, [name for name, rs in runs.items() if not rs], store.runs())
     for name, png in figures.items():
         atomic_write(directory / FIGURE_DIR / f"{name}.png", png)
     store.export_csv(directory / "results.csv")
@@ -179,17 +169,14 @@ def _declared(specs: Sequence, notes: list[str], render: Callable) -> tuple:
 def _honesty(grid: Grid, runs: Sequence[StoredRun], exp: Experiment | None
              ) -> tuple[list[str], bool]:
     """Notes on how the runs differ from the registration, and whether verdicts are provisional."""
-    notes = []
-    if grid.extra:
-        notes.append(f"*Not pooled:* runs with the same labels differ in {', '.join(grid.extra)}; "
-                     "each configuration is its own grid point, reported apart.")
+    notes = [f"*Not pooled:* runs with the same labels differ in {', '.join(grid.extra)}; each "
+             "configuration is its own grid point, reported apart."] if grid.extra else []
     if exp is None:
         return notes, False
     changed = deviations(runs, exp)
-    if changed:
-        notes.append("*Settings that differ from the registered experiment:* "
-                     + "; ".join(changed) + ".")
     fewest = min(len({r.seed for r in c.runs}) for c in grid.cells)
+    if changed:
+        notes.append(f"*Settings that differ from the registered experiment:* {'; '.join(changed)}.")
     if fewest < exp.seeds:
         notes.append(f"*Seeds:* as few as {fewest} per grid point (registered: {exp.seeds}).")
     provisional = bool(changed) or fewest < exp.seeds

@@ -8,13 +8,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from moelab.analysis.rates import RateFit
-from moelab.reporting.aggregate import Spread
-
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-HELD, PARTLY, NOT_HELD, NO_DATA = "HELD", "PARTLY", "NOT HELD", "NO DATA"
+    from moelab.analysis import RateFit
+    from moelab.reporting.grid import Spread
 
 
 def _missing(x: float | None) -> bool:
@@ -42,6 +40,18 @@ def ratio(x: float | None) -> str:
 def count(x: float | None) -> str:
     """A (median) count such as a parameter number, rounded: ``2,304``."""
     return "n/a" if _missing(x) else f"{round(x):,}"
+
+
+def metric_format(name: str) -> Callable[[float | None], str]:
+    """The number format of a metric: scientific for errors, counts for parameters, else plain."""
+    if name in ("test_mse", "test_sup", "bound"):
+        return sci
+    return count if "parameters" in name else num
+
+
+def metric_header(name: str) -> str:
+    """How a metric is named in the report."""
+    return {"test_mse": "test MSE", "test_sup": "sup error"}.get(name, name.replace("_", " "))
 
 
 def cell(s: Spread, fmt: Callable[[float], str] = sci) -> str:
@@ -86,10 +96,8 @@ def slug(text: str) -> str:
 def status_of(flags: Sequence[bool]) -> str:
     """HELD if every check passed, NOT HELD if none did, PARTLY otherwise (NO DATA if none ran)."""
     if not flags:
-        return NO_DATA
-    if all(flags):
-        return HELD
-    return NOT_HELD if not any(flags) else PARTLY
+        return "NO DATA"
+    return "HELD" if all(flags) else "PARTLY" if any(flags) else "NOT HELD"
 
 
 @dataclass(frozen=True)
@@ -123,12 +131,10 @@ class Table:
                                  f"header has {len(self.header)}")
 
     def markdown(self) -> str:
-        def line(cells: Sequence[str]) -> str:
-            return "| " + " | ".join(c.replace("|", "/") for c in cells) + " |"
-
-        align = ["---"] + ["--:"] * (len(self.header) - 1)
-        body = [line(self.header), "| " + " | ".join(align) + " |"]
-        return f"**{self.caption}**\n\n" + "\n".join(body + [line(r) for r in self.rows])
+        align = ("---",) + ("--:",) * (len(self.header) - 1)  # labels left, numbers right
+        return f"**{self.caption}**\n\n" + "\n".join(
+            "| " + " | ".join(c.replace("|", "/") for c in row) + " |"
+            for row in (self.header, align, *self.rows))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""The report's pure data helpers and number formats."""
+"""The numbers the report reads off its runs, and how it writes them."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import math
 
 import pytest
 
-from moelab.reporting.aggregate import (
-    fit_slope,
-    loglog_crossing,
-    max_over_min,
-    path_names,
-    spread,
-)
+from moelab.experiments.config import TaskSpec
+from moelab.experiments.registry import unnamed
+from moelab.experiments.spec import Axis, Experiment
+from moelab.experiments.store import StoredRun
+from moelab.reporting.declare import path_names
+from moelab.reporting.grid import build_grid, fit_slope, loglog_crossing, max_over_min, spread
 from moelab.reporting.text import Table, cell, ratio, sci, status_of
 
 
@@ -59,3 +58,13 @@ def test_table_rejects_ragged_rows():
     with pytest.raises(ValueError, match="has 1 cells, header has 2"):
         Table("t", ("a", "b"), (("x",),))
     assert Table("t", ("a", "b"), (("x", "1|2"),)).markdown().endswith("| x | 1/2 |")
+
+
+def test_a_keyed_axis_places_its_cells_by_their_config_value_not_their_label():
+    exp = Experiment(name="toy", title="t", claim="c", base=unnamed(task=TaskSpec(D=8)),
+                     axes=(Axis.of("D", "task.D", (8, 16)),))
+    runs = [StoredRun(f"r{D}", "toy", {"D": f"D={D}"}, 0, {"task": {"D": D}}, 1e-3, 0.1, {}, {},
+                      1.0, "0", "") for D in (8, 16)]  # labels written by another registration
+    cells = build_grid("toy", runs, exp).cells
+    assert {c.label("D"): c.x("D") for c in cells} == {"D=8": 8.0, "D=16": 16.0}
+    assert [c.x("task.D") for c in cells] == [c.x("D") for c in cells]
