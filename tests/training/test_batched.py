@@ -144,3 +144,16 @@ def test_per_member_gradient_clipping_and_learning_rates_match_solo_runs():
 def test_a_batch_needs_members():
     with pytest.raises(ValueError, match="at least one member"):
         train_batched([])
+
+
+def test_the_expert_maps_backward_is_autograds():
+    from moelab.training.batched import _ExpertMaps
+
+    gen = torch.Generator().manual_seed(0)
+    x, w1, w2, b2 = (torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+                     for shape in ((3, 5, 7), (3, 5, 4), (3, 6, 4), (3, 6)))
+    want = torch.baddbmm(b2[:, :, None], w2, torch.relu(w1.transpose(1, 2) @ x))
+    assert torch.allclose(_ExpertMaps.apply(x, w1, w2, b2), want)
+    assert torch.autograd.gradcheck(_ExpertMaps.apply, (x, w1, w2, b2))
+    # an input that needs no gradient gets none (the first layer's data)
+    _ExpertMaps.apply(x.detach(), w1, w2, b2).sum().backward()

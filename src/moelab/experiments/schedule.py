@@ -114,7 +114,7 @@ def run_all(runs: Sequence[AnyRun], store: ResultStore, *, workers: int = 1,
     KeyboardInterrupt) says how many runs were stored.
 
     Runs are executed in batches (:func:`plan_batches`, formed from all of ``runs``): runs that
-    differ only in seed, learning rate and task train as one batched model
+    differ only in :data:`~moelab.experiments.execute.PER_MEMBER` train as one batched model
     (:func:`~moelab.experiments.execute.execute_batch`); a batch with any run not yet stored is
     executed whole and its missing runs stored. ``batch=False``, or the environment variable
     ``MOELAB_BATCH=0`` when ``batch`` is None, trains every run alone.
