@@ -157,3 +157,20 @@ def test_the_expert_maps_backward_is_autograds():
     assert torch.autograd.gradcheck(_ExpertMaps.apply, (x, w1, w2, b2))
     # an input that needs no gradient gets none (the first layer's data)
     _ExpertMaps.apply(x.detach(), w1, w2, b2).sum().backward()
+
+
+@pytest.mark.slow
+def test_the_compiled_loss_trains_as_the_eager_one(monkeypatch):
+    import functools
+
+    runs = _runs(table4(), {"model": ("2-3-MoE",), "m": ("16",), "recipe": ("paper", "best"),
+                            "output": ("sum",)})
+    runs = [apply_overrides(r, {"train.steps": 20, "train.log_every": 10}) for r in runs]
+    eager = train_batched(_members(runs))
+    monkeypatch.setenv("MOELAB_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
+    compiled = train_batched(_members(runs))
+    for a, b in zip(eager, compiled, strict=True):
+        assert b.final.mse == pytest.approx(a.final.mse, rel=1e-5)
+        assert [r["loss"] for r in b.history] == pytest.approx([r["loss"] for r in a.history],
+                                                                rel=1e-5)
