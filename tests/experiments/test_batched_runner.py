@@ -108,3 +108,26 @@ def test_the_routing_summary_counts_paths_as_expert_paths_does():
     assert summary["num_paths"] == len(expert_paths(model, x).distinct)
     pic = expert_paths(model, task.picture_points).paths
     assert summary["picture"]["paths"] == (pic[:, 0] * 3 + pic[:, 1]).tolist()
+
+
+def test_any_executor_gets_the_longest_batches_first(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from moelab.experiments import schedule
+
+    runs = table4().runs(seeds=1, overrides={"train.steps": 2, "train.test_size": 64})
+    runs += constructions().runs()[:2]
+    submitted = []
+
+    class Recording(ThreadPoolExecutor):
+        def submit(self, fn, batch):
+            submitted.append(batch)
+            return super().submit(fn, batch)
+
+    with Recording(1) as pool:
+        run_all(runs, ResultStore(tmp_path), progress=False, executor=pool)
+    costs = [schedule._cost(b) for b in submitted]
+    assert costs == sorted(costs, reverse=True) and len(set(costs)) > 2
+    first = submitted[0][0].model
+    assert (first.layers, first.moe.experts.hidden) == (2, 128)  # the 2-3-MoE at m = 128
+    assert all(b[0].experiment == "constructions" for b in submitted[-2:])

@@ -160,7 +160,8 @@ def _store_all(store: ResultStore, outcomes: list[RunOutcome], done: list[str],
 
 def _drain(executor: Executor, batches: list[list[AnyRun]], store: ResultStore, done: list[str],
            bar: tqdm) -> None:
-    _collect([executor.submit(_execute_quietly, b) for b in batches], store, done, bar)
+    order = sorted(batches, key=_cost, reverse=True)  # the longest first, as in the pool
+    _collect([executor.submit(_execute_quietly, b) for b in order], store, done, bar)
 
 
 def _collect(futures: list[Future], store: ResultStore, done: list[str], bar: tqdm) -> None:
