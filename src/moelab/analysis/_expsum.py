@@ -15,7 +15,6 @@ import math
 from itertools import pairwise
 
 import numpy as np
-from scipy.optimize import brentq
 
 
 def _sign_value(c: np.ndarray, a: np.ndarray, lam: np.ndarray, t: float) -> float:
@@ -63,6 +62,8 @@ def _roots(c: np.ndarray, a: np.ndarray, lam: np.ndarray, lo: float, hi: float) 
             return []
         t = (math.log(-c[1] / c[0]) + a[1] - a[0]) / (lam[0] - lam[1])
         return [t] if lo < t < hi else []
+    from scipy.optimize import brentq  # here: scipy.optimize takes a third of a second to import
+
     critical = _roots(c[1:] * (lam[1:] - lam[0]), a[1:], lam[1:], lo, hi)
     knots = [lo, *critical, hi]
     values = [_sign_value(c, a, lam, k) for k in knots]

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats
 
 
 @dataclass(frozen=True)
@@ -110,6 +109,8 @@ def fit_rate(
     n = x.size
     if n >= 3:
         stderr = math.sqrt(ssr / (n - 2) / sxx)
+        from scipy import stats  # here: scipy.stats takes a third of a second to import
+
         half = float(stats.t.ppf((1 + confidence) / 2, df=n - 2)) * stderr
     else:
         stderr = half = math.nan

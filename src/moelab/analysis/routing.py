@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
 from moelab.layers.moe import MoELayer
@@ -160,6 +159,8 @@ def match_experts(
     n = int(confusion.sum())
     if n == 0:
         raise ValueError("assigned and truth must hold at least one sample")
+    from scipy.optimize import linear_sum_assignment  # here: scipy.optimize is slow to import
+
     rows, cols = linear_sum_assignment(confusion.numpy(), maximize=True)
     matched = int(confusion[rows, cols].sum())
     pairs = tuple((int(r), int(c)) for r, c in zip(rows, cols, strict=True))
