@@ -38,9 +38,9 @@ def _cases():
 
 
 def _solo(run) -> float:
-    task, model = _prepare(run)
+    built, model = _prepare(run)
     start = time.perf_counter()
-    train(model, task.sampler, run.train, seed=run.seed, progress=False)
+    train(model, built.task, run.train, seed=run.seed, progress=False)
     return time.perf_counter() - start
 
 
@@ -48,9 +48,9 @@ def _batched(run, n: int) -> float:
     members = []
     for seed in range(n):
         r = apply_overrides(run, {"seed": seed})
-        task, model = _prepare(r)
-        members.append(Member(model, task.sampler, r.train, r.seed, stream=seed,
-                              inputs=constant_inputs(task)))
+        built, model = _prepare(r)
+        members.append(Member(model, built.task, r.train, r.seed, stream=seed,
+                              inputs=constant_inputs(built)))
     start = time.perf_counter()
     train_batched(members)
     return time.perf_counter() - start

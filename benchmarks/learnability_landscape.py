@@ -42,24 +42,24 @@ def _config(steps: int, method: str, lr: float) -> TrainConfig:
                        test_size=10_000, method=MethodConfig(name=method))
 
 
-def _measure(model, task, seed: int) -> dict:
-    test = task.sampler(10_000, torch.Generator().manual_seed(seed + 1_000_003))
-    routing = routing_summary(model, task, seed=seed)
+def _measure(model, built, seed: int) -> dict:
+    test = built.task(10_000, torch.Generator().manual_seed(seed + 1_000_003))
+    routing = routing_summary(model, built, seed=seed)
     return {"test_mse": evaluate(model, *test).mse, "num_paths": routing["num_paths"],
             "pieces_separated": routing["pieces_separated"],
             "routing_purity": routing["routing_purity"]}
 
 
-def _train(model, task, steps: int, method: str, seed: int, lr: float) -> dict:
+def _train(model, built, steps: int, method: str, seed: int, lr: float) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RouterGradientWarning)
-        fit(lambda _r: model, task.sampler, _config(steps, method, lr), seed=seed)
-    return _measure(model, task, seed)
+        fit(lambda _r: model, built.task, _config(steps, method, lr), seed=seed)
+    return _measure(model, built, seed)
 
 
 def perturb(m: int, steps: int, sigmas: list[float], seeds: list[int], method: str,
             lr: float) -> list[dict]:
-    task = build_task(TASK)
+    built = build_task(TASK)
     rows = []
     for seed in seeds:
         for sigma in sigmas:
@@ -70,8 +70,8 @@ def perturb(m: int, steps: int, sigmas: list[float], seeds: list[int], method: s
                 for p in model.parameters():
                     rms = p.square().mean().sqrt()
                     p.add_(sigma * rms * torch.randn(p.shape, generator=gen))
-            before = _measure(model, task, seed)
-            after = _train(model, task, steps, method, seed, lr)
+            before = _measure(model, built, seed)
+            after = _train(model, built, steps, method, seed, lr)
             rows.append({"sigma": sigma, "seed": seed, "m": m, "method": method, "lr": lr,
                          "before": before, "after": after})
             print(json.dumps(rows[-1]), flush=True)
@@ -80,24 +80,24 @@ def perturb(m: int, steps: int, sigmas: list[float], seeds: list[int], method: s
 
 def oracle(m: int, steps: int, seeds: list[int], method: str, lr: float,
            scale: float = 20.0) -> list[dict]:
-    task = build_task(TASK)
+    built = build_task(TASK)
     base = next(r for r in learnability().runs(seeds=1)
                 if r.labels == {"method": "plain", "model": "2-3-MoE", "m": str(m)})
     rows = []
     for seed in seeds:
         run = apply_overrides(base, {"seed": seed})
         torch.manual_seed(seed)
-        model = build_model(run, task.d_in, task.d_out)
+        model = build_model(run, built.task.d_in, built.task.d_out)
         gen = torch.Generator().manual_seed(seed + 12345)
-        data_init(model, task.sampler(4096, gen)[0], generator=gen)
+        data_init(model, built.task(4096, gen)[0], generator=gen)
         centres = torch.tensor([0.5, 1.5, 2.5])
         with torch.no_grad():  # Voronoi cells of the centres along one channel: stripes
             for layer, channel in zip(model.moe_layers, (0, 1), strict=True):
                 layer.router.scorer.weight.zero_()
                 layer.router.scorer.weight[:, channel] = scale * centres
                 layer.router.scorer.bias.copy_(-scale * centres.square() / 2)
-        before = _measure(model, task, seed)
-        after = _train(model, task, steps, method, seed, lr)
+        before = _measure(model, built, seed)
+        after = _train(model, built, steps, method, seed, lr)
         rows.append({"seed": seed, "m": m, "method": method, "lr": lr, "before": before, "after": after})
         print(json.dumps(rows[-1]), flush=True)
     return rows

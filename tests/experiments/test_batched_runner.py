@@ -102,11 +102,11 @@ def test_the_routing_summary_counts_paths_as_expert_paths_does():
     from moelab.experiments.measure import routing_summary
 
     run = next(r for r in table4().runs(seeds=1, overrides=TINY) if r.labels["model"] == "2-3-MoE")
-    task, model = _prepare(run)
-    summary = routing_summary(model, task, seed=run.seed)
-    x, _ = task.sampler(8192, torch.Generator().manual_seed(run.seed + 2_000_003))
+    built, model = _prepare(run)
+    summary = routing_summary(model, built, seed=run.seed)
+    x, _ = built.task(8192, torch.Generator().manual_seed(run.seed + 2_000_003))
     assert summary["num_paths"] == len(expert_paths(model, x).distinct)
-    pic = expert_paths(model, task.picture_points).paths
+    pic = expert_paths(model, built.picture_points).paths
     assert summary["picture"]["paths"] == (pic[:, 0] * 3 + pic[:, 1]).tolist()
 
 

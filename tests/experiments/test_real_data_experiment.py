@@ -13,7 +13,7 @@ def test_the_experiment_compares_models_of_equal_activated_parameters():
     assert exp.seeds == 3 and len(runs) == 3 * 2 * sum(len(dims) for _, _, dims in REAL_DATA)
     assert {r.task.kind for r in runs} == {"real"}
     for name, classes, dims in REAL_DATA:
-        task = build_task(TaskSpec(kind="real", dataset=name, D=dims[0]))
+        task = build_task(TaskSpec(kind="real", dataset=name, D=dims[0])).task
         assert dims[0] == task.d_in and dims[-1] == 1024  # from the native width up to 1024
         for D in dims:
             pair = {r.model.kind: r for r in runs

@@ -72,11 +72,11 @@ def test_a_run_is_evaluated_on_the_held_out_split(kind, monkeypatch):
 
 def test_each_experts_intrinsic_dimension_is_measured_on_what_it_receives():
     run = _run("moe", dataset="breast_cancer", D=64)
-    task = build_task(run.task)
+    built = build_task(run.task)
     torch.manual_seed(0)
-    model = build_model(run, task.d_in, task.d_out)
-    out = held_out_metrics(model, task)
-    x_train = task.train_set[0]
+    model = build_model(run, built.task.d_in, built.task.d_out)
+    out = held_out_metrics(model, built)
+    x_train = built.train_set[0]
     experts = expert_paths(model, x_train).paths[:, 0]
     assert out["expert_points"] == torch.bincount(experts, minlength=3).tolist()
     k = DIMENSION_NEIGHBOURS

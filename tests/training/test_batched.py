@@ -32,10 +32,10 @@ def _flat(model):
 def _members(runs, *, skip_zero_inputs=True):
     members = []
     for run in runs:
-        task, model = _prepare(run)
-        members.append(Member(model, task.sampler, run.train, run.seed,
+        built, model = _prepare(run)
+        members.append(Member(model, built.task, run.train, run.seed,
                               stream=(repr(run.task), run.seed),
-                              inputs=constant_inputs(task) if skip_zero_inputs else None))
+                              inputs=constant_inputs(built) if skip_zero_inputs else None))
     return members
 
 
@@ -43,8 +43,8 @@ def _check_against_solo(runs, **kw):
     members = _members(runs, **kw)
     results = train_batched(members)
     for run, member, result in zip(runs, members, results, strict=True):
-        task, model = _prepare(run)
-        solo = train(model, task.sampler, run.train, seed=run.seed, progress=False)
+        built, model = _prepare(run)
+        solo = train(model, built.task, run.train, seed=run.seed, progress=False)
         a, b = _flat(model), _flat(member.model)
         assert (a - b).norm() <= PARAM_RTOL * a.norm(), run.labels
         assert result.final.mse == pytest.approx(solo.final.mse, rel=MSE_RTOL)

@@ -4,7 +4,6 @@ describes, with what the measurements need (widths, ground truth, picture points
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -29,27 +28,6 @@ class BuiltTask:
     picture_coords: Tensor
     train_set: tuple[Tensor, Tensor] | None = None
     test_set: tuple[Tensor, Tensor] | None = None
-
-    @property
-    def sampler(self) -> Callable[[int, torch.Generator], tuple[Tensor, Tensor]]:
-        return self.task
-
-    @property
-    def d_in(self) -> int:
-        return self.task.d_in
-
-    @property
-    def d_out(self) -> int:
-        return self.task.d_out
-
-    @property
-    def truth(self) -> Callable[[Tensor], Tensor]:
-        """(n, d_in) -> (n,) the chart or flat piece id of each point."""
-        return self.task.region
-
-    @property
-    def n_truth(self) -> int:
-        return self.task.n_regions
 
 
 def build_task(spec: TaskSpec) -> BuiltTask:

@@ -34,7 +34,7 @@ def circle_demo(
     moelab's best recipe: data-dependent initialisation, hard top-1 routing, 100 warm-up steps and a
     cosine-decayed learning rate from ``lr``; batch 128 of fresh samples per step.
     """
-    sampler = build_task(TaskSpec(kind="manifold", manifold="circle", D=D, n_charts=4)).sampler
+    sampler = build_task(TaskSpec(kind="manifold", manifold="circle", D=D, n_charts=4)).task
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

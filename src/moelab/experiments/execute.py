@@ -80,19 +80,19 @@ def execute(run: AnyRun, *, progress: bool = False) -> RunOutcome:
 
 def _prepare(run: RunConfig) -> tuple[BuiltTask, nn.Module]:
     """The run's task and its model, initialised (seeded by the run's seed)."""
-    task = build_task(run.task)
-    return task, _build(run, task)
+    built = build_task(run.task)
+    return built, _build(run, built)
 
 
-def _build(run: RunConfig, task: BuiltTask, restart: int = 0) -> nn.Module:
+def _build(run: RunConfig, built: BuiltTask, restart: int = 0) -> nn.Module:
     """The run's model, initialised; restart r > 0 of a training method draws from its own seed."""
     seed = run.seed + restart * RESTART_SEED_STRIDE
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(run, task.d_in, task.d_out)
+        model = build_model(run, built.task.d_in, built.task.d_out)
         if run.model.init == "data":
             gen = torch.Generator().manual_seed(seed + 12345)
-            x_init, _ = task.sampler(4096, gen)
+            x_init, _ = built.task(4096, gen)
             data_init(model, x_init, generator=gen)
     return model
 
@@ -107,34 +107,34 @@ def _router_warnings(run: RunConfig) -> Iterator[None]:
 
 def _train_and_measure(run: RunConfig, *, progress: bool) -> RunOutcome:
     start = time.perf_counter()
-    task = build_task(run.task)
+    built = build_task(run.task)
     extra: dict[str, Any] = {}
     with _router_warnings(run):
         if run.train.method.is_plain:
-            model = _build(run, task)
-            result = train(model, task.sampler, run.train, seed=run.seed, test_set=task.test_set,
+            model = _build(run, built)
+            result = train(model, built.task, run.train, seed=run.seed, test_set=built.test_set,
                            progress=progress, description=describe_run(run))
         else:  # a training method of moelab.training.recipes
-            if task.test_set is not None:
+            if built.test_set is not None:
                 raise ValueError(
                     f"train.method.name={run.train.method.name!r} is not available on a task with "
                     f"a fixed data set (task.kind={run.task.kind!r}): its validation and test "
                     "samples are drawn from the sampler; use train.method.name='plain'")
-            fitted = fit(lambda restart=0: _build(run, task, restart), task.sampler, run.train,
+            fitted = fit(lambda restart=0: _build(run, built, restart), built.task, run.train,
                          seed=run.seed, progress=progress, description=describe_run(run))
             model, result = fitted.model, fitted.result
             extra = {"restart_chosen": fitted.restart} if fitted.validation_mse else {}
-    return _measured(run, task, model, result, time.perf_counter() - start, extra)
+    return _measured(run, built, model, result, time.perf_counter() - start, extra)
 
 
-def _measured(run: RunConfig, task: BuiltTask, model: nn.Module, result: TrainResult,
+def _measured(run: RunConfig, built: BuiltTask, model: nn.Module, result: TrainResult,
               seconds: float, extra: dict[str, Any] | None = None) -> RunOutcome:
     counts = count_parameters(model)
     metrics: dict[str, Any] = {"test_mse": result.final.mse, "test_sup": result.final.sup_error,
                                "parameters": counts.total, "active_parameters": counts.active,
                                "train_seconds": result.seconds, **(extra or {})}
-    routing = routing_summary(model, task, seed=run.seed) if run.model.kind == "moe" else {}
-    routing.update(held_out_metrics(model, task))
+    routing = routing_summary(model, built, seed=run.seed) if run.model.kind == "moe" else {}
+    routing.update(held_out_metrics(model, built))
     metrics.update({k: v for k, v in routing.items() if isinstance(v, (int, float))})
     return RunOutcome(run, result.final.mse, result.final.sup_error, metrics, routing,
                       result.history, result.evals, seconds)
@@ -171,11 +171,11 @@ def batch_key(run: AnyRun) -> str | None:
     return json.dumps(data, sort_keys=True, default=str)
 
 
-def constant_inputs(task: BuiltTask) -> Tensor | None:
+def constant_inputs(built: BuiltTask) -> Tensor | None:
     """The input coordinates a task's samples can make nonzero, or None (all of them): a manifold
     embedded in R^D by zero padding has x_j = 0 exactly for every j past the manifold's own
     coordinates, because the embedding's row j is zero."""
-    embedding = getattr(task.task, "embedding", None)
+    embedding = getattr(built.task, "embedding", None)
     if not isinstance(embedding, Tensor):
         return None
     live = (embedding != 0).any(1)
@@ -196,10 +196,10 @@ def execute_batch(runs: Sequence[AnyRun]) -> list[RunOutcome]:
     with _PROCESS_STATE, single_thread():
         start = time.perf_counter()
         prepared = [_prepare(run) for run in runs]
-        members = [Member(model, task.sampler, run.train, run.seed,
+        members = [Member(model, built.task, run.train, run.seed,
                           stream=json.dumps(run.to_dict()["task"], sort_keys=True, default=str)
-                          + f"/{run.seed}", inputs=constant_inputs(task))
-                   for run, (task, model) in zip(runs, prepared, strict=True)]
+                          + f"/{run.seed}", inputs=constant_inputs(built))
+                   for run, (built, model) in zip(runs, prepared, strict=True)]
         for run, member in zip(runs, members, strict=True):
             with _router_warnings(run):
                 warn_if_routers_cannot_learn(member.model, member.config)
@@ -208,9 +208,9 @@ def execute_batch(runs: Sequence[AnyRun]) -> list[RunOutcome]:
             results = train_batched(members)
         share = (time.perf_counter() - start) / len(runs)
         outcomes = []
-        for run, (task, model), result in zip(runs, prepared, results, strict=True):
+        for run, (built, model), result in zip(runs, prepared, results, strict=True):
             begin = time.perf_counter()
-            outcome = _measured(run, task, model, result, 0.0)
+            outcome = _measured(run, built, model, result, 0.0)
             outcomes.append(replace(outcome, seconds=share + time.perf_counter() - begin))
         return outcomes
 

@@ -16,7 +16,7 @@ from moelab.layers import record_routing
 
 
 @torch.no_grad()
-def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 8192
+def routing_summary(model: nn.Module, built: BuiltTask, *, seed: int, n: int = 8192
                     ) -> dict[str, Any]:
     """Routing statistics of a trained MoE model on fresh test points (on the held-out split of a
     task with a fixed data set).
@@ -31,20 +31,20 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
     point (circle angles or square cells) for the report.
     """
     model.eval()
-    if task.test_set is not None:
-        x = task.test_set[0]
+    if built.test_set is not None:
+        x = built.test_set[0]
     else:
-        x, _ = task.sampler(n, torch.Generator().manual_seed(seed + 2_000_003))
+        x, _ = built.task(n, torch.Generator().manual_seed(seed + 2_000_003))
     n = x.shape[0]
     with record_routing(model) as record:  # the routing of expert_paths' forward pass
         paths = expert_paths(model, x).paths
     load = [(r.tokens_per_expert.float() / r.tokens_per_expert.sum()).tolist()
             for r in record.routings]
-    truth = task.truth(x)
+    truth = built.task.region(x)
     # Distinct paths as distinct mixed-radix codes: the same order as unique rows, and a 1-D
     # unique (far cheaper than torch.unique(paths, dim=0)).
     path_ids, inverse = torch.unique(_codes(paths, model), return_inverse=True)
-    joint = torch.zeros(task.n_truth, len(path_ids), dtype=torch.long)
+    joint = torch.zeros(built.task.n_regions, len(path_ids), dtype=torch.long)
     joint.index_put_((truth, inverse), torch.ones_like(truth), accumulate=True)
     present = joint.sum(1) > 0
     majority = joint.argmax(1)[present]
@@ -61,11 +61,11 @@ def routing_summary(model: nn.Module, task: BuiltTask, *, seed: int, n: int = 81
         "path_purity": path_purity,
         "load": load,
     }
-    if task.picture_kind != "none":
+    if built.picture_kind != "none":
         summary["picture"] = {
-            "kind": task.picture_kind,
-            "coords": task.picture_coords.tolist(),
-            "paths": _codes(expert_paths(model, task.picture_points).paths, model).tolist(),
+            "kind": built.picture_kind,
+            "coords": built.picture_coords.tolist(),
+            "paths": _codes(expert_paths(model, built.picture_points).paths, model).tolist(),
         }
     return summary
 
