@@ -1,6 +1,6 @@
 """Training many runs of one model shape at once, as one model with a leading model axis.
 
-A step of the paper's models is a few kernels on tiny matrices: its cost is per-operation
+A step of the paper's models is a few kernels on tiny matrices: alone, its cost is per-operation
 overhead, not arithmetic. N runs that share a shape (seeds, learning rates, tasks, output
 variants) therefore train as one :class:`StackedMoE` whose every tensor has a leading axis of N
 *members*: one batched matmul per affine map for all members, one Adam update for all parameters.
@@ -28,7 +28,8 @@ about 1e-7 relative after a few hundred steps; a hard routing decision that such
 can move one member further (tests/training/test_batched.py states the tolerances).
 
 Shape legend: N members, B batch rows, I input width, E experts, H hidden width, O output width,
-P parameters per member (padded).
+P parameters per member (padded). Activations keep the rows last, (N, width, B) (see
+:class:`_ExpertMaps` for why).
 """
 
 from __future__ import annotations
