@@ -54,6 +54,7 @@ from moelab.training.loop import (
     TrainResult,
     _checked_pair,
     _evaluates_after,
+    _logs_at,
     _lr_factor,
     _test_pair,
     evaluate,
@@ -461,7 +462,7 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
         stacked.flat.grad = None
         loss.backward()
         _adam_step(stacked.flat, state, lrs_step[step, :, None], step + 1, clip_N1)
-        if step % config.log_every == 0 or step == steps - 1:
+        if _logs_at(config, step):
             for rows, row in zip(history, _log_rows(step, mse_N, lrs[step], routes,
                                                     stacked.experts), strict=True):
                 rows.append(row)

@@ -364,6 +364,11 @@ def _train_step(model: nn.Module, optimizer: torch.optim.Optimizer, config: Trai
     return row
 
 
+def _logs_at(config: TrainConfig, step: int) -> bool:
+    """Whether ``step`` gets a history row: every ``log_every`` steps and the last step."""
+    return step % config.log_every == 0 or step == config.steps - 1
+
+
 def _evaluates_after(config: TrainConfig, step: int) -> bool:
     """Whether the test set is evaluated after ``step``: every ``eval_every`` steps and at the end."""
     last = step == config.steps - 1
@@ -403,9 +408,8 @@ def train(
         torch.manual_seed(seed)
         bar = tqdm(range(config.steps), desc=description, disable=not progress, leave=False)
         for step in bar:
-            logged = step % config.log_every == 0 or step == config.steps - 1
             row = _train_step(model, optimizer, config, next_batch(), step, objective=objective,
-                              balance=balance, logged=logged)
+                              balance=balance, logged=_logs_at(config, step))
             if row is not None:
                 history.append(row)
                 stream.write(row)
