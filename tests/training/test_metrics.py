@@ -177,3 +177,30 @@ def test_stream_destinations_are_not_part_of_the_run_id():
     streamed = apply_overrides(run, {"train.tensorboard_dir": "tb", "train.jsonl_path": "r.jsonl"})
     assert streamed.train.tensorboard_dir == "tb" and streamed.to_dict() != run.to_dict()
     assert streamed.run_id() == run.run_id()
+
+
+def test_batched_metrics_are_each_members_solo_metrics_exactly():
+    from moelab.training.metrics import stacked_router_metrics
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 3, generator=gen)  # (N, B, E): member 0 leaves expert 2 dead
+    ids = torch.tensor([[0, 1, 0, 1, 0, 1], [0, 1, 2, 2, 1, 0]])[..., None]
+    rows = stacked_router_metrics([(logits, logits.softmax(-1), ids)])
+    for n in range(2):
+        solo = layer_metrics(Routing(
+            expert_ids=ids[n], weights=torch.ones(6, 1), kept=torch.ones(6, 1, dtype=torch.bool),
+            logits=logits[n], probs=logits[n].softmax(-1),
+            tokens_per_expert=torch.bincount(ids[n, :, 0], minlength=3), dropped_fraction=0.0))
+        assert rows[n] == {f"layer0/{k}": v for k, v in solo.items()}
+
+
+def test_the_metrics_are_the_librarys_entropy_and_z_loss():
+    from moelab.analysis import token_entropy
+    from moelab.losses import router_z_loss
+
+    r = _hand_made()
+    m = layer_metrics(r)
+    assert m["entropy"] == token_entropy(r) / math.log(4)
+    assert m["router_z"] == float(router_z_loss(r.logits))
+    with pytest.raises(ValueError, match="no tokens"):
+        layer_metrics(_routing(torch.zeros(0, 1, dtype=torch.long), torch.zeros(0, 2)))

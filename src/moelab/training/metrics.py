@@ -32,9 +32,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from moelab.analysis.routing import token_entropy
 from moelab.layers.outputs import Routing
-from moelab.losses import router_z_loss
 
 #: The names of the per-layer metrics, in the order :func:`router_metrics` writes them.
 ROUTER_METRICS = ("max_share", "max_vio", "entropy", "dead_fraction", "router_z")
@@ -52,17 +50,37 @@ def max_violation(load_E: torch.Tensor | Sequence[float]) -> float:
 
 
 @torch.no_grad()
+def _metric_columns(counts_NE: torch.Tensor, probs_NTE: torch.Tensor, logits_NTE: torch.Tensor
+                    ) -> dict[str, list[float]]:
+    """The metrics of N routings at once, each a list of N floats: loads ``counts_NE``, the router's
+    probabilities and logits over T tokens. The one place the formulas are written; they are
+    :func:`max_violation`, :func:`~moelab.analysis.token_entropy` and
+    :func:`~moelab.losses.router_z_loss` with a leading axis (computed in float64, the logits in at
+    least float32, as those functions compute them)."""
+    counts = counts_NE.double()
+    E = counts.shape[-1]
+    total, top = counts.sum(-1), counts.amax(-1)
+    p = probs_NTE.double()
+    logits = logits_NTE.to(torch.promote_types(logits_NTE.dtype, torch.float32))
+    columns = {
+        "max_share": top / total,  # 0 / 0 = NaN when nothing was kept
+        "max_vio": top * E / total - 1,
+        "entropy": (-torch.special.xlogy(p, p).sum(-1).mean(-1) / math.log(E) if E > 1
+                    else torch.zeros_like(total)),
+        "dead_fraction": (counts == 0).sum(-1).double() / E,
+        "router_z": torch.logsumexp(logits, -1).square().mean(-1).double(),
+    }
+    return {name: columns[name].tolist() for name in ROUTER_METRICS}
+
+
+@torch.no_grad()
 def layer_metrics(routing: Routing) -> dict[str, float]:
     """The metrics of one MoE layer's routing (see the module docstring), keyed by name."""
-    counts = routing.tokens_per_expert.tolist()  # one host copy for the three load metrics
-    E, total = len(counts), sum(counts)
-    return {
-        "max_share": max(counts) / total if total else math.nan,
-        "max_vio": max_violation(counts),
-        "entropy": token_entropy(routing) / math.log(E) if E > 1 else 0.0,
-        "dead_fraction": counts.count(0) / E,
-        "router_z": float(router_z_loss(routing.logits)),
-    }
+    if routing.logits.shape[0] == 0:
+        raise ValueError("routing has no tokens")
+    columns = _metric_columns(routing.tokens_per_expert[None], routing.probs[None],
+                              routing.logits[None])
+    return {name: values[0] for name, values in columns.items()}
 
 
 def router_metrics(routings: Sequence[Routing]) -> dict[str, float]:
@@ -80,23 +98,12 @@ def router_metrics(routings: Sequence[Routing]) -> dict[str, float]:
 def stacked_router_metrics(routes: Sequence[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
                            ) -> list[dict[str, float]]:
     """:func:`router_metrics` for each member of a batched model (:mod:`moelab.training.batched`),
-    from each MoE layer's (logits (N, B, E), probs (N, B, E), top-1 ids (N, B, 1)): the same
-    formulas as :func:`layer_metrics`, for all N members at once (one host copy a layer)."""
+    from each MoE layer's (logits (N, B, E), probs (N, B, E), top-1 ids (N, B, 1)): the formulas
+    of :func:`layer_metrics`, for all N members at once."""
     members: list[dict[str, float]] = [{} for _ in range(routes[0][0].shape[0])] if routes else []
     for i, (logits, probs, ids) in enumerate(routes):
-        E = logits.shape[-1]
-        counts_NE = F.one_hot(ids[..., 0], E).sum(1).double()
-        total_N = counts_NE.sum(1)
-        p = probs.double()
-        columns = {
-            "max_share": counts_NE.amax(1) / total_N,
-            "max_vio": counts_NE.amax(1) * E / total_N - 1,
-            "entropy": (-torch.special.xlogy(p, p).sum(-1).mean(1) / math.log(E) if E > 1
-                        else torch.zeros_like(total_N)),
-            "dead_fraction": (counts_NE == 0).sum(1) / E,
-            "router_z": torch.logsumexp(logits.float(), -1).square().mean(1).double(),
-        }
-        values = {name: columns[name].tolist() for name in ROUTER_METRICS}
+        counts_NE = F.one_hot(ids[..., 0], logits.shape[-1]).sum(1)
+        columns = _metric_columns(counts_NE, probs.detach(), logits.detach())
         for n, row in enumerate(members):
-            row.update({f"layer{i}/{name}": values[name][n] for name in ROUTER_METRICS})
+            row.update({f"layer{i}/{name}": values[n] for name, values in columns.items()})
     return members
