@@ -174,3 +174,15 @@ def test_the_compiled_loss_trains_as_the_eager_one(monkeypatch):
         assert b.final.mse == pytest.approx(a.final.mse, rel=1e-5)
         assert [r["loss"] for r in b.history] == pytest.approx([r["loss"] for r in a.history],
                                                                 rel=1e-5)
+
+
+def test_given_test_sets_are_checked_like_the_loops():
+    runs = _runs(table3(), {"D": ("16", "32"), "recipe": ("paper",)})
+    runs = [apply_overrides(r, {"train.steps": 2}) for r in runs]
+    x, y = torch.zeros(8, 16), torch.zeros(8, 1)
+    with pytest.raises(ValueError, match=r"one test set per member: 2 members, 1 test set\(s\)"):
+        train_batched(_members(runs), test_sets=[(x, y)])
+    with pytest.raises(TypeError, match="test_set is"):
+        train_batched(_members(runs), test_sets=[(x, y), x])
+    with pytest.raises(ValueError, match="same number of rows"):
+        train_batched(_members(runs), test_sets=[(x, y), (x, y[:3])])

@@ -399,8 +399,16 @@ def _compiled(fn):
     return torch.compile(fn, dynamic=False)
 
 
-def _test_sets(members: Sequence[Member]) -> list[tuple[Tensor, Tensor]]:
-    """Each member's test set, drawn as :func:`~moelab.training.train` draws it (once a stream)."""
+def _test_sets(members: Sequence[Member], given: Sequence[tuple[Tensor, Tensor]] | None
+               ) -> list[tuple[Tensor, Tensor]]:
+    """Each member's test set: ``given[n]``, checked as :func:`~moelab.training.train` checks a
+    test set, or drawn as it draws one (once a stream)."""
+    if given is not None:
+        if len(given) != len(members):
+            raise ValueError(f"test_sets must hold one test set per member: {len(members)} "
+                             f"members, {len(given)} test set(s)")
+        return [_test_pair(m.sampler, m.config, m.seed, pair)
+                for m, pair in zip(members, given, strict=True)]
     drawn: dict[Hashable, tuple[Tensor, Tensor]] = {}
     sets = []
     for n, m in enumerate(members):
@@ -435,7 +443,7 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
     config = _shared(members)
     for m in members:
         warn_if_routers_cannot_learn(m.model, m.config)
-    test_sets = _test_sets(members) if test_sets is None else test_sets
+    test_sets = _test_sets(members, test_sets)
     start = time.perf_counter()
     stacked = StackedMoE([m.model for m in members], [m.inputs for m in members])
     N, B, steps = stacked.n, config.batch_size, config.steps
