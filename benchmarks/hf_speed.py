@@ -18,7 +18,6 @@ Usage: python benchmarks/hf_speed.py [--device cpu|cuda] [--dtype float32|bfloat
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import time
@@ -30,6 +29,7 @@ import transformers
 from torch import Tensor, nn
 
 from moelab.interop.hf import LAYOUTS, from_hf
+from summary_line import emit
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -152,11 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
         out[f"{regime.name}_min"] = round(min(times["moelab"]) / min(times["hf_grouped_mm"]), 3)
         out[f"{regime.name}_ms"] = {n: round(1e3 * v, 3) for n, v in med.items()}
         out[f"{regime.name}_max_diff"] = diff
-    line = json.dumps(out)
-    print(line)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(line + "\n")
+    emit(out, args.json_out)
     return out
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import functools
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from baselines import LoopMoE, dense_active, hf_mixtral_block, torchtitan_moe
 from moelab.layers import ExpertConfig, MoEConfig, MoELayer, RouterConfig
+from summary_line import emit
 
 # -- what is timed ------------------------------------------------------------------------------------
 
@@ -417,11 +417,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"1-minute load average after: {load_after:.2f}")
     out = summary(results, args.quick)
     out["loadavg_1min"] = [round(load_before, 2), round(load_after, 2)]
-    line = json.dumps(out)
-    print(line)
-    if args.json_out:
-        with open(args.json_out, "w") as f:
-            f.write(line + "\n")
+    emit(out, args.json_out)
     return out
 
 
