@@ -186,3 +186,20 @@ def test_given_test_sets_are_checked_like_the_loops():
         train_batched(_members(runs), test_sets=[(x, y), x])
     with pytest.raises(ValueError, match="same number of rows"):
         train_batched(_members(runs), test_sets=[(x, y), (x, y[:3])])
+
+
+@pytest.mark.parametrize("bad", ["x", "y"])
+def test_data_of_the_wrong_width_is_refused_before_training(bad):
+    def sampler(n, gen):
+        x = torch.rand(n, 5 if bad == "x" else 3, generator=gen)
+        return x, torch.zeros(n, 2 if bad == "y" else 1)
+
+    config = TrainConfig(steps=3, test_size=32)
+    members = [Member(DeepMoE([3, 4, 1]), sampler, config, seed) for seed in (0, 1)]
+    want = "x of shape \\(32, 5\\)" if bad == "x" else "y of shape \\(32, 2\\)"
+    with pytest.raises(ValueError, match=f"the sampler returned {want}, but member 0's model"):
+        train_batched(members)
+    # a target of shape (n,) matches an output width of 1, as in the loop
+    flat = [Member(DeepMoE([3, 4, 1]), lambda n, g: (torch.rand(n, 3, generator=g),
+                                                     torch.zeros(n)), config, 0)] * 2
+    assert len(train_batched(flat)) == 2

@@ -300,6 +300,19 @@ class StackedMoE:
         return h, routes
 
 
+def _fitting(pair: tuple[Tensor, Tensor], n: int, model: DeepMoE, what: str
+             ) -> tuple[Tensor, Tensor]:
+    """(x, y) for member n's ``model``, or a ValueError before any training: x must be
+    (rows, d_in) and y (rows, d_out), or (rows,) for d_out = 1 (as the loop accepts it)."""
+    x, y = pair
+    if x.dim() != 2 or x.shape[1] != model.d_in or y.reshape(len(y), -1).shape[1] != model.d_out:
+        bad = f"x of shape {tuple(x.shape)}" if x.dim() != 2 or x.shape[1] != model.d_in \
+            else f"y of shape {tuple(y.shape)}"
+        raise ValueError(f"{what} {bad}, but member {n}'s model maps {model.d_in} inputs to "
+                         f"{model.d_out} outputs")
+    return x, y
+
+
 def _losses(model: StackedMoE, x: Tensor, y: Tensor, denom_N: Tensor):
     pred, routes = model.forward(x)
     mse_N = (pred - y).square().sum((1, 2)) / denom_N
@@ -313,13 +326,14 @@ class _Streams:
     def __init__(self, members: Sequence[Member], inputs: Sequence[Tensor], in_width: int,
                  out_width: int) -> None:
         keys: dict[Hashable, int] = {}
-        self.sources: list[tuple[Sampler, torch.Generator, Tensor]] = []
+        self.sources: list[tuple[Sampler, torch.Generator, Tensor, int, DeepMoE]] = []
         index = []
         for n, m in enumerate(members):
             key = ("member", n) if m.stream is None else ("stream", m.stream)
             if key not in keys:
                 keys[key] = len(self.sources)
-                self.sources.append((m.sampler, torch.Generator().manual_seed(m.seed), inputs[n]))
+                self.sources.append((m.sampler, torch.Generator().manual_seed(m.seed), inputs[n],
+                                     n, m.model))
             index.append(keys[key])
         self.index = torch.tensor(index)
         self.batch = members[0].config.batch_size
@@ -332,8 +346,9 @@ class _Streams:
             n, B = self.batch * CHUNK, self.batch
             xs = torch.zeros(len(self.sources), CHUNK, B, self.widths[0])
             ys = torch.zeros(len(self.sources), CHUNK, B, self.widths[1])
-            for s, (sampler, gen, cols) in enumerate(self.sources):
-                x, y = _checked_pair(sampler(n, gen), "the sampler returned")
+            for s, (sampler, gen, cols, member, model) in enumerate(self.sources):
+                x, y = _fitting(_checked_pair(sampler(n, gen), "the sampler returned"), member,
+                                model, "the sampler returned")
                 if x.shape[0] != n:
                     raise ValueError(f"the sampler returned {x.shape[0]} rows when asked for {n}")
                 x, y = x[:, cols].reshape(CHUNK, B, -1), y.reshape(CHUNK, B, -1)
@@ -407,14 +422,15 @@ def _test_sets(members: Sequence[Member], given: Sequence[tuple[Tensor, Tensor]]
         if len(given) != len(members):
             raise ValueError(f"test_sets must hold one test set per member: {len(members)} "
                              f"members, {len(given)} test set(s)")
-        return [_test_pair(m.sampler, m.config, m.seed, pair)
-                for m, pair in zip(members, given, strict=True)]
+        return [_fitting(_test_pair(m.sampler, m.config, m.seed, pair), n, m.model, "test_set is")
+                for n, (m, pair) in enumerate(zip(members, given, strict=True))]
     drawn: dict[Hashable, tuple[Tensor, Tensor]] = {}
     sets = []
     for n, m in enumerate(members):
         key = ("member", n) if m.stream is None else ("stream", m.stream, m.config.test_size)
         if key not in drawn:
-            drawn[key] = _test_pair(m.sampler, m.config, m.seed, None)
+            drawn[key] = _fitting(_test_pair(m.sampler, m.config, m.seed, None), n, m.model,
+                                  "the sampler returned")
         sets.append(drawn[key])
     return sets
 
