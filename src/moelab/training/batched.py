@@ -172,7 +172,9 @@ class _ExpertMaps(torch.autograd.Function):
     def backward(ctx, g_y: Tensor):
         x, w1, w2, a = ctx.saved_tensors
         g_w2 = torch.bmm(g_y, a.transpose(1, 2))  # (N, C, H)
-        g_pre = torch.ops.aten.threshold_backward(torch.bmm(w2.transpose(1, 2), g_y), a, 0)
+        g_a = torch.bmm(w2.transpose(1, 2), g_y)
+        # In place: a fresh (N, H, B) buffer costs more than the mask (page faults on CPU).
+        g_pre = torch.ops.aten.threshold_backward.grad_input(g_a, a, 0, grad_input=g_a)
         g_w1 = torch.bmm(x, g_pre.transpose(1, 2))  # (N, K, H)
         g_x = torch.bmm(w1, g_pre) if ctx.needs_input_grad[0] else None
         return g_x, g_w1, g_w2, g_y.sum(2)
