@@ -88,16 +88,17 @@ REGIMES = (
         budget=LARGE, quick=LARGE_QUICK, init_std=0.02,
     ),
     # The paper's layer (top-1, two-layer ReLU experts of width m, d_out = 1) against the common
-    # eager loop over experts.
+    # eager loop over experts, and one plain MLP of an expert's shape on all T tokens (no router,
+    # no dispatch): the least one eager training step of this size costs.
     Regime(
         name="paper_w10", tokens=128, d_in=64, d_out=1,
         moe=MoEConfig(num_experts=4, experts=ExpertConfig(hidden=10)),
-        baselines=("loop",), budget=SMALL, quick=SMALL_QUICK,
+        baselines=("loop", "dense_active"), budget=SMALL, quick=SMALL_QUICK,
     ),
     Regime(
         name="paper_w128", tokens=128, d_in=64, d_out=1,
         moe=MoEConfig(num_experts=4, experts=ExpertConfig(hidden=128)),
-        baselines=("loop",), budget=SMALL, quick=SMALL_QUICK,
+        baselines=("loop", "dense_active"), budget=SMALL, quick=SMALL_QUICK,
     ),
 )
 
