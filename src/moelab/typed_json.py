@@ -17,11 +17,21 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
+import functools
 import types
 import typing
+from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ADDED_LATER", "NOT_IDENTITY", "build", "describe", "from_json", "to_json"]
+__all__ = ["ADDED_LATER", "NOT_IDENTITY", "build", "describe", "field_types", "from_json",
+           "to_json"]
+
+
+@functools.cache
+def field_types(cls: type) -> Mapping[str, Any]:
+    """The resolved type hints of a dataclass's fields (read-only). Resolving the string
+    annotations is costly (each is compiled and evaluated), so it is done once per class."""
+    return types.MappingProxyType(typing.get_type_hints(cls))
 
 
 def from_json(value: Any, hint: Any, key: str = "") -> Any:
@@ -158,7 +168,7 @@ def _dataclass(cls: type, value: Any, key: str) -> Any:
     if not isinstance(value, dict):
         raise TypeError(f"{key or 'config'} must be a mapping of {cls.__name__} fields, got "
                         f"{type(value).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = field_types(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(value) - set(names))
     if unknown:

@@ -15,7 +15,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any
@@ -25,7 +24,7 @@ from moelab.layers.moe import MoEConfig
 from moelab.tasks.real_data import DATASETS
 from moelab.training.loop import TrainConfig
 from moelab.typed_json import build as _build
-from moelab.typed_json import to_json
+from moelab.typed_json import field_types, to_json
 
 TASK_KINDS = ("manifold", "piecewise", "real")
 MODEL_KINDS = ("moe", "dense")
@@ -210,10 +209,6 @@ AnyRun = RunConfig | ConstructionRun
 
 # -- dotted-path overrides ---------------------------------------------------------------------------
 
-def _hints(cls) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
@@ -262,7 +257,7 @@ def apply_overrides(run: AnyRun, overrides: dict[str, Any]) -> AnyRun:
         parts = key.split(".")
         cls: Any = type(run)
         for depth, part in enumerate(parts):
-            hints = _hints(cls)
+            hints = field_types(cls)
             if part not in hints:
                 prefix = ".".join(parts[:depth])
                 raise ValueError(

@@ -12,6 +12,7 @@ from typing import Any
 
 from moelab.experiments.config import RunConfig
 from moelab.experiments.spec import Experiment
+from moelab.typed_json import field_types
 
 
 def resolve_runs(experiment: Experiment, seeds: int | Sequence[int] | None,
@@ -48,7 +49,7 @@ class SettableKey:
 def settable_keys(config: Any, prefix: str = "") -> Iterator[SettableKey]:
     """Every leaf field of the dataclass ``config`` (nested dataclasses walked), with its value in
     ``config``; read from the dataclass fields, so new fields appear without edits here."""
-    hints = typing.get_type_hints(type(config))
+    hints = field_types(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         key = f"{prefix}{f.name}"
