@@ -33,19 +33,12 @@ from moelab.constructions.manifold import (
 )
 from moelab.constructions.piecewise import (
     interpolant_experts,
-    piecewise_bound,
     piecewise_eval_points,
     piecewise_specs,
-    piecewise_target,
     resolve_piecewise_task,
+    summarize_pieces,
 )
-from moelab.constructions.summary import (
-    ConstructionSummary,
-    eval_points,
-    misrouted_fraction,
-    route,
-    summarize,
-)
+from moelab.constructions.summary import ConstructionSummary, eval_points, route
 from moelab.layers import DeepMoE, MoELayer
 from moelab.tasks import ManifoldTask, PiecewiseTask
 
@@ -126,15 +119,10 @@ def build_nonlinear_piecewise_moe(
     x = piecewise_eval_points(task, per_piece=positive_int("per_piece", per_piece),
                               n_random=n_random, seed=seed)
     y, ids = route(model, x.to(dtype))
-    y_true = task.components(x)
-    layers = list(range(task.L))
-    bound, note = piecewise_bound(task, m)
-    summary = summarize(
-        model, theorem="Thm 5.3 with MLP routers (depth L, suggestion 1)",
-        target=piecewise_target(task),
-        m=m, y_pred=y, y_true=y_true, ids=ids, routing_layers=layers,
-        misrouted=misrouted_fraction(ids, layers, task.pieces(x)),
+    summary = summarize_pieces(
+        model, task, m, x, y, ids, layers=list(range(task.L)),
+        theorem="Thm 5.3 with MLP routers (depth L, suggestion 1)",
         routing_note="points whose layer-l expert is not the piece of x_l, for some l",
-        bound=bound, bound_note=note, extra=_comparison(linear, x.to(dtype), y_true, y),
+        extra=_comparison(linear, x.to(dtype), task.components(x), y),
     )
     return model, summary

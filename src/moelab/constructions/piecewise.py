@@ -33,11 +33,11 @@ bound is max O(m^{-(kappa min 1/2)}), the worst case over C^kappa).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from moelab._validation import positive_int
 from moelab.constructions.assembly import (
@@ -160,6 +160,32 @@ def piecewise_bound(task: PiecewiseTask, m: int) -> tuple[float, str]:
     return bound, "max_{l,i} ||f_{l,i}''|| / (8 m^2), the C^2 interpolation bound"
 
 
+def summarize_pieces(
+    model: nn.Module,
+    task: PiecewiseTask,
+    m: int,
+    x: Tensor,
+    y: Tensor,
+    ids: Tensor,
+    *,
+    layers: Sequence[int],
+    theorem: str,
+    routing_note: str,
+    extra: Mapping[str, float | int | str] | None = None,
+) -> ConstructionSummary:
+    """The summary of a construction for ``task`` whose MoE layer ``layers[l]`` picks the piece of
+    x_l, measured on points x (n, L) with outputs y and top-1 ids (:func:`route`): the error against
+    the components of Eq. (4), the fraction of points with some piece missed (``routing_note`` says
+    which layers) and the interpolation bound (:func:`piecewise_bound`)."""
+    bound, note = piecewise_bound(task, m)
+    return summarize(
+        model, theorem=theorem, target=piecewise_target(task),
+        m=m, y_pred=y, y_true=task.components(x), ids=ids, routing_layers=layers,
+        misrouted=misrouted_fraction(ids, layers, task.pieces(x)), routing_note=routing_note,
+        bound=bound, bound_note=note, extra=extra,
+    )
+
+
 def build_piecewise_moe(
     task_or_E: PiecewiseTask | int,
     L: int | None = None,
@@ -193,15 +219,9 @@ def build_piecewise_moe(
     x = piecewise_eval_points(task, per_piece=positive_int("per_piece", per_piece),
                               n_random=n_random, seed=seed)
     y, ids = route(model, x.to(dtype))
-    choice = choice_layers(task.L)
-    bound, note = piecewise_bound(task, m)
-    summary = summarize(
-        model,
+    summary = summarize_pieces(
+        model, task, m, x, y, ids, layers=choice_layers(task.L),
         theorem="Thm 5.3 (depth-2L MoE, Eq. (4) target)",
-        target=piecewise_target(task),
-        m=m, y_pred=y, y_true=task.components(x), ids=ids, routing_layers=choice,
-        misrouted=misrouted_fraction(ids, choice, task.pieces(x)),
         routing_note="points whose layer-(2l+1) expert is not the piece of x_l, for some l",
-        bound=bound, bound_note=note,
     )
     return model, summary
