@@ -20,6 +20,7 @@ from moelab._validation import one_of, positive_float, positive_int
 from moelab.tasks._common import (
     add_noise,
     as_float64,
+    build_and_sample,
     check_dtype,
     checked_values,
     resolve_generator,
@@ -219,9 +220,7 @@ def make_manifold_task(
         :class:`ManifoldSample` with x (n, D), y and y_clean (n, 1), latent (n, m), chart (n,) and
         the task (for test sets: ``sample.task.sample(n, seed=...)``).
     """
-    n = positive_int("n", n)
-    rng = resolve_generator(seed, generator)
-    return build_manifold_task(manifold, generator=rng, **params).sample(n, generator=rng)
+    return build_and_sample(build_manifold_task, n, manifold, seed=seed, generator=generator, **params)
 
 
 make_manifold_task.__signature__ = with_n(build_manifold_task, make_manifold_task)

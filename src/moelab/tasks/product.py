@@ -32,7 +32,14 @@ import torch
 from torch import Tensor
 
 from moelab._validation import one_of, positive_float, positive_int
-from moelab.tasks._common import add_noise, as_float64, check_dtype, resolve_generator, with_n
+from moelab.tasks._common import (
+    add_noise,
+    as_float64,
+    build_and_sample,
+    check_dtype,
+    resolve_generator,
+    with_n,
+)
 from moelab.tasks.atlas import Atlas, make_atlas
 from moelab.tasks.manifolds import EMBEDDINGS, Manifold, embedding_matrix, make_manifold
 from moelab.tasks.piecewise import (
@@ -272,9 +279,7 @@ def make_product_task(
     Returns:
         :class:`ProductSample`; draw test sets with ``sample.task.sample(n, seed=...)``.
     """
-    n = positive_int("n", n)
-    rng = resolve_generator(seed, generator)
-    return build_product_task(generator=rng, **params).sample(n, generator=rng)
+    return build_and_sample(build_product_task, n, seed=seed, generator=generator, **params)
 
 
 make_product_task.__signature__ = with_n(build_product_task, make_product_task)
