@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from moelab._validation import positive_int
-from moelab.constructions.assembly import Affine, LayerSpec, Net, build_stack, dense_spec, select_router
+from moelab.constructions.assembly import Affine, LayerSpec, Net, build_stack, choice_spec, dense_spec
 from moelab.constructions.baseline import linear_router_misroute
 from moelab.constructions.charts import ChartExpert, chart_experts
 from moelab.constructions.partition import PartitionNet, partition_net
@@ -121,8 +121,7 @@ def manifold_specs(
         maps = tuple(three_layer_expert(ex, D + E, src=0) for ex in experts)
     else:
         raise ValueError(f"expert_depth must be 2 (Cor 4.9) or 3 (Thm 4.8), got {expert_depth!r}")
-    second = LayerSpec(D + E, 1, maps, router=select_router(D + E, D, E))
-    return [dense_spec(first, feature_experts), second]
+    return [dense_spec(first, feature_experts), choice_spec(D, 1, maps)]
 
 
 def chart_bound(experts: tuple[ChartExpert, ...]) -> tuple[float, str]:

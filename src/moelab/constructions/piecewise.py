@@ -45,8 +45,8 @@ from moelab.constructions.assembly import (
     Net,
     build_stack,
     choice_layers,
+    choice_spec,
     dense_spec,
-    select_router,
 )
 from moelab.constructions.interpolation import cell_grid, interpolant, interpolation_bound
 from moelab.constructions.summary import ConstructionSummary, misrouted_fraction, route, summarize
@@ -116,9 +116,7 @@ def interpolant_experts(task: PiecewiseTask, l: int, m: int, d_in: int) -> tuple
 
 def _choice_spec(task: PiecewiseTask, l: int, m: int) -> LayerSpec:
     """Layer 2l + 1: route on the scores (W_R = [0 | I]); expert i interpolates f_{l,i}."""
-    d_in = task.L + task.E
-    return LayerSpec(d_in, task.L, interpolant_experts(task, l, m, d_in),
-                     router=select_router(d_in, task.L, task.E))
+    return choice_spec(task.L, task.L, interpolant_experts(task, l, m, task.L + task.E))
 
 
 def piecewise_specs(task: PiecewiseTask, m: int, *, feature_experts: int = 1) -> list[LayerSpec]:

@@ -32,8 +32,8 @@ from moelab.constructions.assembly import (
     Net,
     build_stack,
     choice_layers,
+    choice_spec,
     dense_spec,
-    select_router,
 )
 from moelab.constructions.charts import ChartExpert, chart_expert
 from moelab.constructions.manifold import chart_bound
@@ -90,7 +90,7 @@ def _choice_spec(task: ProductTask, l: int, experts: tuple[ChartExpert, ...]) ->
         if rest:
             net.carry(l + dims[l], l + 1, rest, lower=-max(a.manifold.radius for a in task.atlases))
         maps.append(net.affine_maps())
-    return LayerSpec(width + E, l + 1 + rest, tuple(maps), router=select_router(width + E, width, E))
+    return choice_spec(width, l + 1 + rest, tuple(maps))
 
 
 def build_product_moe(
