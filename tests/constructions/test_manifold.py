@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from moelab.analysis import expert_paths
-from moelab.constructions import build_manifold_moe, linear_router_misroute, partition_net
+from moelab.constructions import Net, build_manifold_moe, linear_router_misroute, partition_net
 from moelab.constructions.manifold import chart_parts, routed_to_argmax, summarize_charts
 from moelab.constructions.rates import theorem_exponent, width_sweep
 from moelab.constructions.summary import route
@@ -143,3 +143,15 @@ def test_summary_counts_points_routed_outside_their_chart(built):
     assert wrong.misrouted == 1.0
     assert routed_to_argmax(parts.task, x, ids[:, 1]) == 1.0
     assert routed_to_argmax(parts.task, x, opposite[:, 1]) == 0.0
+
+
+def test_partition_net_adds_tau_where_asked():
+    task = task_of("circle", D=4)
+    partition = partition_net(task.atlas)
+    E = task.n_charts
+    net = partition.add_to(Net(6, 2 + E + 1), src=2, dst=2)  # x in inputs 2..5, tau to outputs 2..E+1
+    x = task.sample(300, seed=5).x
+    z = torch.cat([torch.randn(300, 2, generator=torch.Generator().manual_seed(6), dtype=F64), x], dim=1)
+    out = net(z)
+    assert float((out[:, 2:2 + E] - partition(x)).abs().max()) < 1e-12
+    assert not out[:, :2].any() and not out[:, -1].any()

@@ -55,21 +55,6 @@ def target_function(task: ManifoldTask):
     return lambda x: task.target(x)[:, 0].to(_F64)
 
 
-def tau_net(
-    net: Net, partition: PartitionNet, *, src: int, dst: int, D: int, radius: float
-) -> Net:
-    """Add to ``net``: x (inputs src..src+D-1) carried to outputs dst..dst+D-1, tau written after it."""
-    net.carry(src, dst, D, lower=-radius)
-    tau = partition.net
-    w = torch.zeros(tau.units, net.d_in, dtype=_F64)
-    w[:, src:src + D] = tau.weight
-    v = torch.zeros(tau.units, net.d_out, dtype=_F64)
-    v[:, dst + D:dst + D + tau.out.shape[1]] = tau.out
-    net.units(w, tau.bias, v)
-    net.bias[dst + D:dst + D + tau.out.shape[1]] += tau.out_bias
-    return net
-
-
 def three_layer_expert(expert: ChartExpert, d_in: int, src: int) -> list[Affine]:
     """Thm 4.8's expert g_hat(psi(x)): hidden layer 1 computes psi(x) = relu(phi(x)) - relu(-phi(x))
     (2d units), hidden layer 2 g_hat's units on psi, then the output map."""
@@ -114,7 +99,8 @@ def manifold_specs(
     """The two layer specs of the construction (see the module docstring)."""
     task, experts = parts.task, parts.experts
     D, E = task.D, task.n_charts
-    first = tau_net(Net(D, D + E), parts.partition, src=0, dst=0, D=D, radius=task.manifold.radius)
+    first = Net(D, D + E).carry(0, 0, D, lower=-task.manifold.radius)  # x through
+    parts.partition.add_to(first, src=0, dst=D)  # tau appended
     if expert_depth == 2:
         maps = tuple(ex.add_to(Net(D + E, 1), src=0, dst=0).affine_maps() for ex in experts)
     elif expert_depth == 3:

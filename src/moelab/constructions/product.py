@@ -66,13 +66,7 @@ def _feature_spec(task: ProductTask, l: int, partition: PartitionNet, copies: in
     for k in range(l, task.L):
         radius = task.atlases[k].manifold.radius
         if k == l:  # x_l through, tau_l appended at the end
-            tau = partition.net
-            w = torch.zeros(tau.units, width, dtype=_F64)
-            w[:, offset:offset + dims[k]] = tau.weight
-            v = torch.zeros(tau.units, width + E, dtype=_F64)
-            v[:, width:] = tau.out
-            net.units(w, tau.bias, v)
-            net.bias[width:] += tau.out_bias
+            partition.add_to(net, src=offset, dst=width)
         net.carry(offset, offset, dims[k], lower=-radius)
         offset += dims[k]
     return dense_spec(net, copies)
