@@ -74,15 +74,21 @@ def resolve_piecewise_task(
     return replace(task, dtype=_F64, noise=0.0)
 
 
-def _feature_spec(E: int, L: int, l: int, copies: int) -> LayerSpec:
-    """Layer 2l: slots through, plus the scores r_j(x_l) = c_j x_l - c_j^2 / 2 in outputs L..L+E-1."""
-    net = Net(L, L + E)
-    centres = torch.arange(E, dtype=_F64) + 0.5
+def _carry_other_slots(net: Net, L: int, l: int) -> Net:
+    """Add to ``net`` the pass-through of every slot but l: y slots (before l, any sign) with two
+    units each, x slots (after l, >= 0) with one."""
     for slot in range(L):
         if slot < l:
-            net.carry(slot, slot)  # y_slot, any sign
+            net.carry(slot, slot)
         elif slot > l:
-            net.carry(slot, slot, lower=0.0)  # x_slot >= 0
+            net.carry(slot, slot, lower=0.0)
+    return net
+
+
+def _feature_spec(E: int, L: int, l: int, copies: int) -> LayerSpec:
+    """Layer 2l: slots through, plus the scores r_j(x_l) = c_j x_l - c_j^2 / 2 in outputs L..L+E-1."""
+    net = _carry_other_slots(Net(L, L + E), L, l)
+    centres = torch.arange(E, dtype=_F64) + 0.5
     w = torch.zeros(1, L, dtype=_F64)
     w[0, l] = 1.0
     v = torch.zeros(1, L + E, dtype=_F64)
@@ -100,12 +106,7 @@ def interpolant_experts(task: PiecewiseTask, l: int, m: int, d_in: int) -> tuple
     L = task.L
     experts = []
     for i in range(task.E):
-        net = Net(d_in, L)
-        for slot in range(L):
-            if slot < l:
-                net.carry(slot, slot)
-            elif slot > l:
-                net.carry(slot, slot, lower=0.0)
+        net = _carry_other_slots(Net(d_in, L), L, l)
         s = interpolant(task.subfunctions[l][i], float(i), float(i + 1), m)
         w = torch.zeros(m, d_in, dtype=_F64)
         w[:, l] = 1.0
