@@ -28,7 +28,7 @@ from moelab.tasks._common import (
 )
 from moelab.tasks.atlas import Atlas, make_atlas
 from moelab.tasks.base import Sampling
-from moelab.tasks.manifolds import EMBEDDINGS, Manifold, embedding_matrix, make_manifold
+from moelab.tasks.manifolds import EMBEDDINGS, Manifold, embedding_matrix, embedding_width, make_manifold
 from moelab.tasks.targets import Target, make_target
 
 
@@ -188,17 +188,12 @@ def build_manifold_task(
     ``task(n, generator) -> (x, y)``.
     """
     M = make_manifold(manifold, d)
-    D = positive_int("D", D)
-    if M.d >= D:
-        raise ValueError(f"D={D} must exceed the intrinsic dimension d={M.d}")
-    k = M.ambient_dim
-    if k > D:
-        raise ValueError(f"D={D} is too small: the {M.name} with d={M.d} lives in R^{k}; need D >= {k}")
+    D = embedding_width(M, D)
     kind = one_of("embedding", embedding, EMBEDDINGS)
     noise = positive_float("noise", noise, allow_zero=True)
     dtype = check_dtype(dtype)
     rng = resolve_generator(seed, generator)
-    P = embedding_matrix(kind, k, D, rng)
+    P = embedding_matrix(kind, M.ambient_dim, D, rng)
     atlas = make_atlas(M, n_charts, embedding=P, chart_overlap=chart_overlap, dtype=dtype)
     f = make_target(target, M, smoothness=smoothness, n_ridges=n_ridges, generator=rng)
     return ManifoldTask(manifold=M, atlas=atlas, target_fn=f, noise=noise, dtype=dtype)
