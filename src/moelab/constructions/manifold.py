@@ -93,9 +93,7 @@ def chart_parts(task: ManifoldTask, m: int, *, tau: str, tau_knots: int, seed: i
     return ChartParts(task, m, partition, chart_experts(task.atlas, target_function(task), m))
 
 
-def manifold_specs(
-    parts: ChartParts, *, expert_depth: int = 2, feature_experts: int = 1
-) -> list[LayerSpec]:
+def manifold_specs(parts: ChartParts, *, expert_depth: int = 2, feature_experts: int = 1) -> list[LayerSpec]:
     """The two layer specs of the construction (see the module docstring)."""
     task, experts = parts.task, parts.experts
     D, E = task.D, task.n_charts
@@ -132,13 +130,13 @@ def summarize_charts(
     *,
     layer: int,
     theorem: str,
-    bound_note: str = "",
+    bound_suffix: str = "",
     extra: Mapping[str, float | int | str],
 ) -> ConstructionSummary:
     """The summary of a construction from ``parts`` whose MoE layer ``layer`` picks the chart, measured
     on points x (n, D) with outputs y and top-1 ids (:func:`~moelab.constructions.summary.route`):
     the error against f, the fraction routed outside the chosen chart's domain, the experts' bound
-    (``bound_note`` appended to its description) and ||tau - rho||_inf."""
+    (``bound_suffix`` appended to its description) and ||tau - rho||_inf."""
     task, partition = parts.task, parts.partition
     bound, note = chart_bound(parts.experts)
     return summarize(
@@ -147,7 +145,7 @@ def summarize_charts(
         m=parts.m, y_pred=y, y_true=task.target(x), ids=ids, routing_layers=[layer],
         misrouted=routed_outside(task.atlas, x, ids[:, layer]),
         routing_note="points routed to a chart whose domain does not contain them",
-        bound=bound, bound_note=note + bound_note,
+        bound=bound, bound_note=note + bound_suffix,
         tau_error=partition.error(task.atlas, x), tau_threshold=partition.threshold, extra=extra,
     )
 
@@ -199,6 +197,6 @@ def build_manifold_moe(
         "Thm 4.8 (depth-2 MoE, 3-layer experts)"
     summary = summarize_charts(
         model, parts, x, y, ids, layer=1, theorem=theorem,
-        bound_note="; + 0 for the linear charts" if expert_depth == 3 else "", extra=extra,
+        bound_suffix="; + 0 for the linear charts" if expert_depth == 3 else "", extra=extra,
     )
     return model, summary
