@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from moelab.constructions import LayerSpec, Net, build_layer, interpolant, interpolation_error
+from moelab.constructions.assembly import choice_spec
 from moelab.constructions.interpolation import interpolation_bound
 from moelab.constructions.ridge import directions, fit_ridge, ridge_units
 from moelab.layers import MoELayer
@@ -82,3 +83,19 @@ def test_build_layer_writes_experts_and_router_into_a_plain_moe_layer():
     assert torch.equal(out.routing.top1(), (~pick0).long())
     expected = torch.where(pick0[:, None], 2 * x, -x)
     assert float((out.y - expected).abs().max()) < 1e-13
+
+
+def test_choice_layer_routes_on_the_scores_after_the_state():
+    # state (x_0, x_1), then 3 scores; expert e writes e + x_0 whatever the scores are
+    experts = tuple(Net(5, 1).carry(0, 0).affine_maps() for _ in range(3))
+    for e, maps in enumerate(experts):
+        maps[-1][1][0] += e
+    spec = choice_spec(2, 1, experts)
+    assert (spec.d_in, spec.d_out, spec.num_experts) == (5, 1, 3)
+    layer = build_layer(spec)
+    assert not layer.config.router.bias
+    x = torch.randn(200, 5, generator=torch.Generator().manual_seed(3), dtype=F64)
+    x[:, :2] *= 100  # a large state must not sway the choice: W_R = [0 | I]
+    out = layer.run(x)
+    assert torch.equal(out.routing.top1(), x[:, 2:].argmax(dim=1))
+    assert float((out.y[:, 0] - x[:, 0] - x[:, 2:].argmax(dim=1)).abs().max()) < 1e-10

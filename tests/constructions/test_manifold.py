@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from moelab.analysis import expert_paths
-from moelab.constructions import build_manifold_moe, linear_router_misroute, partition_net
+from moelab.constructions import Net, build_manifold_moe, linear_router_misroute, partition_net
+from moelab.constructions.manifold import chart_parts, routed_to_argmax, summarize_charts
 from moelab.constructions.rates import theorem_exponent, width_sweep
+from moelab.constructions.summary import route
 from moelab.layers import DeepMoE, MoELayer
 from moelab.tasks import build_manifold_task
 
@@ -123,3 +125,33 @@ def test_three_layer_experts_compute_the_same_function(built):
 def test_expert_depth_must_be_2_or_3():
     with pytest.raises(ValueError, match="expert_depth"):
         build_manifold_moe(task_of("circle"), 8, expert_depth=4)
+
+
+def test_summary_counts_points_routed_outside_their_chart(built):
+    """The misroute fraction the manifold constructions report (shared by the MLP-router one): the
+    share of points whose chosen chart's domain does not contain them, not a mismatch with argmax rho."""
+    task, model, _ = built["circle"]
+    parts = chart_parts(task, 32, tau="auto", tau_knots=16, seed=0)
+    x = parts.task.sample(400, seed=21).x
+    y, ids = route(model, x)
+    E = task.n_charts
+    right = summarize_charts(model, parts, x, y, ids, layer=1, theorem="t", extra={})
+    assert right.misrouted == 0 and right.tau_error < right.tau_threshold
+    opposite = ids.clone()
+    opposite[:, 1] = (parts.task.atlas.chart_of(x) + E // 2) % E  # the far side of the circle
+    wrong = summarize_charts(model, parts, x, y, opposite, layer=1, theorem="t", extra={})
+    assert wrong.misrouted == 1.0
+    assert routed_to_argmax(parts.task, x, ids[:, 1]) == 1.0
+    assert routed_to_argmax(parts.task, x, opposite[:, 1]) == 0.0
+
+
+def test_partition_net_adds_tau_where_asked():
+    task = task_of("circle", D=4)
+    partition = partition_net(task.atlas)
+    E = task.n_charts
+    net = partition.add_to(Net(6, 2 + E + 1), src=2, dst=2)  # x in inputs 2..5, tau to outputs 2..E+1
+    x = task.sample(300, seed=5).x
+    z = torch.cat([torch.randn(300, 2, generator=torch.Generator().manual_seed(6), dtype=F64), x], dim=1)
+    out = net(z)
+    assert float((out[:, 2:2 + E] - partition(x)).abs().max()) < 1e-12
+    assert not out[:, :2].any() and not out[:, -1].any()

@@ -8,6 +8,8 @@ import torch
 from moelab.analysis import count_pieces, expert_paths, fit_rate
 from moelab.constructions import build_piecewise_moe
 from moelab.constructions.interpolation import cell_grid
+from moelab.constructions.piecewise import summarize_pieces
+from moelab.constructions.summary import route
 from moelab.layers import DeepMoE, MoELayer
 from moelab.tasks import build_piecewise_task
 
@@ -124,3 +126,19 @@ def test_bad_arguments_are_named():
         build_piecewise_moe(build_piecewise_task(E=3, L=2), 2, m=4)
     with pytest.raises(ValueError, match="m must be >= 1"):
         build_piecewise_moe(3, 2, m=0)
+
+
+def test_summary_counts_points_with_some_piece_missed():
+    """The misroute fraction the Eq. (4) constructions report (shared by the MLP-router one): a point
+    counts once one of its routing layers misses its piece."""
+    task = build_piecewise_task(E=3, L=2, dtype=F64)
+    model, _ = build_piecewise_moe(task, m=4, per_piece=10, n_random=50)
+    x = torch.tensor([[0.5, 0.5], [1.5, 2.5], [2.5, 1.5], [0.5, 2.5]], dtype=F64)
+    y, ids = route(model, x)
+    layers = [1, 3]
+    assert summarize_pieces(model, task, 4, x, y, ids, layers=layers, theorem="t",
+                            routing_note="n").misrouted == 0
+    wrong = ids.clone()
+    wrong[:2, 3] = (wrong[:2, 3] + 1) % 3  # second coordinate missed on two of four points
+    summary = summarize_pieces(model, task, 4, x, y, wrong, layers=layers, theorem="t", routing_note="n")
+    assert summary.misrouted == 0.5 and summary.paths_seen == 4 and summary.paths_possible == 9

@@ -14,6 +14,7 @@ import torch
 from moelab.tasks import (
     build_manifold_task,
     build_piecewise_task,
+    build_product_task,
     make_manifold_task,
     make_piecewise_task,
     make_product_task,
@@ -94,3 +95,24 @@ def test_product_sample_is_the_documented_draw():
     _equal(s.piece_id, charts[0] * 3 + charts[1])
     assert torch.allclose(s.y_clean, y_clean, atol=1e-6)
     assert torch.allclose(s.y, y.float(), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("make", "build", "args", "kwargs"),
+    [
+        (make_manifold_task, build_manifold_task, ("sphere",),
+         dict(D=5, embedding="isometry", target="ridge", noise=0.1)),
+        (make_product_task, build_product_task, (),
+         dict(E=4, D=3, subfunctions="ridge", embedding="isometry", noise=0.1)),
+    ],
+    ids=["manifold", "product"],
+)
+def test_make_draws_the_task_then_continues_from_the_same_state(make, build, args, kwargs):
+    """make_*(n, seed=s): the task's own draws (isometries, ridge targets), then the samples and the
+    noise, all from one generator seeded with s."""
+    s = make(*args, 40, seed=6, **kwargs)
+    rng = torch.Generator().manual_seed(6)
+    expected = build(*args, generator=rng, **kwargs).sample(40, generator=rng)
+    for name in ("x", "y", "y_clean", "latent", "region"):
+        _equal(getattr(s, name), getattr(expected, name))
+    _equal(s.task.target(s.x), expected.task.target(expected.x))

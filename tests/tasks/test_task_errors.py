@@ -26,6 +26,13 @@ def test_D_below_native_ambient_dimension():
         make_manifold_task("torus", 10, D=3, d=2)
 
 
+def test_product_block_too_narrow_names_the_block():
+    with pytest.raises(ValueError, match=r"D=2 \(block 1\) must exceed the intrinsic dimension d=2"):
+        make_product_task(10, E=3, D=[3, 2], manifolds=["circle", "sphere"])
+    with pytest.raises(ValueError, match=r"D=3 \(block 0\) is too small.*R\^4.*D >= 4"):
+        make_product_task(10, E=4, D=[3, 4], manifolds=["torus", "circle"], d=[2, None])
+
+
 def test_d_impossible_for_a_fixed_dimension_manifold():
     with pytest.raises(ValueError, match=r"d=2 is impossible for manifold='circle'"):
         make_manifold_task("circle", 10, D=4, d=2)

@@ -215,8 +215,11 @@ def choice_layers(L: int) -> list[int]:
     return list(range(1, 2 * L, 2))
 
 
-def select_router(d_in: int, offset: int, num_experts: int) -> tuple[Tensor, None]:
-    """The paper's W_R = [0 | I | 0]: logits are inputs offset..offset+E-1, no bias."""
-    w = torch.zeros(d_in, num_experts, dtype=_F64)
-    w[offset:offset + num_experts] = torch.eye(num_experts, dtype=_F64)
-    return w, None
+def choice_spec(width: int, d_out: int, experts: tuple[list[Affine], ...]) -> LayerSpec:
+    """A choice layer: its input is a state of width ``width`` followed by E = len(experts) routing
+    scores, and its router picks the expert of the largest score, the paper's bias-free
+    W_R = [0 | I] (logits are inputs width..width+E-1)."""
+    E = len(experts)
+    w = torch.zeros(width + E, E, dtype=_F64)
+    w[width:] = torch.eye(E, dtype=_F64)
+    return LayerSpec(width + E, d_out, experts, router=(w, None))

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from moelab._validation import positive_int
+from moelab.constructions.summary import routed_outside
 from moelab.tasks import ManifoldTask
 
 _F64 = torch.float64
@@ -43,11 +44,6 @@ class LinearRouterBaseline:
     @property
     def best(self) -> float:
         return min(self.least_squares, self.logistic)
-
-
-def _misrouted(task: ManifoldTask, x: Tensor, chosen: Tensor) -> float:
-    inside = task.atlas.in_domain(x)
-    return float((~inside[torch.arange(x.shape[0]), chosen]).double().mean())
 
 
 def _logistic(features: Tensor, labels: Tensor, E: int, iters: int) -> Tensor:
@@ -85,6 +81,6 @@ def linear_router_misroute(
     coef_lr = _logistic(A, fit.chart, E, iters)
     x_test = test.x.to(_F64)
     return LinearRouterBaseline(
-        least_squares=_misrouted(task, x_test, (A_test @ coef_ls).argmax(dim=1)),
-        logistic=_misrouted(task, x_test, (A_test @ coef_lr).argmax(dim=1)),
+        least_squares=routed_outside(task.atlas, x_test, (A_test @ coef_ls).argmax(dim=1)),
+        logistic=routed_outside(task.atlas, x_test, (A_test @ coef_lr).argmax(dim=1)),
     )

@@ -27,17 +27,18 @@ Shape legend: n points, D ambient width, d intrinsic dim, E charts, U units.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from moelab._validation import positive_int
-from moelab.constructions.assembly import Affine, LayerSpec, Net, build_stack, dense_spec, select_router
+from moelab.constructions.assembly import Affine, LayerSpec, Net, build_stack, choice_spec, dense_spec
 from moelab.constructions.baseline import linear_router_misroute
 from moelab.constructions.charts import ChartExpert, chart_experts
 from moelab.constructions.partition import PartitionNet, partition_net
-from moelab.constructions.summary import ConstructionSummary, eval_points, route, summarize
+from moelab.constructions.summary import ConstructionSummary, eval_points, route, routed_outside, summarize
 from moelab.layers import DeepMoE
 from moelab.tasks import ManifoldTask
 
@@ -54,21 +55,6 @@ def target_function(task: ManifoldTask):
     return lambda x: task.target(x)[:, 0].to(_F64)
 
 
-def tau_net(
-    net: Net, partition: PartitionNet, *, src: int, dst: int, D: int, radius: float
-) -> Net:
-    """Add to ``net``: x (inputs src..src+D-1) carried to outputs dst..dst+D-1, tau written after it."""
-    net.carry(src, dst, D, lower=-radius)
-    tau = partition.net
-    w = torch.zeros(tau.units, net.d_in, dtype=_F64)
-    w[:, src:src + D] = tau.weight
-    v = torch.zeros(tau.units, net.d_out, dtype=_F64)
-    v[:, dst + D:dst + D + tau.out.shape[1]] = tau.out
-    net.units(w, tau.bias, v)
-    net.bias[dst + D:dst + D + tau.out.shape[1]] += tau.out_bias
-    return net
-
-
 def three_layer_expert(expert: ChartExpert, d_in: int, src: int) -> list[Affine]:
     """Thm 4.8's expert g_hat(psi(x)): hidden layer 1 computes psi(x) = relu(phi(x)) - relu(-phi(x))
     (2d units), hidden layer 2 g_hat's units on psi, then the output map."""
@@ -81,25 +67,45 @@ def three_layer_expert(expert: ChartExpert, d_in: int, src: int) -> list[Affine]
     return [(w1, b1), (w2, local.bias.clone()), (local.out.clone(), local.out_bias.clone())]
 
 
-def manifold_specs(
-    task: ManifoldTask,
-    partition: PartitionNet,
-    experts: tuple[ChartExpert, ...],
-    *,
-    expert_depth: int = 2,
-    feature_experts: int = 1,
-) -> list[LayerSpec]:
+@dataclass(frozen=True, eq=False)
+class ChartParts:
+    """What every construction for a manifold target is made of (:func:`chart_parts`).
+
+    Attributes:
+        task: the task in float64, without noise (:func:`as_float64`).
+        m: the expert width.
+        partition: the partition net tau ~ rho.
+        experts: the E chart experts g_i o phi_i, g_i ~ f o phi_i^{-1}.
+    """
+
+    task: ManifoldTask
+    m: int
+    partition: PartitionNet
+    experts: tuple[ChartExpert, ...]
+
+
+def chart_parts(task: ManifoldTask, m: int, *, tau: str, tau_knots: int, seed: int) -> ChartParts:
+    """``task`` in float64, its partition net (:func:`~moelab.constructions.partition.partition_net`
+    with ``method=tau``, ``knots=tau_knots`` and ``seed``) and its chart experts of width ``m``."""
+    task = as_float64(task)
+    m = positive_int("m", m)
+    partition = partition_net(task.atlas, method=tau, knots=tau_knots, seed=seed)
+    return ChartParts(task, m, partition, chart_experts(task.atlas, target_function(task), m))
+
+
+def manifold_specs(parts: ChartParts, *, expert_depth: int = 2, feature_experts: int = 1) -> list[LayerSpec]:
     """The two layer specs of the construction (see the module docstring)."""
+    task, experts = parts.task, parts.experts
     D, E = task.D, task.n_charts
-    first = tau_net(Net(D, D + E), partition, src=0, dst=0, D=D, radius=task.manifold.radius)
+    first = Net(D, D + E).carry(0, 0, D, lower=-task.manifold.radius)  # x through
+    parts.partition.add_to(first, src=0, dst=D)  # tau appended
     if expert_depth == 2:
         maps = tuple(ex.add_to(Net(D + E, 1), src=0, dst=0).affine_maps() for ex in experts)
     elif expert_depth == 3:
         maps = tuple(three_layer_expert(ex, D + E, src=0) for ex in experts)
     else:
         raise ValueError(f"expert_depth must be 2 (Cor 4.9) or 3 (Thm 4.8), got {expert_depth!r}")
-    second = LayerSpec(D + E, 1, maps, router=select_router(D + E, D, E))
-    return [dense_spec(first, feature_experts), second]
+    return [dense_spec(first, feature_experts), choice_spec(D, 1, maps)]
 
 
 def chart_bound(experts: tuple[ChartExpert, ...]) -> tuple[float, str]:
@@ -110,19 +116,38 @@ def chart_bound(experts: tuple[ChartExpert, ...]) -> tuple[float, str]:
             "max_i sup |g_hat_i - g_i| on a dense grid of phi_i(U_i) (d >= 2, least-squares experts)")
 
 
-def manifold_target(task: ManifoldTask) -> str:
-    """The target of a manifold construction, in words."""
-    return f"f on the {task.manifold.name} (d={task.d}) in R^{task.D}, E={task.n_charts} charts"
+def routed_to_argmax(task: ManifoldTask, x: Tensor, chosen: Tensor) -> float:
+    """The fraction of points x (n, D) whose chosen chart (n,) is argmax_i rho_i(x)."""
+    return float((chosen == task.atlas.chart_of(x)).double().mean())
 
 
-#: What :func:`routing_check`'s first fraction counts.
-OUTSIDE_NOTE = "points routed to a chart whose domain does not contain them"
-
-
-def routing_check(task: ManifoldTask, x: Tensor, chosen: Tensor) -> tuple[float, float]:
-    """(fraction routed to a chart whose domain does not contain x, fraction routed to argmax rho)."""
-    inside = task.atlas.in_domain(x)[torch.arange(x.shape[0]), chosen]
-    return float((~inside).double().mean()), float((chosen == task.atlas.chart_of(x)).double().mean())
+def summarize_charts(
+    model: nn.Module,
+    parts: ChartParts,
+    x: Tensor,
+    y: Tensor,
+    ids: Tensor,
+    *,
+    layer: int,
+    theorem: str,
+    bound_suffix: str = "",
+    extra: Mapping[str, float | int | str],
+) -> ConstructionSummary:
+    """The summary of a construction from ``parts`` whose MoE layer ``layer`` picks the chart, measured
+    on points x (n, D) with outputs y and top-1 ids (:func:`~moelab.constructions.summary.route`):
+    the error against f, the fraction routed outside the chosen chart's domain, the experts' bound
+    (``bound_suffix`` appended to its description) and ||tau - rho||_inf."""
+    task, partition = parts.task, parts.partition
+    bound, note = chart_bound(parts.experts)
+    return summarize(
+        model, theorem=theorem,
+        target=f"f on the {task.manifold.name} (d={task.d}) in R^{task.D}, E={task.n_charts} charts",
+        m=parts.m, y_pred=y, y_true=task.target(x), ids=ids, routing_layers=[layer],
+        misrouted=routed_outside(task.atlas, x, ids[:, layer]),
+        routing_note="points routed to a chart whose domain does not contain them",
+        bound=bound, bound_note=note + bound_suffix,
+        tau_error=partition.error(task.atlas, x), tau_threshold=partition.threshold, extra=extra,
+    )
 
 
 def build_manifold_moe(
@@ -155,31 +180,23 @@ def build_manifold_moe(
     Returns:
         (a :class:`~moelab.layers.DeepMoE` with widths D, D + E, 1; its summary).
     """
-    task = as_float64(task)
-    m = positive_int("m", m)
-    partition = partition_net(task.atlas, method=tau, knots=tau_knots, seed=seed)
-    experts = chart_experts(task.atlas, target_function(task), m)
-    specs = manifold_specs(task, partition, experts, expert_depth=expert_depth,
+    parts = chart_parts(task, m, tau=tau, tau_knots=tau_knots, seed=seed)
+    task, partition = parts.task, parts.partition
+    specs = manifold_specs(parts, expert_depth=expert_depth,
                            feature_experts=positive_int("feature_experts", feature_experts))
     model = build_stack(specs, dtype)
     x = eval_points(task, n_eval, seed)
     y, ids = route(model, x.to(dtype))
-    outside, agree = routing_check(task, x, ids[:, 1])
-    bound, note = chart_bound(experts)
     extra: dict[str, float | int | str] = {
         "tau build": f"{partition.method}, {partition.units} units",
-        "routed to argmax rho": agree,
+        "routed to argmax rho": routed_to_argmax(task, x, ids[:, 1]),
     }
     if linear_baseline:
         extra["linear router misrouted"] = linear_router_misroute(task, seed=seed).best
     theorem = "Cor 4.9 (depth-2 MoE, 2-layer experts)" if expert_depth == 2 else \
         "Thm 4.8 (depth-2 MoE, 3-layer experts)"
-    summary = summarize(
-        model, theorem=theorem,
-        target=manifold_target(task),
-        m=m, y_pred=y, y_true=task.target(x), ids=ids, routing_layers=[1],
-        misrouted=outside, routing_note=OUTSIDE_NOTE,
-        bound=bound, bound_note=note + ("; + 0 for the linear charts" if expert_depth == 3 else ""),
-        tau_error=partition.error(task.atlas, x), tau_threshold=partition.threshold, extra=extra,
+    summary = summarize_charts(
+        model, parts, x, y, ids, layer=1, theorem=theorem,
+        bound_suffix="; + 0 for the linear charts" if expert_depth == 3 else "", extra=extra,
     )
     return model, summary

@@ -25,32 +25,20 @@ from torch import Tensor
 from moelab._validation import positive_int
 from moelab.analysis.params import count_parameters
 from moelab.constructions.assembly import LayerSpec, Net, build_layer, build_stack
-from moelab.constructions.charts import chart_experts
 from moelab.constructions.manifold import (
-    OUTSIDE_NOTE,
-    as_float64,
-    chart_bound,
+    chart_parts,
     manifold_specs,
-    manifold_target,
-    routing_check,
-    target_function,
+    routed_to_argmax,
+    summarize_charts,
 )
-from moelab.constructions.partition import partition_net
 from moelab.constructions.piecewise import (
     interpolant_experts,
-    piecewise_bound,
     piecewise_eval_points,
     piecewise_specs,
-    piecewise_target,
     resolve_piecewise_task,
+    summarize_pieces,
 )
-from moelab.constructions.summary import (
-    ConstructionSummary,
-    eval_points,
-    misrouted_fraction,
-    route,
-    summarize,
-)
+from moelab.constructions.summary import ConstructionSummary, eval_points, route
 from moelab.layers import DeepMoE, MoELayer
 from moelab.tasks import ManifoldTask, PiecewiseTask
 
@@ -81,30 +69,18 @@ def build_nonlinear_manifold_moe(
 ) -> tuple[MoELayer, ConstructionSummary]:
     """One MoE layer with a two-layer ReLU router computing tau ~ rho, and chart experts (Cor 4.9's
     target at depth 1). Arguments as for :func:`~moelab.constructions.manifold.build_manifold_moe`."""
-    task = as_float64(task)
-    m = positive_int("m", m)
-    D = task.D
-    partition = partition_net(task.atlas, method=tau, knots=tau_knots, seed=seed)
-    experts = chart_experts(task.atlas, target_function(task), m)
-    tau_ = partition.net
+    parts = chart_parts(task, m, tau=tau, tau_knots=tau_knots, seed=seed)
+    task, tau_ = parts.task, parts.partition.net
     router = [(tau_.weight.T.contiguous(), tau_.bias), (tau_.out, tau_.out_bias)]
-    maps = tuple(ex.add_to(Net(D, 1), src=0, dst=0).affine_maps() for ex in experts)
-    model = build_layer(LayerSpec(D, 1, maps, mlp_router=router), dtype)
-    linear = build_stack(manifold_specs(task, partition, experts), dtype)
+    maps = tuple(ex.add_to(Net(task.D, 1), src=0, dst=0).affine_maps() for ex in parts.experts)
+    model = build_layer(LayerSpec(task.D, 1, maps, mlp_router=router), dtype)
+    linear = build_stack(manifold_specs(parts), dtype)
     x = eval_points(task, n_eval, seed)
     y, ids = route(model, x.to(dtype))
-    y_true = task.target(x)
-    outside, agree = routing_check(task, x, ids[:, 0])
-    bound, note = chart_bound(experts)
-    extra = {"routed to argmax rho": agree, **_comparison(linear, x.to(dtype), y_true, y)}
-    summary = summarize(
-        model, theorem="Cor 4.9 with an MLP router (depth 1, suggestion 1)",
-        target=manifold_target(task),
-        m=m, y_pred=y, y_true=y_true, ids=ids, routing_layers=[0], misrouted=outside,
-        routing_note=OUTSIDE_NOTE,
-        bound=bound, bound_note=note, tau_error=partition.error(task.atlas, x),
-        tau_threshold=partition.threshold, extra=extra,
-    )
+    extra = {"routed to argmax rho": routed_to_argmax(task, x, ids[:, 0]),
+             **_comparison(linear, x.to(dtype), task.target(x), y)}
+    summary = summarize_charts(model, parts, x, y, ids, layer=0,
+                               theorem="Cor 4.9 with an MLP router (depth 1, suggestion 1)", extra=extra)
     return model, summary
 
 
@@ -143,15 +119,10 @@ def build_nonlinear_piecewise_moe(
     x = piecewise_eval_points(task, per_piece=positive_int("per_piece", per_piece),
                               n_random=n_random, seed=seed)
     y, ids = route(model, x.to(dtype))
-    y_true = task.components(x)
-    layers = list(range(task.L))
-    bound, note = piecewise_bound(task, m)
-    summary = summarize(
-        model, theorem="Thm 5.3 with MLP routers (depth L, suggestion 1)",
-        target=piecewise_target(task),
-        m=m, y_pred=y, y_true=y_true, ids=ids, routing_layers=layers,
-        misrouted=misrouted_fraction(ids, layers, task.pieces(x)),
+    summary = summarize_pieces(
+        model, task, m, x, y, ids, layers=list(range(task.L)),
+        theorem="Thm 5.3 with MLP routers (depth L, suggestion 1)",
         routing_note="points whose layer-l expert is not the piece of x_l, for some l",
-        bound=bound, bound_note=note, extra=_comparison(linear, x.to(dtype), y_true, y),
+        extra=_comparison(linear, x.to(dtype), task.components(x), y),
     )
     return model, summary

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from moelab._validation import one_of, positive_int
+from moelab.constructions.assembly import Net
 from moelab.constructions.ridge import RidgeNet, directions, fit_ridge, ridge_units
 from moelab.tasks import Atlas, CapAtlas, Circle, Sphere, Spiral
 
@@ -68,6 +69,19 @@ class PartitionNet:
     def __call__(self, x_nD: Tensor) -> Tensor:
         """(n, D) -> (n, E) tau(x)."""
         return self.net(x_nD)
+
+    def add_to(self, net: Net, src: int, dst: int) -> Net:
+        """Add tau's units to ``net``: x read at inputs src..src+D-1, tau (E values) added to
+        outputs dst..dst+E-1."""
+        tau = self.net
+        D, E = tau.weight.shape[1], tau.out.shape[1]
+        w = torch.zeros(tau.units, net.d_in, dtype=_F64)
+        w[:, src:src + D] = tau.weight
+        v = torch.zeros(tau.units, net.d_out, dtype=_F64)
+        v[:, dst:dst + E] = tau.out
+        net.units(w, tau.bias, v)
+        net.bias[dst:dst + E] += tau.out_bias
+        return net
 
     def error(self, atlas: Atlas, x_nD: Tensor) -> float:
         """max |tau - rho| over the points ``x_nD`` of M."""

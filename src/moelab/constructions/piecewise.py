@@ -33,11 +33,11 @@ bound is max O(m^{-(kappa min 1/2)}), the worst case over C^kappa).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from moelab._validation import positive_int
 from moelab.constructions.assembly import (
@@ -45,8 +45,8 @@ from moelab.constructions.assembly import (
     Net,
     build_stack,
     choice_layers,
+    choice_spec,
     dense_spec,
-    select_router,
 )
 from moelab.constructions.interpolation import cell_grid, interpolant, interpolation_bound
 from moelab.constructions.summary import ConstructionSummary, misrouted_fraction, route, summarize
@@ -74,15 +74,21 @@ def resolve_piecewise_task(
     return replace(task, dtype=_F64, noise=0.0)
 
 
-def _feature_spec(E: int, L: int, l: int, copies: int) -> LayerSpec:
-    """Layer 2l: slots through, plus the scores r_j(x_l) = c_j x_l - c_j^2 / 2 in outputs L..L+E-1."""
-    net = Net(L, L + E)
-    centres = torch.arange(E, dtype=_F64) + 0.5
+def _carry_other_slots(net: Net, L: int, l: int) -> Net:
+    """Add to ``net`` the pass-through of every slot but l: y slots (before l, any sign) with two
+    units each, x slots (after l, >= 0) with one."""
     for slot in range(L):
         if slot < l:
-            net.carry(slot, slot)  # y_slot, any sign
+            net.carry(slot, slot)
         elif slot > l:
-            net.carry(slot, slot, lower=0.0)  # x_slot >= 0
+            net.carry(slot, slot, lower=0.0)
+    return net
+
+
+def _feature_spec(E: int, L: int, l: int, copies: int) -> LayerSpec:
+    """Layer 2l: slots through, plus the scores r_j(x_l) = c_j x_l - c_j^2 / 2 in outputs L..L+E-1."""
+    net = _carry_other_slots(Net(L, L + E), L, l)
+    centres = torch.arange(E, dtype=_F64) + 0.5
     w = torch.zeros(1, L, dtype=_F64)
     w[0, l] = 1.0
     v = torch.zeros(1, L + E, dtype=_F64)
@@ -100,12 +106,7 @@ def interpolant_experts(task: PiecewiseTask, l: int, m: int, d_in: int) -> tuple
     L = task.L
     experts = []
     for i in range(task.E):
-        net = Net(d_in, L)
-        for slot in range(L):
-            if slot < l:
-                net.carry(slot, slot)
-            elif slot > l:
-                net.carry(slot, slot, lower=0.0)
+        net = _carry_other_slots(Net(d_in, L), L, l)
         s = interpolant(task.subfunctions[l][i], float(i), float(i + 1), m)
         w = torch.zeros(m, d_in, dtype=_F64)
         w[:, l] = 1.0
@@ -116,9 +117,7 @@ def interpolant_experts(task: PiecewiseTask, l: int, m: int, d_in: int) -> tuple
 
 def _choice_spec(task: PiecewiseTask, l: int, m: int) -> LayerSpec:
     """Layer 2l + 1: route on the scores (W_R = [0 | I]); expert i interpolates f_{l,i}."""
-    d_in = task.L + task.E
-    return LayerSpec(d_in, task.L, interpolant_experts(task, l, m, d_in),
-                     router=select_router(d_in, task.L, task.E))
+    return choice_spec(task.L, task.L, interpolant_experts(task, l, m, task.L + task.E))
 
 
 def piecewise_specs(task: PiecewiseTask, m: int, *, feature_experts: int = 1) -> list[LayerSpec]:
@@ -160,6 +159,32 @@ def piecewise_bound(task: PiecewiseTask, m: int) -> tuple[float, str]:
     return bound, "max_{l,i} ||f_{l,i}''|| / (8 m^2), the C^2 interpolation bound"
 
 
+def summarize_pieces(
+    model: nn.Module,
+    task: PiecewiseTask,
+    m: int,
+    x: Tensor,
+    y: Tensor,
+    ids: Tensor,
+    *,
+    layers: Sequence[int],
+    theorem: str,
+    routing_note: str,
+    extra: Mapping[str, float | int | str] | None = None,
+) -> ConstructionSummary:
+    """The summary of a construction for ``task`` whose MoE layer ``layers[l]`` picks the piece of
+    x_l, measured on points x (n, L) with outputs y and top-1 ids (:func:`route`): the error against
+    the components of Eq. (4), the fraction of points with some piece missed (``routing_note`` says
+    which layers) and the interpolation bound (:func:`piecewise_bound`)."""
+    bound, note = piecewise_bound(task, m)
+    return summarize(
+        model, theorem=theorem, target=piecewise_target(task),
+        m=m, y_pred=y, y_true=task.components(x), ids=ids, routing_layers=layers,
+        misrouted=misrouted_fraction(ids, layers, task.pieces(x)), routing_note=routing_note,
+        bound=bound, bound_note=note, extra=extra,
+    )
+
+
 def build_piecewise_moe(
     task_or_E: PiecewiseTask | int,
     L: int | None = None,
@@ -193,15 +218,9 @@ def build_piecewise_moe(
     x = piecewise_eval_points(task, per_piece=positive_int("per_piece", per_piece),
                               n_random=n_random, seed=seed)
     y, ids = route(model, x.to(dtype))
-    choice = choice_layers(task.L)
-    bound, note = piecewise_bound(task, m)
-    summary = summarize(
-        model,
+    summary = summarize_pieces(
+        model, task, m, x, y, ids, layers=choice_layers(task.L),
         theorem="Thm 5.3 (depth-2L MoE, Eq. (4) target)",
-        target=piecewise_target(task),
-        m=m, y_pred=y, y_true=task.components(x), ids=ids, routing_layers=choice,
-        misrouted=misrouted_fraction(ids, choice, task.pieces(x)),
         routing_note="points whose layer-(2l+1) expert is not the piece of x_l, for some l",
-        bound=bound, bound_note=note,
     )
     return model, summary

@@ -32,8 +32,8 @@ from moelab.constructions.assembly import (
     Net,
     build_stack,
     choice_layers,
+    choice_spec,
     dense_spec,
-    select_router,
 )
 from moelab.constructions.charts import ChartExpert, chart_expert
 from moelab.constructions.manifold import chart_bound
@@ -66,13 +66,7 @@ def _feature_spec(task: ProductTask, l: int, partition: PartitionNet, copies: in
     for k in range(l, task.L):
         radius = task.atlases[k].manifold.radius
         if k == l:  # x_l through, tau_l appended at the end
-            tau = partition.net
-            w = torch.zeros(tau.units, width, dtype=_F64)
-            w[:, offset:offset + dims[k]] = tau.weight
-            v = torch.zeros(tau.units, width + E, dtype=_F64)
-            v[:, width:] = tau.out
-            net.units(w, tau.bias, v)
-            net.bias[width:] += tau.out_bias
+            partition.add_to(net, src=offset, dst=width)
         net.carry(offset, offset, dims[k], lower=-radius)
         offset += dims[k]
     return dense_spec(net, copies)
@@ -90,7 +84,7 @@ def _choice_spec(task: ProductTask, l: int, experts: tuple[ChartExpert, ...]) ->
         if rest:
             net.carry(l + dims[l], l + 1, rest, lower=-max(a.manifold.radius for a in task.atlases))
         maps.append(net.affine_maps())
-    return LayerSpec(width + E, l + 1 + rest, tuple(maps), router=select_router(width + E, width, E))
+    return choice_spec(width, l + 1 + rest, tuple(maps))
 
 
 def build_product_moe(

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from moelab._validation import positive_int
 from moelab.analysis.params import count_parameters
 from moelab.layers import DeepMoE, MoELayer
+from moelab.tasks import Atlas
 
 
 @dataclass(frozen=True)
@@ -131,6 +132,15 @@ def misrouted_fraction(ids: Tensor, layers: Sequence[int], truth: Tensor) -> flo
     """The fraction of points whose top-1 expert in some layer ``layers[l]`` is not ``truth[:, l]``;
     ``ids`` (n, MoE layers) from :func:`route`, ``truth`` (n, len(layers)) long."""
     return float((ids[:, list(layers)] != truth).any(dim=1).double().mean())
+
+
+def routed_outside(atlas: Atlas, x: Tensor, chosen: Tensor) -> float:
+    """The fraction of points x (n, D) routed to a chart whose domain does not contain them, given
+    each point's chosen chart ``chosen`` (n,) long: the misroute fraction of whatever routes on the
+    charts of ``atlas`` (a construction's router, a linear baseline), since chart experts are accurate
+    on their own domain only."""
+    inside = atlas.in_domain(x)[torch.arange(x.shape[0]), chosen]
+    return float((~inside).double().mean())
 
 
 def describe(model: nn.Module) -> str:

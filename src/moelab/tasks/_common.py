@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from moelab._validation import positive_int
 
 
 def resolve_generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -66,6 +69,22 @@ def add_noise(y: Tensor, noise: float, rng: torch.Generator) -> Tensor:
     if noise > 0:
         y = y + noise * torch.randn(y.shape, generator=rng, dtype=torch.float64)
     return y
+
+
+def build_and_sample(
+    build: Callable[..., Any],
+    n: int,
+    *args: Any,
+    seed: int | None,
+    generator: torch.Generator | None,
+    **params: Any,
+) -> Any:
+    """``build(*args, generator=rng, **params).sample(n, generator=rng)`` with ``rng`` the random
+    state of ``seed`` or ``generator``: the ``make_*`` of a task whose build draws at random. The
+    task draws first (an isometry, a random target), then the samples continue from the same state."""
+    n = positive_int("n", n)
+    rng = resolve_generator(seed, generator)
+    return build(*args, generator=rng, **params).sample(n, generator=rng)
 
 
 def with_n(build: Callable, make: Callable) -> inspect.Signature:

@@ -20,6 +20,7 @@ from moelab._validation import one_of, positive_float, positive_int
 from moelab.tasks._common import (
     add_noise,
     as_float64,
+    build_and_sample,
     check_dtype,
     checked_values,
     resolve_generator,
@@ -27,7 +28,7 @@ from moelab.tasks._common import (
 )
 from moelab.tasks.atlas import Atlas, make_atlas
 from moelab.tasks.base import Sampling
-from moelab.tasks.manifolds import EMBEDDINGS, Manifold, embedding_matrix, make_manifold
+from moelab.tasks.manifolds import EMBEDDINGS, Manifold, embedding_matrix, embedding_width, make_manifold
 from moelab.tasks.targets import Target, make_target
 
 
@@ -187,17 +188,12 @@ def build_manifold_task(
     ``task(n, generator) -> (x, y)``.
     """
     M = make_manifold(manifold, d)
-    D = positive_int("D", D)
-    if M.d >= D:
-        raise ValueError(f"D={D} must exceed the intrinsic dimension d={M.d}")
-    k = M.ambient_dim
-    if k > D:
-        raise ValueError(f"D={D} is too small: the {M.name} with d={M.d} lives in R^{k}; need D >= {k}")
+    D = embedding_width(M, D)
     kind = one_of("embedding", embedding, EMBEDDINGS)
     noise = positive_float("noise", noise, allow_zero=True)
     dtype = check_dtype(dtype)
     rng = resolve_generator(seed, generator)
-    P = embedding_matrix(kind, k, D, rng)
+    P = embedding_matrix(kind, M.ambient_dim, D, rng)
     atlas = make_atlas(M, n_charts, embedding=P, chart_overlap=chart_overlap, dtype=dtype)
     f = make_target(target, M, smoothness=smoothness, n_ridges=n_ridges, generator=rng)
     return ManifoldTask(manifold=M, atlas=atlas, target_fn=f, noise=noise, dtype=dtype)
@@ -219,9 +215,7 @@ def make_manifold_task(
         :class:`ManifoldSample` with x (n, D), y and y_clean (n, 1), latent (n, m), chart (n,) and
         the task (for test sets: ``sample.task.sample(n, seed=...)``).
     """
-    n = positive_int("n", n)
-    rng = resolve_generator(seed, generator)
-    return build_manifold_task(manifold, generator=rng, **params).sample(n, generator=rng)
+    return build_and_sample(build_manifold_task, n, manifold, seed=seed, generator=generator, **params)
 
 
 make_manifold_task.__signature__ = with_n(build_manifold_task, make_manifold_task)

@@ -360,6 +360,20 @@ def make_manifold(name: str | Manifold, d: int | None = None) -> Manifold:
     return Sphere(d) if name == "sphere" else Torus(d)
 
 
+def embedding_width(M: Manifold, D: object, where: str = "") -> int:
+    """``D`` as an int if ``M`` fits in R^D (D > d, and D >= its native ambient width k), else a
+    ValueError naming D and, with ``where`` (e.g. ``" (block 1)"``), which D it was."""
+    D = positive_int("D", D)
+    if M.d >= D:
+        raise ValueError(f"D={D}{where} must exceed the intrinsic dimension d={M.d}")
+    k = M.ambient_dim
+    if k > D:
+        raise ValueError(
+            f"D={D}{where} is too small: the {M.name} with d={M.d} lives in R^{k}; need D >= {k}"
+        )
+    return D
+
+
 def embedding_matrix(kind: str, k: int, D: int, generator: torch.Generator | None = None) -> Tensor:
     """P (D, k) float64 with orthonormal columns: ``"pad"`` = [I_k; 0], ``"isometry"`` = Q of the QR
     factorisation of a Gaussian (D, k) matrix with signs fixed (Haar distributed); the latter draws

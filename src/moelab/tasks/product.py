@@ -32,9 +32,16 @@ import torch
 from torch import Tensor
 
 from moelab._validation import one_of, positive_float, positive_int
-from moelab.tasks._common import add_noise, as_float64, check_dtype, resolve_generator, with_n
+from moelab.tasks._common import (
+    add_noise,
+    as_float64,
+    build_and_sample,
+    check_dtype,
+    resolve_generator,
+    with_n,
+)
 from moelab.tasks.atlas import Atlas, make_atlas
-from moelab.tasks.manifolds import EMBEDDINGS, Manifold, embedding_matrix, make_manifold
+from moelab.tasks.manifolds import EMBEDDINGS, Manifold, embedding_matrix, embedding_width, make_manifold
 from moelab.tasks.piecewise import (
     OUTPUTS,
     PieceIds,
@@ -166,12 +173,7 @@ def _block_atlases(
     atlases = []
     for l, (name, D_l, d_l) in enumerate(zip(manifolds, dims, ds, strict=True)):
         M = make_manifold(name, d_l)
-        D_l = positive_int("D", D_l)
-        if M.d >= D_l or M.ambient_dim > D_l:
-            raise ValueError(
-                f"D={D_l} (block {l}) is too small for the {M.name} with d={M.d}: "
-                f"need D > d and D >= {M.ambient_dim}"
-            )
+        D_l = embedding_width(M, D_l, f" (block {l})")
         P = embedding_matrix(embedding, M.ambient_dim, D_l, rng)
         atlases.append(make_atlas(M, E, embedding=P, chart_overlap=chart_overlap, dtype=dtype))
     return tuple(atlases)
@@ -272,9 +274,7 @@ def make_product_task(
     Returns:
         :class:`ProductSample`; draw test sets with ``sample.task.sample(n, seed=...)``.
     """
-    n = positive_int("n", n)
-    rng = resolve_generator(seed, generator)
-    return build_product_task(generator=rng, **params).sample(n, generator=rng)
+    return build_and_sample(build_product_task, n, seed=seed, generator=generator, **params)
 
 
 make_product_task.__signature__ = with_n(build_product_task, make_product_task)
