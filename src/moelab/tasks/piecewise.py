@@ -52,6 +52,7 @@ class ParabolaPiece:
     """f_i(z) = (-1)^i i (z - i + 1)(z - i) on [i - 1, i], paper's 1-based ``i``."""
 
     i: int
+    pointwise: ClassVar[bool] = True  # see evaluate_components
 
     def __call__(self, z: Tensor) -> Tensor:
         return (-1) ** self.i * self.i * (z - self.i + 1) * (z - self.i)
@@ -62,6 +63,7 @@ class QuarticPiece:
     """f_i(z) = i (i - 1 - z)^2 (z - i)^2 on [i - 1, i], paper's 1-based ``i`` (Experiment II)."""
 
     i: int
+    pointwise: ClassVar[bool] = True  # see evaluate_components
 
     def __call__(self, z: Tensor) -> Tensor:
         return self.i * (self.i - 1 - z).pow(2) * (z - self.i).pow(2)
@@ -107,9 +109,20 @@ def evaluate_components(
     subfunctions: Sequence[Sequence[Callable[[Tensor], Tensor]]], piece: Tensor, inputs: Sequence[Tensor]
 ) -> Tensor:
     """(n, L) float64 values f_{l, piece[:, l]} of each row of ``inputs[l]`` (n, ...), the argument
-    of coordinate or block l; every subfunction must return one value per row it is given."""
+    of coordinate or block l; every subfunction must return one value per row it is given.
+
+    Each subfunction sees only the rows of its own piece, unless every subfunction of a row
+    declares ``pointwise = True`` (each value depends on its own row alone and is defined on every
+    row, as for the built-in pieces): those are evaluated on all rows and the values picked per
+    row, which gives the same numbers without selecting each piece's rows.
+    """
     out = torch.zeros(piece.shape, dtype=torch.float64)
     for l, row in enumerate(subfunctions):
+        if all(getattr(f, "pointwise", False) for f in row):
+            values = torch.stack([checked_values(f, inputs[l], f"subfunctions[{l}][{j}]")
+                                  for j, f in enumerate(row)])  # (E, n)
+            out[:, l] = values.gather(0, piece[None, :, l]).squeeze(0)
+            continue
         for j, f in enumerate(row):
             hit = piece[:, l] == j
             if hit.any():
