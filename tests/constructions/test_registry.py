@@ -37,3 +37,27 @@ def test_unknown_keywords_and_values_are_refused():
         CONSTRUCTIONS["thm5.3"](width=3)
     with pytest.raises(ValueError, match="target"):
         CONSTRUCTIONS["nonlinear-router"](target="torus")
+
+
+def test_cor49_fits_the_linear_routers_once_per_task(monkeypatch):
+    """The linear routers' misroute fraction does not depend on m: a sweep over m fits them once,
+    and reports what build_manifold_moe(linear_baseline=True) reports."""
+    import moelab.constructions.registry as registry
+    from moelab.constructions import build_manifold_moe
+    from moelab.constructions.baseline import MISROUTE_ENTRY
+
+    fits = []
+    real = registry.linear_router_misroute
+    monkeypatch.setattr(registry, "linear_router_misroute",
+                        lambda task, **kw: fits.append(task) or real(task, **kw))
+    registry._linear_misroute.cache_clear()
+    try:
+        _, wide = CONSTRUCTIONS["cor4.9"](D=5, m=8)
+        _, narrow = CONSTRUCTIONS["cor4.9"](D=5, m=4)
+    finally:
+        registry._linear_misroute.cache_clear()
+    assert len(fits) == 1
+    _, direct = build_manifold_moe(registry._manifold_task("circle", 5, None, "pad", 0), 4,
+                                   linear_baseline=True)
+    assert narrow.extra == direct.extra
+    assert wide.extra[MISROUTE_ENTRY] == narrow.extra[MISROUTE_ENTRY]

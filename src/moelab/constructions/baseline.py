@@ -34,6 +34,10 @@ from moelab.tasks import ManifoldTask
 _F64 = torch.float64
 
 
+#: The summary entry (``extra``) under which constructions report :attr:`LinearRouterBaseline.best`.
+MISROUTE_ENTRY = "linear router misrouted"
+
+
 @dataclass(frozen=True)
 class LinearRouterBaseline:
     """Misroute fractions (routed chart's domain does not contain the point) of two linear routers."""

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from moelab._validation import positive_int
 from moelab.constructions.assembly import Affine, LayerSpec, Net, build_stack, choice_spec, dense_spec
-from moelab.constructions.baseline import linear_router_misroute
+from moelab.constructions.baseline import MISROUTE_ENTRY, linear_router_misroute
 from moelab.constructions.charts import ChartExpert, chart_experts
 from moelab.constructions.partition import PartitionNet, partition_net
 from moelab.constructions.summary import ConstructionSummary, eval_points, route, routed_outside, summarize
@@ -192,7 +192,7 @@ def build_manifold_moe(
         "routed to argmax rho": routed_to_argmax(task, x, ids[:, 1]),
     }
     if linear_baseline:
-        extra["linear router misrouted"] = linear_router_misroute(task, seed=seed).best
+        extra[MISROUTE_ENTRY] = linear_router_misroute(task, seed=seed).best
     theorem = "Cor 4.9 (depth-2 MoE, 2-layer experts)" if expert_depth == 2 else \
         "Thm 4.8 (depth-2 MoE, 3-layer experts)"
     summary = summarize_charts(

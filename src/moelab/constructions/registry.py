@@ -21,6 +21,7 @@ name                keyword arguments (defaults)
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import torch
@@ -28,6 +29,7 @@ from torch import nn
 
 from moelab._validation import one_of
 from moelab.analysis import count_pieces
+from moelab.constructions.baseline import MISROUTE_ENTRY, linear_router_misroute
 from moelab.constructions.manifold import build_manifold_moe
 from moelab.constructions.nonlinear import build_nonlinear_manifold_moe, build_nonlinear_piecewise_moe
 from moelab.constructions.piecewise import build_piecewise_moe
@@ -62,11 +64,23 @@ def _manifold_task(manifold: str, D: int, E: int | None, embedding: str, seed: i
                                dtype=torch.float64)
 
 
+@functools.lru_cache(maxsize=32)
+def _linear_misroute(manifold: str, D: int, E: int | None, embedding: str, seed: int) -> float:
+    """The linear routers' misroute fraction on the task of these arguments: it does not depend on
+    the width m, so a sweep over m fits the routers once per task (per process)."""
+    task = _manifold_task(manifold, D, E, embedding, seed)
+    return linear_router_misroute(task, seed=seed).best
+
+
 def cor49(*, manifold: str = "circle", D: int = 16, E: int | None = None, m: int | None = None,
           embedding: str = "pad", seed: int = 0) -> Built:
-    """Cor 4.9 on Experiment I's target sin(5 x_1) + cos(3 x_2) on ``manifold`` in R^D."""
+    """Cor 4.9 on Experiment I's target sin(5 x_1) + cos(3 x_2) on ``manifold`` in R^D, with the
+    misroute fraction of linear routers on raw x (``build_manifold_moe``'s ``linear_baseline``)."""
     task = _manifold_task(manifold, D, E, embedding, seed)
-    return build_manifold_moe(task, _width(m, manifold), seed=seed, linear_baseline=True)
+    model, summary = build_manifold_moe(task, _width(m, manifold), seed=seed)
+    misrouted = _linear_misroute(manifold, D, E, embedding, seed)
+    extra = {**summary.extra, MISROUTE_ENTRY: misrouted}
+    return model, dataclasses.replace(summary, extra=extra)
 
 
 def thm48(*, manifold: str = "circle", D: int = 16, E: int | None = None, m: int | None = None,
