@@ -64,3 +64,14 @@ def test_str_reads_like_a_report_line():
 def test_bad_input_raises(sizes, errors, kwargs, match):
     with pytest.raises(ValueError, match=match):
         fit_rate(sizes, errors, **kwargs)
+
+
+def test_interval_half_width_is_student_t_quantile_times_stderr():
+    from scipy import stats
+
+    x = np.array([16.0, 32.0, 64.0, 128.0, 256.0])
+    y = x**-1.2 * np.array([1.1, 0.9, 1.05, 0.97, 1.02])
+    fit = fit_rate(x, y, confidence=0.9)
+    half = stats.t.ppf(0.95, df=3) * fit.stderr
+    assert fit.ci_high - fit.slope == pytest.approx(half, rel=1e-12)
+    assert fit.slope - fit.ci_low == pytest.approx(half, rel=1e-12)
