@@ -19,18 +19,8 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Literal
 
-from moelab.analysis import RateFit
-from moelab.reporting.grid import (
-    Cell,
-    Grid,
-    Key,
-    MissingData,
-    Select,
-    fit_slope,
-    loglog_crossing,
-    max_over_min,
-    metric,
-)
+from moelab.analysis.rates import RateFit, fit_slope, loglog_crossing, max_over_min
+from moelab.reporting.grid import Cell, Grid, Key, MissingData, Select, metric
 from moelab.reporting.text import (
     FigureSpec,
     Table,

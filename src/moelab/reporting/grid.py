@@ -9,7 +9,6 @@ formats.
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,7 +17,6 @@ from typing import Any
 
 import numpy as np
 
-from moelab.analysis import RateFit, fit_rate
 from moelab.experiments.spec import Experiment
 from moelab.experiments.store import StoredRun
 from moelab.training.streams import STREAM_FIELDS
@@ -254,47 +252,3 @@ def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
 
-
-# -- the numbers checks compare: slopes, flatness, crossings ---------------------------------------
-
-def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> RateFit | None:
-    """Least-squares slope of log(error) on log(size) over the finite, positive pairs; None with
-    fewer than two distinct sizes. Uses :func:`moelab.analysis.fit_rate` (t-based 95% interval)."""
-    pairs = [(float(s), float(e)) for s, e in zip(sizes, errors, strict=True)
-             if e is not None and s > 0 and math.isfinite(e) and e > 0]
-    if len({s for s, _ in pairs}) < 2:
-        return None
-    return fit_rate(*zip(*pairs, strict=True))
-
-
-def max_over_min(values: Iterable[float]) -> float:
-    """max/min of the finite positive values (NaN with none): 1.0 means perfectly flat."""
-    v = [x for x in values if math.isfinite(x) and x > 0]
-    return max(v) / min(v) if v else math.nan
-
-
-@dataclass(frozen=True)
-class Crossing:
-    """Where a log-log curve reaches a target value. ``bound`` is ``"="`` (interpolated inside the
-    curve), ``"<="`` (already reached at the smallest size) or ``">"`` (never reached: the value is
-    the largest size tried)."""
-
-    size: float
-    bound: str
-
-
-def loglog_crossing(sizes: Sequence[float], values: Sequence[float], target: float
-                    ) -> Crossing | None:
-    """The smallest size at which the piecewise log-log-linear curve through (sizes, values) first
-    comes down to ``target``. Points are sorted by size; non-finite or non-positive values dropped."""
-    pts = sorted((s, v) for s, v in zip(sizes, values, strict=True)
-                 if s > 0 and math.isfinite(v) and v > 0)
-    if not pts or not (math.isfinite(target) and target > 0):
-        return None
-    if pts[0][1] <= target:
-        return Crossing(pts[0][0], "<=")
-    for (s0, v0), (s1, v1) in itertools.pairwise(pts):
-        if v1 <= target:
-            t = (math.log(v0) - math.log(target)) / (math.log(v0) - math.log(v1))
-            return Crossing(math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0))), "=")
-    return Crossing(pts[-1][0], ">")
