@@ -1,7 +1,7 @@
 """Reporting: the results report of an output directory (markdown, PNG figures, CSV/JSON exports).
 
-matplotlib is used here and, through :mod:`moelab.reporting.figures`, by the ``analyze-hf``
-report of :mod:`moelab.interop`; figures are drawn on the Agg canvas. The registry declares each
+Figures are drawn by :mod:`moelab.plots` (shared with the ``analyze-hf`` report of
+:mod:`moelab.interop`) on the Agg canvas. The registry declares each
 experiment's checks, tables and figures with :mod:`moelab.reporting.declare` (no matplotlib); the
 names below are imported on first use, so declaring stays cheap.
 """

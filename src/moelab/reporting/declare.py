@@ -374,7 +374,7 @@ class Curves:
     reference: Mapping[str, Mapping[float, float]] = field(default_factory=dict)
 
     def figures(self, grid: Grid) -> list[FigureSpec]:
-        from moelab.reporting import figures as F
+        from moelab import plots as F
 
         out, per = [], (self.per,) if self.per is not None else ()
         by_panel = (self.panels,) if self.panels else ()
@@ -392,7 +392,7 @@ class Curves:
         return out
 
     def _curves(self, grid: Grid, cells: Sequence[Cell]) -> tuple:
-        from moelab.reporting import figures as F
+        from moelab import plots as F
 
         curves, colors = [], {}
         series = grid.split(cells, (self.series,) if self.series else ())
@@ -430,7 +430,7 @@ class Pictures:
     last: Key | None = None
 
     def figures(self, grid: Grid) -> list[FigureSpec]:
-        from moelab.reporting import figures as F
+        from moelab import plots as F
 
         pictures = []
         for (label,), cells in grid.split(grid.select(self.where), (self.panels,)).items():

@@ -21,8 +21,8 @@ from moelab.atomic import atomic_write
 from moelab.experiments.registry import EXPERIMENTS
 from moelab.experiments.spec import Experiment
 from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
+from moelab.plots import png_bytes, points_figure
 from moelab.reporting.declare import Columns
-from moelab.reporting.figures import png_bytes, points_figure
 from moelab.reporting.grid import Grid, MissingData, build_grid, deviations
 from moelab.reporting.text import FigureSpec, Section, duration, slug
 

@@ -1,4 +1,4 @@
-"""The report's figures: no y axis zoomed into rounding noise, legends beside the data."""
+"""moelab's figures: no y axis zoomed into rounding noise, legends beside the data."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from moelab.reporting import figures as F
+from moelab import plots as F
 
 
 def test_a_flat_curve_is_not_zoomed_into_rounding_noise():
