@@ -7,13 +7,14 @@ from dataclasses import dataclass
 
 import pytest
 
+from moelab.experiments.checks import Check, Flat, Verdict, status_of
 from moelab.experiments.config import TaskSpec
+from moelab.experiments.displays import Curves, Table
 from moelab.experiments.registry import EXPERIMENTS, register, unnamed
 from moelab.experiments.spec import Axis, Experiment
 from moelab.experiments.store import ResultStore
 from moelab.reporting import build_section
-from moelab.reporting.declare import Check, Curves, Flat
-from moelab.reporting.text import Table, Verdict, status_of
+from moelab.reporting.markdown import table_markdown
 
 
 @dataclass(frozen=True)
@@ -89,5 +90,5 @@ def test_new_kinds_of_declaration_render_without_changes_to_the_report(toy_runs)
     assert [(v.status, v.check) for v in section.verdicts] == [
         ("HELD", "small (D 8)"), ("HELD", "small (D 16)"),
         ("NOT HELD", "tiny (D 8)"), ("NOT HELD", "tiny (D 16)")]
-    assert [t.markdown() for t in section.tables] == [
+    assert [table_markdown(t) for t in section.tables] == [
         "**grid points**\n\n| cells |\n| --- |\n| 2 |"]

@@ -6,13 +6,15 @@ import math
 
 import pytest
 
+from moelab.experiments.checks import status_of
 from moelab.experiments.config import TaskSpec
+from moelab.experiments.displays import Table, path_names
+from moelab.experiments.formats import cell, ratio, sci
+from moelab.experiments.grid import build_grid, spread
 from moelab.experiments.registry import unnamed
 from moelab.experiments.spec import Axis, Experiment
 from moelab.experiments.store import StoredRun
-from moelab.reporting.declare import path_names
-from moelab.reporting.grid import build_grid, spread
-from moelab.reporting.text import Table, cell, ratio, sci, status_of
+from moelab.reporting.markdown import table_markdown
 
 
 def test_spread_is_median_min_max_of_the_finite_values():
@@ -38,7 +40,7 @@ def test_formats_and_status():
 def test_table_rejects_ragged_rows():
     with pytest.raises(ValueError, match="has 1 cells, header has 2"):
         Table("t", ("a", "b"), (("x",),))
-    assert Table("t", ("a", "b"), (("x", "1|2"),)).markdown().endswith("| x | 1/2 |")
+    assert table_markdown(Table("t", ("a", "b"), (("x", "1|2"),))).endswith("| x | 1/2 |")
 
 
 def test_a_keyed_axis_places_its_cells_by_their_config_value_not_their_label():

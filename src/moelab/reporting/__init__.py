@@ -1,18 +1,14 @@
 """Reporting: the results report of an output directory (markdown, PNG figures, CSV/JSON exports).
 
-Figures are drawn by :mod:`moelab.plots` (shared with the ``analyze-hf`` report of
-:mod:`moelab.interop`) on the Agg canvas. The registry declares each
-experiment's checks, tables and figures with :mod:`moelab.reporting.declare` (no matplotlib); the
-names below are imported on first use, so declaring stays cheap.
+Each experiment declares its checks, tables and figures with its grid in the registry
+(:mod:`moelab.experiments.checks`, :mod:`moelab.experiments.displays`); reporting renders them
+for the experiments of a results database and writes the files. Figures are drawn by
+:mod:`moelab.plots`.
 """
 
-from importlib import import_module
+from moelab.experiments.checks import Verdict
+from moelab.experiments.displays import FigureSpec, Table
+from moelab.reporting.markdown import Section
+from moelab.reporting.report import build_section, write_report
 
 __all__ = ["FigureSpec", "Section", "Table", "Verdict", "build_section", "write_report"]
-
-
-def __getattr__(name: str):
-    if name not in __all__:
-        raise AttributeError(f"module 'moelab.reporting' has no attribute {name!r}")
-    module = "report" if name in ("build_section", "write_report") else "text"
-    return getattr(import_module(f"moelab.reporting.{module}"), name)

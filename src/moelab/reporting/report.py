@@ -18,13 +18,14 @@ from pathlib import Path
 
 from moelab import __version__
 from moelab.atomic import atomic_write
+from moelab.experiments.displays import Columns, FigureSpec
+from moelab.experiments.formats import duration, slug
+from moelab.experiments.grid import Grid, MissingData, build_grid, deviations
 from moelab.experiments.registry import EXPERIMENTS
 from moelab.experiments.spec import Experiment
 from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
 from moelab.plots import png_bytes, points_figure
-from moelab.reporting.declare import Columns
-from moelab.reporting.grid import Grid, MissingData, build_grid, deviations
-from moelab.reporting.text import FigureSpec, Section, duration, slug
+from moelab.reporting.markdown import Section
 
 Lookup = Callable[[str], Sequence[StoredRun]]
 REPORT_NAME = "report.md"

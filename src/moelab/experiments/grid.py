@@ -1,10 +1,11 @@
-"""Runs arranged on their experiment's grid, and the numbers the report reads off them.
+"""Runs arranged on their experiment's grid, and the numbers its checks and report read off them.
 
 One :class:`Cell` per distinct configuration, its seeds pooled, each metric summarised over seeds
 as a :class:`Spread`. Runs whose configurations differ are never pooled: where two such runs share
 their labels, each setting they differ in becomes an extra axis of the grid (e.g. ``train.steps``).
 :func:`deviations` says how the runs differ from the registered experiment. Nothing here draws or
-formats.
+formats: the checks (:mod:`moelab.experiments.checks`) and displays
+(:mod:`moelab.experiments.displays`) an experiment declares evaluate on a :class:`Grid`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from moelab.analysis.rates import RateFit, fit_slope
 from moelab.experiments.spec import Experiment
 from moelab.experiments.store import StoredRun
 from moelab.training.streams import STREAM_FIELDS
@@ -170,6 +172,10 @@ class Grid:
     def select(self, where: Select | None = None) -> list[Cell]:
         return [c for c in self.cells if c.matches(where)]
 
+    def groups(self, where: Select | None, per: Sequence[Key]) -> dict[tuple[str, ...], list[Cell]]:
+        """The cells ``where`` selects, per combination of ``per`` and of the split-off settings."""
+        return self.split(self.select(where), tuple(per) + self.extra)
+
     def split(self, cells: Sequence[Cell], keys: Sequence[Key]) -> dict[tuple[str, ...], list[Cell]]:
         """``cells`` grouped by their labels along ``keys``, in the registry's order."""
         groups: dict[tuple[str, ...], list[Cell]] = {}
@@ -179,6 +185,18 @@ class Grid:
         return dict(sorted(groups.items(), key=lambda item: tuple(
             (r.index(v) if v in r else len(r), natural_key(v))
             for r, v in zip(ranks, item[0], strict=True))))
+
+
+def loglog_slope(cells: Sequence[Cell], x: Key, name: str) -> RateFit | None:
+    """The fitted log-log slope of metric ``name`` in ``x`` over every run of ``cells`` that has a
+    position along ``x``."""
+    pts = [(at, metric(r, name)) for c in cells if (at := c.x(x)) is not None for r in c.runs]
+    return fit_slope([a for a, _ in pts], [b for _, b in pts])
+
+
+def largest(cells: Sequence[Cell], x: Key | None) -> Cell:
+    """The cell furthest along ``x`` (the last of ``cells`` if ``x`` is None)."""
+    return max(cells, key=lambda c: c.x(x) or -math.inf) if x is not None else cells[-1]
 
 
 def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> Grid:
