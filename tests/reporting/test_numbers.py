@@ -8,13 +8,13 @@ import pytest
 
 from moelab.experiments.checks import status_of
 from moelab.experiments.config import TaskSpec
-from moelab.experiments.displays import Table, path_names
 from moelab.experiments.formats import cell, ratio, sci
 from moelab.experiments.grid import build_grid, spread
 from moelab.experiments.registry import unnamed
 from moelab.experiments.spec import Axis, Experiment
 from moelab.experiments.store import StoredRun
 from moelab.reporting.markdown import table_markdown
+from moelab.reporting.render import Table, path_names
 
 
 def test_spread_is_median_min_max_of_the_finite_values():

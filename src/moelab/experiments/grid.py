@@ -4,8 +4,9 @@ One :class:`Cell` per distinct configuration, its seeds pooled, each metric summ
 as a :class:`Spread`. Runs whose configurations differ are never pooled: where two such runs share
 their labels, each setting they differ in becomes an extra axis of the grid (e.g. ``train.steps``).
 :func:`deviations` says how the runs differ from the registered experiment. Nothing here draws or
-formats: the checks (:mod:`moelab.experiments.checks`) and displays
-(:mod:`moelab.experiments.displays`) an experiment declares evaluate on a :class:`Grid`.
+formats: the checks an experiment declares (:mod:`moelab.experiments.checks`) evaluate on a
+:class:`Grid`, and :mod:`moelab.reporting.render` renders its displays
+(:mod:`moelab.experiments.displays`) from one.
 """
 
 from __future__ import annotations

@@ -2,13 +2,20 @@
 
 Each experiment declares its checks, tables and figures with its grid in the registry
 (:mod:`moelab.experiments.checks`, :mod:`moelab.experiments.displays`); reporting renders them
-for the experiments of a results database and writes the files. Figures are drawn by
-:mod:`moelab.plots`.
+(:mod:`moelab.reporting.render`) for the experiments of a results database and writes the files.
+matplotlib is used here only, and through :mod:`moelab.plots` by the ``analyze-hf`` report of
+:mod:`moelab.interop`. The names below are imported on first use.
 """
 
-from moelab.experiments.checks import Verdict
-from moelab.experiments.displays import FigureSpec, Table
-from moelab.reporting.markdown import Section
-from moelab.reporting.report import build_section, write_report
+from importlib import import_module
 
 __all__ = ["FigureSpec", "Section", "Table", "Verdict", "build_section", "write_report"]
+_HOME = {"FigureSpec": "moelab.reporting.render", "Table": "moelab.reporting.render",
+         "Section": "moelab.reporting.markdown", "Verdict": "moelab.experiments.checks",
+         "build_section": "moelab.reporting.report", "write_report": "moelab.reporting.report"}
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'moelab.reporting' has no attribute {name!r}")
+    return getattr(import_module(_HOME[name]), name)

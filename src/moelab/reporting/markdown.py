@@ -1,14 +1,14 @@
 """The report's markdown: a verdict as a line, a table, and each experiment's section. The
-verdicts, tables and figures come from what the experiment declares
-(:mod:`moelab.experiments.checks`, :mod:`moelab.experiments.displays`); only their writing is here."""
+verdicts come from the experiment's checks (:mod:`moelab.experiments.checks`), the tables and
+figures from its displays (:mod:`moelab.reporting.render`); only their writing is here."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from moelab.experiments.checks import Verdict
-from moelab.experiments.displays import FigureSpec, Table
 from moelab.experiments.formats import duration
+from moelab.reporting.render import FigureSpec, Table
 
 
 def verdict_line(verdict: Verdict) -> str:
