@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 
 from moelab.atomic import atomic_write
 from moelab.interop.routing_analysis import ModelAnalysis, most_common_paths
-from moelab.plots import figure, png_bytes
+from moelab.reporting.figures import figure, png_bytes
 
 REPORT_NAME = "report.md"
 DATA_NAME = "analysis.json"

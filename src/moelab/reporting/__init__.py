@@ -3,8 +3,10 @@
 Each experiment declares its checks, tables and figures with its grid in the registry
 (:mod:`moelab.experiments.checks`, :mod:`moelab.experiments.displays`); reporting renders them
 (:mod:`moelab.reporting.render`) for the experiments of a results database and writes the files.
-matplotlib is used here only, and through :mod:`moelab.plots` by the ``analyze-hf`` report of
-:mod:`moelab.interop`. The names below are imported on first use.
+matplotlib is used here only (:mod:`moelab.reporting.figures`, on the Agg canvas), and through
+that module by the ``analyze-hf`` report of :mod:`moelab.interop`. The names below are imported
+on first use, so importing :mod:`moelab.reporting.figures` loads neither the registry nor the
+report writer.
 """
 
 from importlib import import_module

@@ -1,7 +1,7 @@
 """The tables and figures of an experiment's section, rendered from what it declares
 (:mod:`moelab.experiments.displays`) and the grid of its runs: a :class:`Table` of preformatted
 strings (written as markdown by :mod:`moelab.reporting.markdown`), a :class:`FigureSpec` whose
-``make()`` draws with :mod:`moelab.plots`.
+``make()`` draws with :mod:`moelab.reporting.figures`.
 
 :func:`render_tables` and :func:`render_figures` dispatch on the declaration's type
 (:func:`functools.singledispatch`): a new kind of display is a declaration in experiments and its
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from functools import partial, singledispatch
 from typing import TYPE_CHECKING
 
-from moelab import plots as F
 from moelab.analysis.rates import max_over_min
 from moelab.experiments.displays import Columns, Curves, Pictures, Related, VersusPaper
 from moelab.experiments.formats import (
@@ -32,6 +31,7 @@ from moelab.experiments.formats import (
 )
 from moelab.experiments.grid import Cell, Grid, MissingData, largest, loglog_slope
 from moelab.experiments.paper import paper_slope
+from moelab.reporting import figures as F
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

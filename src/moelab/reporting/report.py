@@ -24,7 +24,7 @@ from moelab.experiments.grid import Grid, MissingData, build_grid, deviations
 from moelab.experiments.registry import EXPERIMENTS
 from moelab.experiments.spec import Experiment
 from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
-from moelab.plots import png_bytes, points_figure
+from moelab.reporting.figures import png_bytes, points_figure
 from moelab.reporting.markdown import Section
 from moelab.reporting.render import FigureSpec, render_figures, render_tables
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from moelab import plots as F
+from moelab.reporting import figures as F
 
 
 def test_a_flat_curve_is_not_zoomed_into_rounding_noise():
