@@ -1,4 +1,5 @@
-"""fit_rate: slopes, t-based intervals and their coverage, display, validation."""
+"""fit_rate: slopes, t-based intervals and their coverage, display, validation; fit_slope,
+max_over_min and loglog_crossing on measured sweeps."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import pytest
 
 from moelab.analysis import fit_rate
+from moelab.analysis.rates import fit_slope, loglog_crossing, max_over_min
 
 
 def test_recovers_a_noisy_power_law_and_its_interval_contains_the_slope():
@@ -75,3 +77,26 @@ def test_interval_half_width_is_student_t_quantile_times_stderr():
     half = stats.t.ppf(0.95, df=3) * fit.stderr
     assert fit.ci_high - fit.slope == pytest.approx(half, rel=1e-12)
     assert fit.slope - fit.ci_low == pytest.approx(half, rel=1e-12)
+
+
+def test_fit_slope_recovers_a_power_law_and_skips_bad_points():
+    sizes = [16, 32, 64, 128, 16]
+    errors = [3.0 * m**-1.5 for m in sizes[:4]] + [float("nan")]
+    fit = fit_slope(sizes, errors)
+    assert fit.slope == pytest.approx(-1.5) and fit.num_points == 4
+    assert fit.predict(64) == pytest.approx(3.0 * 64**-1.5)
+    assert fit.ci_high < 0
+    assert fit_slope([16, 16], [1e-3, 2e-3]) is None
+
+
+def test_loglog_crossing_interpolates_on_log_axes():
+    sizes, values = [100, 1000, 10_000], [1e-2, 1e-3, 1e-4]
+    hit = loglog_crossing(sizes, values, 10 ** -2.5)
+    assert hit.bound == "=" and hit.size == pytest.approx(10**2.5)
+    assert loglog_crossing(sizes, values, 1e-5).bound == ">"
+    assert loglog_crossing(sizes, values, 1.0).bound == "<="
+
+
+def test_max_over_min_is_the_spread_of_the_finite_positive_values():
+    assert max_over_min([3.4e-4, 3.17e-4, 3.42e-4]) == pytest.approx(3.42 / 3.17)
+    assert max_over_min([2.0, math.nan, 0.0, 4.0]) == 2.0 and math.isnan(max_over_min([]))

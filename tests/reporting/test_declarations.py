@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 import pytest
 
+from moelab.experiments.checks import Check, Flat, Verdict, status_of
 from moelab.experiments.config import TaskSpec
+from moelab.experiments.displays import Columns, Curves, Related
 from moelab.experiments.registry import EXPERIMENTS, register, unnamed
 from moelab.experiments.spec import Axis, Experiment
 from moelab.experiments.store import ResultStore
 from moelab.reporting import build_section
-from moelab.reporting.declare import Check, Curves, Flat
-from moelab.reporting.text import Table, Verdict, status_of
+from moelab.reporting.markdown import table_markdown
+from moelab.reporting.render import Table, render_figures, render_tables
 
 
 @dataclass(frozen=True)
@@ -76,18 +78,41 @@ class Small(Check):
 
 @dataclass(frozen=True)
 class CellCount:
-    """A new table: how many grid points there are."""
+    """A new kind of table, declared: how many grid points there are."""
 
-    def tables(self, grid, grid_of):
-        return [Table("grid points", ("cells",), ((str(len(grid.cells)),),))]
+    caption: str = "grid points"
 
 
-def test_new_kinds_of_declaration_render_without_changes_to_the_report(toy_runs):
+@render_tables.register(CellCount)
+def _cell_count(display, grid, grid_of=None):
+    """... and its renderer."""
+    return [Table(display.caption, ("cells",), ((str(len(grid.cells)),),))]
+
+
+def test_a_new_check_and_a_new_table_with_its_renderer_need_no_change_to_the_report(toy_runs):
     runs = toy_runs(checks=(Small("small", limit=1e-2), Small("tiny", limit=1e-4)),
                     tables=(CellCount(),))
     section = build_section("toy", runs)
     assert [(v.status, v.check) for v in section.verdicts] == [
         ("HELD", "small (D 8)"), ("HELD", "small (D 16)"),
         ("NOT HELD", "tiny (D 8)"), ("NOT HELD", "tiny (D 16)")]
-    assert [t.markdown() for t in section.tables] == [
+    assert [table_markdown(t) for t in section.tables] == [
         "**grid points**\n\n| cells |\n| --- |\n| 2 |"]
+
+
+@dataclass(frozen=True)
+class Unrendered:
+    """A table declaration that reporting has no renderer for."""
+
+
+def test_a_declaration_without_a_renderer_is_a_type_error_naming_it(toy_runs):
+    runs = toy_runs(tables=(Unrendered(),))
+    with pytest.raises(TypeError, match=r"no tables renderer for a .*test_declarations\.Unrendered"):
+        build_section("toy", runs)
+    with pytest.raises(TypeError, match=r"no figures renderer for a .*\.Unrendered"):
+        render_figures(Unrendered(), None)
+
+
+def test_a_related_table_needs_the_other_grids():
+    with pytest.raises(TypeError, match=r"Related table \('constructions'\) needs grid_of"):
+        render_tables(Related("constructions", Columns(), missing="run it"), None)

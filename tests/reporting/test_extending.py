@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from moelab.experiments.checks import Flat
 from moelab.experiments.config import TaskSpec
+from moelab.experiments.displays import Curves
 from moelab.experiments.registry import EXPERIMENTS, register, unnamed
 from moelab.experiments.spec import Axis, Experiment
 from moelab.experiments.store import ResultStore
 from moelab.reporting import write_report
-from moelab.reporting.declare import Curves, Flat
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "extending.md"
 

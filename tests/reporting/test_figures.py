@@ -1,4 +1,4 @@
-"""The report's figures: no y axis zoomed into rounding noise, legends beside the data."""
+"""moelab's figures: no y axis zoomed into rounding noise, legends beside the data."""
 
 from __future__ import annotations
 

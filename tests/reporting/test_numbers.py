@@ -6,13 +6,15 @@ import math
 
 import pytest
 
+from moelab.experiments.checks import status_of
 from moelab.experiments.config import TaskSpec
+from moelab.experiments.formats import cell, ratio, sci
+from moelab.experiments.grid import build_grid, spread
 from moelab.experiments.registry import unnamed
 from moelab.experiments.spec import Axis, Experiment
 from moelab.experiments.store import StoredRun
-from moelab.reporting.declare import path_names
-from moelab.reporting.grid import build_grid, fit_slope, loglog_crossing, max_over_min, spread
-from moelab.reporting.text import Table, cell, ratio, sci, status_of
+from moelab.reporting.markdown import table_markdown
+from moelab.reporting.render import Table, path_names
 
 
 def test_spread_is_median_min_max_of_the_finite_values():
@@ -20,24 +22,6 @@ def test_spread_is_median_min_max_of_the_finite_values():
     assert (s.median, s.low, s.high, s.n, s.missing) == (2.5, 1.0, 10.0, 4, 2)
     assert cell(s) == "2.50e+00 [1.00e+00, 1.00e+01] (2 runs without a finite value)"
     assert not spread([float("inf")]).ok and cell(spread([])) == "n/a"
-
-
-def test_fit_slope_recovers_a_power_law_and_skips_bad_points():
-    sizes = [16, 32, 64, 128, 16]
-    errors = [3.0 * m**-1.5 for m in sizes[:4]] + [float("nan")]
-    fit = fit_slope(sizes, errors)
-    assert fit.slope == pytest.approx(-1.5) and fit.num_points == 4
-    assert fit.predict(64) == pytest.approx(3.0 * 64**-1.5)
-    assert fit.ci_high < 0
-    assert fit_slope([16, 16], [1e-3, 2e-3]) is None
-
-
-def test_loglog_crossing_interpolates_on_log_axes():
-    sizes, values = [100, 1000, 10_000], [1e-2, 1e-3, 1e-4]
-    hit = loglog_crossing(sizes, values, 10 ** -2.5)
-    assert hit.bound == "=" and hit.size == pytest.approx(10**2.5)
-    assert loglog_crossing(sizes, values, 1e-5).bound == ">"
-    assert loglog_crossing(sizes, values, 1.0).bound == "<="
 
 
 def test_path_names_decode_mixed_radix_first_layer_most_significant():
@@ -49,7 +33,6 @@ def test_path_names_decode_mixed_radix_first_layer_most_significant():
 def test_formats_and_status():
     assert sci(3.4e-4) == "3.40e-04" and sci(math.nan) == "n/a"
     assert ratio(1.0) == "1.00" and ratio(22.64) == "22.6"
-    assert max_over_min([3.4e-4, 3.17e-4, 3.42e-4]) == pytest.approx(3.42 / 3.17)
     assert [status_of(f) for f in ([True, True], [True, False], [False], [])] == [
         "HELD", "PARTLY", "NOT HELD", "NO DATA"]
 
@@ -57,7 +40,7 @@ def test_formats_and_status():
 def test_table_rejects_ragged_rows():
     with pytest.raises(ValueError, match="has 1 cells, header has 2"):
         Table("t", ("a", "b"), (("x",),))
-    assert Table("t", ("a", "b"), (("x", "1|2"),)).markdown().endswith("| x | 1/2 |")
+    assert table_markdown(Table("t", ("a", "b"), (("x", "1|2"),))).endswith("| x | 1/2 |")
 
 
 def test_a_keyed_axis_places_its_cells_by_their_config_value_not_their_label():

@@ -3,13 +3,16 @@
 The paper's theorems predict exponents: sup error O(m^{-K/D}) for a dense two-layer net (Thm 3.1),
 O~(m^{-(kappa/d min 1/2)}) for an MoE on a d-dimensional manifold (Thm 4.8) and per piece for deep
 MoEs (Thm 5.2/5.3). :func:`fit_rate` measures the exponent of a sweep (errors against width m, or
-against sample or parameter count) so it can be set beside the predicted one.
+against sample or parameter count) so it can be set beside the predicted one; :func:`fit_slope`
+does so for measured sweeps (skipping diverged points), :func:`max_over_min` says how flat a sweep
+is and :func:`loglog_crossing` where its curve reaches a given error.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,3 +124,46 @@ def fit_rate(
         r2=r2, num_points=n, confidence=confidence,
         predicted=None if predicted is None else float(predicted),
     )
+
+
+def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> RateFit | None:
+    """Least-squares slope of log(error) on log(size) over the finite, positive pairs; None with
+    fewer than two distinct sizes. Uses :func:`fit_rate` (t-based 95% interval)."""
+    pairs = [(float(s), float(e)) for s, e in zip(sizes, errors, strict=True)
+             if e is not None and s > 0 and math.isfinite(e) and e > 0]
+    if len({s for s, _ in pairs}) < 2:
+        return None
+    return fit_rate(*zip(*pairs, strict=True))
+
+
+def max_over_min(values: Iterable[float]) -> float:
+    """max/min of the finite positive values (NaN with none): 1.0 means perfectly flat."""
+    v = [x for x in values if math.isfinite(x) and x > 0]
+    return max(v) / min(v) if v else math.nan
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """Where a log-log curve reaches a target value. ``bound`` is ``"="`` (interpolated inside the
+    curve), ``"<="`` (already reached at the smallest size) or ``">"`` (never reached: the value is
+    the largest size tried)."""
+
+    size: float
+    bound: str
+
+
+def loglog_crossing(sizes: Sequence[float], values: Sequence[float], target: float
+                    ) -> Crossing | None:
+    """The smallest size at which the piecewise log-log-linear curve through (sizes, values) first
+    comes down to ``target``. Points are sorted by size; non-finite or non-positive values dropped."""
+    pts = sorted((s, v) for s, v in zip(sizes, values, strict=True)
+                 if s > 0 and math.isfinite(v) and v > 0)
+    if not pts or not (math.isfinite(target) and target > 0):
+        return None
+    if pts[0][1] <= target:
+        return Crossing(pts[0][0], "<=")
+    for (s0, v0), (s1, v1) in itertools.pairwise(pts):
+        if v1 <= target:
+            t = (math.log(v0) - math.log(target)) / (math.log(v0) - math.log(v1))
+            return Crossing(math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0))), "=")
+    return Crossing(pts[-1][0], ">")

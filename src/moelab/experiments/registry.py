@@ -1,7 +1,8 @@
 """The named experiments, each written once: its grid (a base configuration and the axes over it)
-and what its report checks and shows (:mod:`moelab.reporting.declare`). ``@register(name)`` is the
-one place an experiment's name is written; variants are overrides of a base configuration, never
-copies. docs/extending.md shows how to add one.
+and what its report checks and shows (:mod:`moelab.experiments.checks`,
+:mod:`moelab.experiments.displays`), beside the paper's own numbers (:mod:`moelab.experiments.paper`).
+``@register(name)`` is the one place an experiment's name is written; variants are overrides of a
+base configuration, never copies. docs/extending.md shows how to add one.
 
 Recipes (applied identically to every model an experiment compares):
 
@@ -19,6 +20,7 @@ import functools
 from collections.abc import Callable
 from dataclasses import replace
 
+from moelab.experiments.checks import Beats, Bounds, CostToMatch, Flat, NearReference, Slopes
 from moelab.experiments.config import (
     ConstructionRun,
     ModelSpec,
@@ -26,22 +28,10 @@ from moelab.experiments.config import (
     TaskSpec,
     apply_overrides,
 )
+from moelab.experiments.displays import Columns, Curves, Pictures, Related, VersusPaper
+from moelab.experiments.paper import TABLE3, TABLE4
 from moelab.experiments.spec import Axis, Experiment
 from moelab.layers import ExpertConfig, MoEConfig
-from moelab.reporting.declare import (
-    Beats,
-    Bounds,
-    Columns,
-    CostToMatch,
-    Curves,
-    Flat,
-    NearReference,
-    Pictures,
-    Related,
-    Slopes,
-    VersusPaper,
-)
-from moelab.reporting.paper import TABLE3, TABLE4
 from moelab.training.loop import TrainConfig
 
 PAPER_RECIPE: dict[str, object] = {"train.lr": 1e-3, "train.schedule": "constant"}

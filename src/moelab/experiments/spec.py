@@ -7,8 +7,9 @@ times the seeds. User overrides (``--set``) are applied last, to every run, and 
 identical are run once.
 
 The report part is declared with the experiment (see docs/extending.md): ``checks`` (each gives
-verdicts, e.g. :class:`moelab.reporting.declare.Flat`), ``tables`` and ``figures``; the generic
-report section renders them from the experiment's axes.
+verdicts, e.g. :class:`moelab.experiments.checks.Flat`), ``tables`` and ``figures``
+(:mod:`moelab.experiments.displays`); the generic report section renders them from the
+experiment's axes.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ class Axis:
 @dataclass(frozen=True, kw_only=True)
 class Experiment:
     """A named experiment (see the module docstring). ``claim`` is the paper's claim it tests;
-    ``checks``, ``tables`` and ``figures`` are declarations of :mod:`moelab.reporting.declare`.
+    ``checks``, ``tables`` and ``figures`` are declarations of :mod:`moelab.experiments.checks` and
+    :mod:`moelab.experiments.displays`.
 
     The name is stamped on the base configuration (``base.experiment``), so it is written once:
     the registry's ``register`` decorator gives it, and the base may leave its ``experiment``

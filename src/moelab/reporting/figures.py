@@ -1,4 +1,6 @@
-"""The report's figures: functions that take plain numbers and return a matplotlib ``Figure``.
+"""moelab's figures: functions that take plain numbers and return a matplotlib ``Figure``, for the
+results report (curves, routing pictures) and the ``analyze-hf`` report of :mod:`moelab.interop`
+(which draws its own on :func:`figure` and saves them with :func:`png_bytes`).
 
 Figures are built on the Agg canvas directly (``FigureCanvasAgg``), never through pyplot, so
 drawing a report neither needs a display nor changes the backend of the process that asked for it.

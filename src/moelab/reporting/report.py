@@ -18,13 +18,15 @@ from pathlib import Path
 
 from moelab import __version__
 from moelab.atomic import atomic_write
+from moelab.experiments.displays import Columns
+from moelab.experiments.formats import duration, slug
+from moelab.experiments.grid import Grid, MissingData, build_grid, deviations
 from moelab.experiments.registry import EXPERIMENTS
 from moelab.experiments.spec import Experiment
 from moelab.experiments.store import DB_NAME, ResultStore, StoredRun
-from moelab.reporting.declare import Columns
 from moelab.reporting.figures import png_bytes, points_figure
-from moelab.reporting.grid import Grid, MissingData, build_grid, deviations
-from moelab.reporting.text import FigureSpec, Section, duration, slug
+from moelab.reporting.markdown import Section
+from moelab.reporting.render import FigureSpec, render_figures, render_tables
 
 Lookup = Callable[[str], Sequence[StoredRun]]
 REPORT_NAME = "report.md"
@@ -144,8 +146,8 @@ def build_section(experiment: str, runs: Sequence[StoredRun], *,
     checks, tables, figures = (exp.checks, exp.tables, exp.figures) if exp else ((), (), ())
     verdicts = _declared(checks, notes, lambda s: [
         replace(v, provisional=provisional) for v in s.evaluate(grid)])
-    tables = _declared(tables or (Columns(),), notes, lambda s: s.tables(grid, grid_of))
-    figures = _declared(figures, notes, lambda s: s.figures(grid)) or _points(grid)
+    tables = _declared(tables or (Columns(),), notes, lambda s: render_tables(s, grid, grid_of))
+    figures = _declared(figures, notes, lambda s: render_figures(s, grid)) or _points(grid)
     return Section(
         experiment=experiment, title=exp.title if exp else experiment,
         claim=exp.claim if exp else UNREGISTERED, num_runs=len(runs),

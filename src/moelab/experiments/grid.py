@@ -1,15 +1,16 @@
-"""Runs arranged on their experiment's grid, and the numbers the report reads off them.
+"""Runs arranged on their experiment's grid, and the numbers its checks and report read off them.
 
 One :class:`Cell` per distinct configuration, its seeds pooled, each metric summarised over seeds
 as a :class:`Spread`. Runs whose configurations differ are never pooled: where two such runs share
 their labels, each setting they differ in becomes an extra axis of the grid (e.g. ``train.steps``).
 :func:`deviations` says how the runs differ from the registered experiment. Nothing here draws or
-formats.
+formats: the checks an experiment declares (:mod:`moelab.experiments.checks`) evaluate on a
+:class:`Grid`, and :mod:`moelab.reporting.render` renders its displays
+(:mod:`moelab.experiments.displays`) from one.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -18,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from moelab.analysis import RateFit, fit_rate
+from moelab.analysis.rates import RateFit, fit_slope
 from moelab.experiments.spec import Experiment
 from moelab.experiments.store import StoredRun
 from moelab.training.streams import STREAM_FIELDS
@@ -172,6 +173,10 @@ class Grid:
     def select(self, where: Select | None = None) -> list[Cell]:
         return [c for c in self.cells if c.matches(where)]
 
+    def groups(self, where: Select | None, per: Sequence[Key]) -> dict[tuple[str, ...], list[Cell]]:
+        """The cells ``where`` selects, per combination of ``per`` and of the split-off settings."""
+        return self.split(self.select(where), tuple(per) + self.extra)
+
     def split(self, cells: Sequence[Cell], keys: Sequence[Key]) -> dict[tuple[str, ...], list[Cell]]:
         """``cells`` grouped by their labels along ``keys``, in the registry's order."""
         groups: dict[tuple[str, ...], list[Cell]] = {}
@@ -181,6 +186,18 @@ class Grid:
         return dict(sorted(groups.items(), key=lambda item: tuple(
             (r.index(v) if v in r else len(r), natural_key(v))
             for r, v in zip(ranks, item[0], strict=True))))
+
+
+def loglog_slope(cells: Sequence[Cell], x: Key, name: str) -> RateFit | None:
+    """The fitted log-log slope of metric ``name`` in ``x`` over every run of ``cells`` that has a
+    position along ``x``."""
+    pts = [(at, metric(r, name)) for c in cells if (at := c.x(x)) is not None for r in c.runs]
+    return fit_slope([a for a, _ in pts], [b for _, b in pts])
+
+
+def largest(cells: Sequence[Cell], x: Key | None) -> Cell:
+    """The cell furthest along ``x`` (the last of ``cells`` if ``x`` is None)."""
+    return max(cells, key=lambda c: c.x(x) or -math.inf) if x is not None else cells[-1]
 
 
 def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> Grid:
@@ -254,47 +271,3 @@ def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
 def _text(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str) if not isinstance(value, str) else value
 
-
-# -- the numbers checks compare: slopes, flatness, crossings ---------------------------------------
-
-def fit_slope(sizes: Sequence[float], errors: Sequence[float | None]) -> RateFit | None:
-    """Least-squares slope of log(error) on log(size) over the finite, positive pairs; None with
-    fewer than two distinct sizes. Uses :func:`moelab.analysis.fit_rate` (t-based 95% interval)."""
-    pairs = [(float(s), float(e)) for s, e in zip(sizes, errors, strict=True)
-             if e is not None and s > 0 and math.isfinite(e) and e > 0]
-    if len({s for s, _ in pairs}) < 2:
-        return None
-    return fit_rate(*zip(*pairs, strict=True))
-
-
-def max_over_min(values: Iterable[float]) -> float:
-    """max/min of the finite positive values (NaN with none): 1.0 means perfectly flat."""
-    v = [x for x in values if math.isfinite(x) and x > 0]
-    return max(v) / min(v) if v else math.nan
-
-
-@dataclass(frozen=True)
-class Crossing:
-    """Where a log-log curve reaches a target value. ``bound`` is ``"="`` (interpolated inside the
-    curve), ``"<="`` (already reached at the smallest size) or ``">"`` (never reached: the value is
-    the largest size tried)."""
-
-    size: float
-    bound: str
-
-
-def loglog_crossing(sizes: Sequence[float], values: Sequence[float], target: float
-                    ) -> Crossing | None:
-    """The smallest size at which the piecewise log-log-linear curve through (sizes, values) first
-    comes down to ``target``. Points are sorted by size; non-finite or non-positive values dropped."""
-    pts = sorted((s, v) for s, v in zip(sizes, values, strict=True)
-                 if s > 0 and math.isfinite(v) and v > 0)
-    if not pts or not (math.isfinite(target) and target > 0):
-        return None
-    if pts[0][1] <= target:
-        return Crossing(pts[0][0], "<=")
-    for (s0, v0), (s1, v1) in itertools.pairwise(pts):
-        if v1 <= target:
-            t = (math.log(v0) - math.log(target)) / (math.log(v0) - math.log(v1))
-            return Crossing(math.exp(math.log(s0) + t * (math.log(s1) - math.log(s0))), "=")
-    return Crossing(pts[-1][0], ">")
