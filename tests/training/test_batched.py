@@ -176,6 +176,25 @@ def test_the_compiled_loss_trains_as_the_eager_one(monkeypatch):
                                                                 rel=1e-5)
 
 
+def test_a_failing_compile_falls_back_to_eager_and_says_so(monkeypatch):
+    runs = _runs(table3(), {"D": ("16", "32"), "recipe": ("paper",)})
+    runs = [apply_overrides(r, {"train.steps": 3, "train.log_every": 1}) for r in runs]
+    eager = train_batched(_members(runs))
+
+    def broken(fn, **kwargs):
+        def compiled(*args):
+            raise RuntimeError("no C++ compiler")
+        return compiled
+
+    monkeypatch.setenv("MOELAB_COMPILE", "1")
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.warns(RuntimeWarning, match="torch.compile failed .RuntimeError: no C.. "
+                                            "compiler.; training eagerly"):
+        fallback = train_batched(_members(runs))
+    for a, b in zip(eager, fallback, strict=True):
+        assert b.final.mse == a.final.mse and b.history == a.history
+
+
 def test_given_test_sets_are_checked_like_the_loops():
     runs = _runs(table3(), {"D": ("16", "32"), "recipe": ("paper",)})
     runs = [apply_overrides(r, {"train.steps": 2}) for r in runs]

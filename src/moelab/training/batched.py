@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -411,9 +412,29 @@ def _aux_rows(routes, experts: list[int]) -> dict[str, Tensor]:
 
 
 def _compiled(fn):
+    """``fn`` compiled with ``torch.compile`` when ``MOELAB_COMPILE=1``, else ``fn`` itself. If
+    compiling fails at the first call (no working C++ compiler, an unsupported op, ...), a warning
+    says why and ``fn`` runs eagerly from then on; ``fn`` must be free of side effects, so that
+    the failed call can be repeated."""
     if os.environ.get(COMPILE_ENV, "0") != "1":
         return fn
-    return torch.compile(fn, dynamic=False)
+    compiled = torch.compile(fn, dynamic=False)
+    chosen = []
+
+    def call(*args):
+        if chosen:
+            return chosen[0](*args)
+        try:
+            out = compiled(*args)
+        except Exception as error:  # any failure to compile means: train eagerly, and say why
+            warnings.warn(f"{COMPILE_ENV}=1, but torch.compile failed ({type(error).__name__}: "
+                          f"{str(error)[:300]}); training eagerly", RuntimeWarning, stacklevel=2)
+            chosen.append(fn)
+            return fn(*args)
+        chosen.append(compiled)
+        return out
+
+    return call
 
 
 def _test_sets(members: Sequence[Member], given: Sequence[tuple[Tensor, Tensor]] | None
