@@ -75,3 +75,15 @@ def test_configs_are_frozen_keyword_only_and_picklable():
     with pytest.raises(TypeError):
         RouterConfig(2)
     assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_the_activation_choices_are_the_activation_table():
+    """One list of activations: the config's choice type is built from the table the experts use,
+    so every name the config accepts runs, and every activation in the table can be chosen."""
+    from moelab.layers import ACTIVATIONS, ExpertConfig, get_activation
+    from moelab.layers.config import Activation, choices
+
+    assert choices(Activation) == tuple(ACTIVATIONS)
+    for name in ACTIVATIONS:
+        assert ExpertConfig(activation=name).activation == name
+        assert callable(get_activation(name))

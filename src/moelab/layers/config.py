@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from moelab._validation import one_of, positive_float, positive_int
+from moelab.layers.activations import ACTIVATIONS
 from moelab.typed_json import ADDED_LATER
 
 Scorer = Literal["linear", "mlp"]
@@ -45,7 +46,9 @@ Noise = Literal["none", "jitter", "noisy_topk"]
 #: choices before any second choice, then earlier tokens first. ``"score"`` (batch-prioritised
 #: routing, Riquelme et al. 2021): higher combine weight first.
 CapacityPriority = Literal["position", "score"]
-Activation = Literal["relu", "gelu", "silu", "tanh", "sigmoid", "identity"]
+#: The experts' activation: a name in :data:`~moelab.layers.activations.ACTIVATIONS`. The choice
+#: type is built from that table, so a new activation is added there alone.
+Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
 #: The gated unit of gated experts, from the gate's and the value's pre-activations g and v:
 #: ``"swiglu"`` act(g) * v (Mixtral, Qwen, OLMoE, DeepSeek-V3 with ``activation="silu"``);
 #: ``"clamped"`` (GPT-OSS) g' = min(g, limit), v' = clip(v, -limit, limit),
