@@ -77,13 +77,22 @@ def test_configs_are_frozen_keyword_only_and_picklable():
     assert pickle.loads(pickle.dumps(config)) == config
 
 
-def test_the_activation_choices_are_the_activation_table():
-    """One list of activations: the config's choice type is built from the table the experts use,
-    so every name the config accepts runs, and every activation in the table can be chosen."""
-    from moelab.layers import ACTIVATIONS, ExpertConfig, get_activation
-    from moelab.layers.config import Activation, choices
+def test_the_function_choices_are_the_tables_the_experts_run():
+    """One list of activations and one of gated units: the config's choice types are built from
+    the tables the experts use, so every name the config accepts runs, and every entry of the
+    tables can be chosen."""
+    from moelab.layers import ACTIVATIONS, ExpertConfig, gated_unit, get_activation
+    from moelab.layers.activations import GATED_UNITS
+    from moelab.layers.config import Activation, GatedForm, choices
 
     assert choices(Activation) == tuple(ACTIVATIONS)
+    assert choices(GatedForm) == tuple(GATED_UNITS)
     for name in ACTIVATIONS:
         assert ExpertConfig(activation=name).activation == name
         assert callable(get_activation(name))
+    g, v = torch.linspace(-9, 9, 7), torch.linspace(9, -9, 7)
+    for form in GATED_UNITS:
+        config = ExpertConfig(gated=True, activation="silu", gated_form=form, clamp_limit=3.0)
+        assert torch.equal(gated_unit(g, v, config), GATED_UNITS[form](g, v, config))
+    assert torch.equal(gated_unit(g, v, ExpertConfig(gated=True, activation="silu")),
+                       torch.nn.functional.silu(g) * v)

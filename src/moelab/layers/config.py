@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from moelab._validation import one_of, positive_float, positive_int
-from moelab.layers.activations import ACTIVATIONS
+from moelab.layers.activations import ACTIVATIONS, GATED_UNITS
 from moelab.typed_json import ADDED_LATER
 
 Scorer = Literal["linear", "mlp"]
@@ -49,11 +49,9 @@ CapacityPriority = Literal["position", "score"]
 #: The experts' activation: a name in :data:`~moelab.layers.activations.ACTIVATIONS`. The choice
 #: type is built from that table, so a new activation is added there alone.
 Activation = Literal[tuple(ACTIVATIONS)]  # type: ignore[valid-type]
-#: The gated unit of gated experts, from the gate's and the value's pre-activations g and v:
-#: ``"swiglu"`` act(g) * v (Mixtral, Qwen, OLMoE, DeepSeek-V3 with ``activation="silu"``);
-#: ``"clamped"`` (GPT-OSS) g' = min(g, limit), v' = clip(v, -limit, limit),
-#: (v' + 1) * g' * sigmoid(alpha * g').
-GatedForm = Literal["swiglu", "clamped"]
+#: The gated unit of gated experts: a name in :data:`~moelab.layers.activations.GATED_UNITS`
+#: (``"swiglu"``, ``"clamped"``: GPT-OSS's), which defines each; built from that table.
+GatedForm = Literal[tuple(GATED_UNITS)]  # type: ignore[valid-type]
 DispatchMode = Literal["auto", "grouped", "dense", "reference"]
 
 

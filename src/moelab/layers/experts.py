@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from moelab.layers.activations import get_activation
+from moelab.layers.activations import GATED_UNITS, get_activation
 from moelab.layers.config import ExpertConfig
 
 #: An affine map applied to a batch: (h, weight, bias or None) -> h'.
@@ -124,16 +124,10 @@ def batched_linear(h: Tensor, w_EIO: Tensor, b_EO: Tensor | None) -> Tensor:
 
 
 def gated_unit(gate: Tensor, value: Tensor, config: ExpertConfig) -> Tensor:
-    """The gated unit of ``config.gated_form`` on the gate's and the value's pre-activations
-    (same shape): ``"swiglu"`` act(gate) * value; ``"clamped"`` (GPT-OSS, limit L =
-    ``clamp_limit``, alpha = ``glu_alpha``) (clip(value, -L, L) + 1) * g * sigmoid(alpha * g) with
-    g = min(gate, L)."""
-    if config.gated_form == "swiglu":
-        return get_activation(config.activation)(gate) * value
-    limit = config.clamp_limit
-    gate = gate.clamp(max=limit)
-    value = value.clamp(min=-limit, max=limit)
-    return (value + 1) * (gate * torch.sigmoid(gate * config.glu_alpha))
+    """The gated unit ``config.gated_form`` names (see
+    :data:`~moelab.layers.activations.GATED_UNITS`) on the gate's and the value's pre-activations
+    (same shape)."""
+    return GATED_UNITS[config.gated_form](gate, value, config)
 
 
 def _uniform(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
