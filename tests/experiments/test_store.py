@@ -4,6 +4,7 @@ import csv
 import json
 import multiprocessing as mp
 import os
+import sqlite3
 
 import pytest
 
@@ -71,6 +72,23 @@ def test_exports(tmp_path):
     assert [r["label.D"] for r in rows] == ["16", "32"] and rows[0]["config.a"] == "1"
     data = json.loads(store.export_json(tmp_path / "out.json").read_text())
     assert len(data) == 2 and data[0]["history"][1]["loss"] == 0.5
+
+
+def test_json_export_is_each_run_with_sorted_keys_and_refuses_a_damaged_row(tmp_path):
+    store = ResultStore(tmp_path)
+    _add(store, "r1", history=[{"step": 0, "loss": 1.0, "lr": 0.1}, {"step": 1, "loss": 0.5,
+                                                                     "lr": float("nan")}])
+    _add(store, "r2", labels={"D": "32"})
+    text = store.export_json(tmp_path / "out.json").read_text()
+    want = [json.dumps({**run.__dict__, "history": store.history(run.run_id),
+                        "evals": store.evals(run.run_id)}, sort_keys=True)
+            for run in store.runs()]
+    assert text == "[\n" + ",\n".join(want) + "\n]\n"
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:
+        conn.execute("UPDATE history SET row='{\"step\": 1, ' WHERE run_id='r1' AND step=1")
+    conn.close()
+    with pytest.raises(json.JSONDecodeError):
+        store.export_json(tmp_path / "again.json")
 
 
 def test_not_sqlite_is_a_clear_error_and_the_file_is_untouched(tmp_path):
