@@ -200,3 +200,12 @@ def test_read_only_permissions(tmp_path):
             ResultStore(db.parent / "new")
     finally:
         db.parent.chmod(0o755)
+
+
+def test_flatten_gives_dotted_paths_keeping_or_leaving_out_empty_mappings():
+    from moelab.experiments.store import flatten
+
+    config = {"train": {"steps": 5, "aux_weights": {}}, "task": {"D": 16}, "seed": 0}
+    assert flatten(config) == {"train.steps": 5, "train.aux_weights": {}, "task.D": 16, "seed": 0}
+    assert flatten(config, "config.", empty=False) == {"config.train.steps": 5,
+                                                       "config.task.D": 16, "config.seed": 0}

@@ -21,7 +21,7 @@ import numpy as np
 
 from moelab.analysis.rates import RateFit, fit_slope
 from moelab.experiments.spec import Experiment
-from moelab.experiments.store import StoredRun
+from moelab.experiments.store import StoredRun, flatten
 from moelab.training.streams import STREAM_FIELDS
 
 #: A key into a cell: an axis name, a dotted config path, or a function of the cell.
@@ -84,24 +84,13 @@ def metric(run: StoredRun, name: str) -> float | None:
 def config_value(run: StoredRun, dotted: str, missing: Any = None) -> Any:
     """The value at a dotted path of the run's stored config (``"task.D"``), or ``missing`` if the
     config has no such path. The report reads every config value through here (and
-    :func:`flatten`), so a renamed key is a change in one place."""
+    :func:`~moelab.experiments.store.flatten`), so a renamed key is a change in one place."""
     node: Any = run.config
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
             return missing
         node = node[part]
     return node
-
-
-def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested config as ``{"train.steps": 5000, ...}`` (dotted paths to leaf values)."""
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def as_number(label: str) -> float | None:

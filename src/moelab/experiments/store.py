@@ -19,7 +19,7 @@ import io
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,23 +311,26 @@ def _stored(row: tuple) -> StoredRun:
                      json.loads(metrics), json.loads(routing), seconds, version, finished)
 
 
-def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
-    if isinstance(value, dict):
-        for k, v in value.items():
-            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
-    else:
-        out[prefix] = value
+def flatten(config: Mapping[str, Any], prefix: str = "", *, empty: bool = True) -> dict[str, Any]:
+    """A nested config as ``{"train.steps": 5000, ...}`` (dotted paths, after ``prefix``, to leaf
+    values). An empty mapping is a leaf value of its own, or with ``empty=False`` left out (a CSV
+    column of ``{}`` says nothing)."""
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and (value or not empty):
+            out.update(flatten(value, f"{prefix}{key}.", empty=empty))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def _flatten_run(run: StoredRun) -> dict[str, Any]:
-    out: dict[str, Any] = {"run_id": run.run_id, "experiment": run.experiment, "seed": run.seed,
-                           "test_mse": run.test_mse, "test_sup": run.test_sup,
-                           "seconds": run.seconds, "version": run.version}
-    _flatten("label", run.labels, out)
-    _flatten("metric", {k: v for k, v in run.metrics.items() if not isinstance(v, (list, dict))},
-             out)
-    _flatten("config", run.config, out)
-    return out
+    metrics = {k: v for k, v in run.metrics.items() if not isinstance(v, (list, dict))}
+    return {"run_id": run.run_id, "experiment": run.experiment, "seed": run.seed,
+            "test_mse": run.test_mse, "test_sup": run.test_sup, "seconds": run.seconds,
+            "version": run.version, **flatten(run.labels, "label.", empty=False),
+            **flatten(metrics, "metric.", empty=False),
+            **flatten(run.config, "config.", empty=False)}
 
 
 
