@@ -251,16 +251,31 @@ class ResultStore:
         return [_stored(r) for r in rows]
 
     def history(self, run_id: str) -> list[dict[str, float]]:
-        with self._connect() as conn:
-            rows = conn.execute("SELECT row FROM history WHERE run_id=? ORDER BY step", (run_id,))
-            return [json.loads(r[0]) for r in rows]
+        return [json.loads(row) for row in self._history_text(run_id).get(run_id, [])]
 
     def evals(self, run_id: str) -> list[dict[str, float]]:
+        return self._evals(run_id).get(run_id, [])
+
+    def _history_text(self, run_id: str | None = None) -> dict[str, list[str]]:
+        """The stored history rows (JSON text) of ``run_id``, or of every run, by run, in order."""
+        return {rid: [row for (row,) in rows]
+                for rid, rows in self._by_run("SELECT run_id, row FROM history", run_id).items()}
+
+    def _evals(self, run_id: str | None = None) -> dict[str, list[dict[str, float]]]:
+        """The evaluations of ``run_id``, or of every run, by run, in order."""
+        query = "SELECT run_id, step, test_mse, test_sup FROM evals"
+        return {rid: [{"step": s, "test_mse": m, "test_sup": u} for s, m, u in rows]
+                for rid, rows in self._by_run(query, run_id).items()}
+
+    def _by_run(self, query: str, run_id: str | None) -> dict[str, list[tuple]]:
+        """The rows of ``query`` (run_id first, then the columns wanted), for ``run_id`` or for every
+        run, grouped by run in step order."""
+        where, args = (" WHERE run_id=?", (run_id,)) if run_id is not None else ("", ())
+        grouped: dict[str, list[tuple]] = {}
         with self._connect() as conn:
-            rows = conn.execute(
-                "SELECT step, test_mse, test_sup FROM evals WHERE run_id=? ORDER BY step", (run_id,)
-            )
-            return [{"step": s, "test_mse": m, "test_sup": u} for s, m, u in rows]
+            for rid, *columns in conn.execute(f"{query}{where} ORDER BY run_id, step", args):
+                grouped.setdefault(rid, []).append(tuple(columns))
+        return grouped
 
     # -- export -------------------------------------------------------------------------------
     def export_json(self, path: str | Path) -> Path:
@@ -272,14 +287,7 @@ class ResultStore:
         them, so their text is copied as it is (each row is still parsed, so a damaged row is an
         error, not a broken document): decoding and re-encoding a reproduce's 80,000 rows took
         most of the export's time."""
-        with self._connect() as conn:
-            history: dict[str, list[str]] = {}
-            for run_id, row in conn.execute("SELECT run_id, row FROM history ORDER BY run_id, step"):
-                history.setdefault(run_id, []).append(row)
-            evals: dict[str, list[dict[str, float]]] = {}
-            for run_id, s, m, u in conn.execute(
-                    "SELECT run_id, step, test_mse, test_sup FROM evals ORDER BY run_id, step"):
-                evals.setdefault(run_id, []).append({"step": s, "test_mse": m, "test_sup": u})
+        history, evals = self._history_text(), self._evals()
         lines = []
         for run in self.runs():
             fields = {k: json.dumps(v, sort_keys=True) for k, v in run.__dict__.items()}
