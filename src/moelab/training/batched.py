@@ -419,19 +419,20 @@ def _compiled(fn):
     if os.environ.get(COMPILE_ENV, "0") != "1":
         return fn
     compiled = torch.compile(fn, dynamic=False)
-    chosen = []
+    chosen = None  # which of the two runs, once the first call has said
 
     def call(*args):
-        if chosen:
-            return chosen[0](*args)
+        nonlocal chosen
+        if chosen is not None:
+            return chosen(*args)
         try:
             out = compiled(*args)
         except Exception as error:  # any failure to compile means: train eagerly, and say why
             warnings.warn(f"{COMPILE_ENV}=1, but torch.compile failed ({type(error).__name__}: "
                           f"{str(error)[:300]}); training eagerly", RuntimeWarning, stacklevel=2)
-            chosen.append(fn)
+            chosen = fn
             return fn(*args)
-        chosen.append(compiled)
+        chosen = compiled
         return out
 
     return call
