@@ -112,7 +112,8 @@ class Atlas(ABC):
         """(E, d) offsets of the chart maps."""
         return self._linear()[1].to(self.dtype)
 
-    def _native(self, x: Tensor) -> Tensor:
+    def pre_embed(self, x: Tensor) -> Tensor:
+        """(n, D) -> (n, k) float64, P^T x: the native (pre-embedding) coordinates."""
         return as_float64(x, self.D) @ self.embedding
 
     def phi(self, x: Tensor) -> Tensor:
@@ -131,10 +132,10 @@ class Atlas(ABC):
 
     def in_domain(self, x: Tensor) -> Tensor:
         """(n, D) points on M -> (n, E) bool, x in U_i (open domains)."""
-        return (self._r2(self._native(x)) < 1).all(dim=2)
+        return (self._r2(self.pre_embed(x)) < 1).all(dim=2)
 
     def _bumps(self, x: Tensor) -> Tensor:
-        return smooth_bump(self._r2(self._native(x))).prod(dim=2)
+        return smooth_bump(self._r2(self.pre_embed(x))).prod(dim=2)
 
     def partition_of_unity(self, x: Tensor) -> Tensor:
         """(n, D) points on M -> rho (n, E): smooth, rho_i = 0 off U_i, rows sum to 1.

@@ -86,7 +86,7 @@ class ManifoldTask(Sampling):
 
     def pre_embed(self, x: Tensor) -> Tensor:
         """(n, D) -> (n, k) float64, P^T x (the orthogonal projection's coordinates)."""
-        return as_float64(x, self.D) @ self.embedding
+        return self.atlas.pre_embed(x)
 
     def from_latent(self, latent: Tensor) -> Tensor:
         """(n, m) intrinsic coordinates -> (n, D) points."""
