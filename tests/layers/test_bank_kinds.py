@@ -4,6 +4,8 @@ checkpoints take it with no other change."""
 
 import dataclasses
 import math
+import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -241,3 +243,18 @@ def test_the_batched_trainer_leaves_a_kind_with_plain_shape_fields_alone():
     run = apply_overrides(table4().runs(seeds=1)[0], {"model.moe.experts.bank": "lowrank"})
     assert batch_key(run) is None
 
+
+def test_the_documented_kind_runs(monkeypatch):
+    """The example of docs/extending.md, "Adding an expert kind", registers and builds as shown."""
+    text = (Path(__file__).resolve().parents[2] / "docs" / "extending.md").read_text()
+    section = text.split("## Adding an expert kind", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    monkeypatch.delitem(BANKS, "lowrank")  # this file's own class; put back after the test
+    exec(compile(code, "docs/extending.md", "exec"), {"__name__": "extending_example"})
+    layer = MoELayer(5, 2, MoEConfig(experts=ExpertConfig(bank="lowrank", options={"rank": 4})))
+    assert type(layer.experts).__name__ == "LowRankExperts" and layer.experts.down.shape[-1] == 4
+    x = torch.randn(9, 5)
+    torch.testing.assert_close(layer.run(x, dispatch_mode="grouped").y,
+                               layer.run(x, dispatch_mode="reference").y)
+    with pytest.raises(ValueError, match="experts.options.rank must be >= 1, got 0"):
+        ExpertConfig(bank="lowrank", options={"rank": 0})
