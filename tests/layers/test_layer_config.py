@@ -39,7 +39,8 @@ def test_the_flat_spelling_warns_names_the_nested_one_and_builds_the_same_config
 # Fields added after moelab 0.1: they have no flat spelling.
 NESTED_ONLY = {("router", "norm_eps"), ("router", "scaling"), ("router", "groups"),
                ("router", "top_groups"), ("router", "float32"), ("experts", "gated_form"),
-               ("experts", "clamp_limit"), ("experts", "glu_alpha")}
+               ("experts", "clamp_limit"), ("experts", "glu_alpha"), ("experts", "bank"),
+               ("experts", "options")}
 
 
 def test_every_flat_name_has_a_nested_home():

@@ -164,7 +164,14 @@ class ExpertConfig:
     value x)), whose unit is ``gated_form`` (see :data:`GatedForm`; ``"clamped"`` is GPT-OSS's,
     with ``clamp_limit`` and ``glu_alpha``, and ignores ``activation``); ``bias`` for biases (on
     every map, gated or not: GPT-OSS); ``latent_dim`` d makes low-dimensional experts f_low o Enc
-    (suggestion 3), with a decoder and a reconstruction loss if ``latent_decoder``."""
+    (suggestion 3), with a decoder and a reconstruction loss if ``latent_decoder``.
+
+    ``bank`` names the kind of expert bank, a key of :data:`moelab.layers.experts.BANKS`: None
+    (default) is ``"lowdim"`` when ``latent_dim`` is set and ``"ffn"`` (plain feed-forward experts)
+    otherwise, and a name that this rule gives is stored as None, so :attr:`kind` has one spelling
+    per config. ``options`` holds the chosen kind's own hyperparameters, checked against its
+    ``Options`` dataclass and kept as the values that differ from their defaults (the built-in
+    kinds take none). Both are left out of run ids at their defaults."""
 
     hidden: int = 16
     depth: int = 2
@@ -176,6 +183,20 @@ class ExpertConfig:
     gated_form: GatedForm = field(default="swiglu", metadata=ADDED_LATER)
     clamp_limit: float = field(default=7.0, metadata=ADDED_LATER)
     glu_alpha: float = field(default=1.702, metadata=ADDED_LATER)
+    bank: str | None = field(default=None, metadata=ADDED_LATER)
+    options: dict[str, Any] = field(default_factory=dict, metadata=ADDED_LATER)
+
+    @property
+    def kind(self) -> str:
+        """The kind of bank built: ``bank``, or ``"lowdim"`` when ``latent_dim`` is set, else
+        ``"ffn"``."""
+        if self.bank is not None:
+            return self.bank
+        return "ffn" if self.latent_dim is None else "lowdim"
+
+    def __hash__(self) -> int:  # ``options`` is a dict: equal configs still hash alike
+        return hash(tuple(getattr(self, f.name) for f in dataclasses.fields(self)
+                          if f.name != "options"))
 
     def __post_init__(self) -> None:
         positive_int("experts.hidden", self.hidden)
@@ -195,6 +216,24 @@ class ExpertConfig:
         if self.gated_form != "swiglu" and not self.gated:
             raise ValueError(f"experts.gated_form={self.gated_form!r} shapes the gated unit and "
                              "needs experts.gated=True")
+        self._check_bank()
+
+    def _check_bank(self) -> None:
+        """Check ``bank`` and ``options`` against the registered kinds; store both canonically."""
+        from moelab.layers.experts import canonical_options  # that module imports this one
+
+        if self.bank is not None and not isinstance(self.bank, str):
+            raise TypeError(f"experts.bank must be a str or None, got {self.bank!r} "
+                            f"({type(self.bank).__name__})")
+        object.__setattr__(self, "options", canonical_options(self.kind, self.options))
+        if self.kind == "lowdim" and self.latent_dim is None:
+            raise ValueError("experts.bank='lowdim' (low-dimensional experts) needs "
+                             "experts.latent_dim")
+        if self.kind != "lowdim" and self.latent_dim is not None:
+            raise ValueError(f"experts.latent_dim={self.latent_dim} is read by the 'lowdim' bank "
+                             f"only, got experts.bank={self.bank!r}")
+        if self.bank == ("ffn" if self.latent_dim is None else "lowdim"):
+            object.__setattr__(self, "bank", None)
 
 
 @dataclass(frozen=True, kw_only=True, init=False)

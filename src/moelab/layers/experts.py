@@ -6,22 +6,29 @@ affine map's weights are one (E, in, out) parameter and all experts run at once.
 expert is written once, as a function of an affine-map operation; the bank runs it either on every
 token for every expert (:meth:`Experts.forward_all`, batched matmul) or on each expert's own group
 of tokens (:meth:`Experts.forward_grouped`, grouped matmul). Shapes: see :mod:`moelab.layers`.
+
+Each kind of bank is registered by name in :data:`BANKS` (:func:`register_bank`), and a config
+chooses one by that name (``ExpertConfig.bank``): :class:`Experts` is ``"ffn"``,
+:class:`LowDimExperts` ``"lowdim"``. A new kind is a class here and its decorator, nothing else.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from moelab._validation import one_of
 from moelab.layers.activations import GATED_UNITS, get_activation
 from moelab.layers.config import ExpertConfig
+from moelab.typed_json import build, to_json
 
 #: An affine map applied to a batch: (h, weight, bias or None) -> h'.
 Affine = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
@@ -61,6 +68,83 @@ class ExpertBank(Protocol):
     def forward_mixed(self, x_TI: Tensor, w_TE: Tensor) -> Tensor | None:
         """sum_e w_TE[:, e] * expert_e(x): (T, O), or None where the bank has no fused mix."""
         ...
+
+
+#: A bank class, as :func:`register_bank` takes and returns it.
+BankClass = TypeVar("BankClass", bound=type)
+
+#: The kinds of expert bank a config can name (``ExpertConfig.bank``), by name: ``"ffn"``
+#: (:class:`Experts`), ``"lowdim"`` (:class:`LowDimExperts`) and any kind :func:`register_bank` adds.
+BANKS: dict[str, type] = {}
+
+
+def register_bank(name: str) -> Callable[[BankClass], BankClass]:
+    """Class decorator: make a bank class choosable by ``ExpertConfig(bank=name)``.
+
+    The class implements :class:`ExpertBank` and is built as ``cls(num_experts, d_in, d_out,
+    config)`` with the :class:`~moelab.layers.config.ExpertConfig`; it reads the fields it needs
+    (``hidden``, ``depth``, ``activation``, ...) and raises a ValueError naming any setting it does
+    not support. Hyperparameters of its own are declared by a class attribute ``Options``, a frozen
+    dataclass with a default for each field; the config's ``options`` mapping is checked against
+    it when the config is built, and :func:`bank_options` gives them parsed. A class without
+    ``Options`` takes no options.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a bank kind's name must be an identifier, got {name!r}")
+
+    def register(cls: BankClass) -> BankClass:
+        if BANKS.get(name, cls) is not cls:
+            raise ValueError(f"bank kind {name!r} is already registered "
+                             f"({BANKS[name].__qualname__}); choose another name")
+        options = getattr(cls, "Options", None)
+        if options is not None and not (dataclasses.is_dataclass(options)
+                                        and options.__dataclass_params__.frozen):
+            raise TypeError(f"{cls.__qualname__}.Options must be a frozen dataclass, got {options!r}")
+        BANKS[name] = cls
+        return cls
+
+    return register
+
+
+def _parse_options(kind: str, options: Mapping[str, Any]) -> Any:
+    """``options`` parsed into the ``Options`` dataclass of the bank kind ``kind`` (None for a
+    kind without options). Errors name the unknown kind, the unknown option or the ill-typed one
+    (``experts.options.rank must be int, got 'four' (str)``)."""
+    one_of("experts.bank", kind, BANKS)
+    if not isinstance(options, Mapping):
+        raise TypeError(f"experts.options must be a mapping of option names to values, got "
+                        f"{options!r} ({type(options).__name__})")
+    options_cls = getattr(BANKS[kind], "Options", None)
+    known = [] if options_cls is None else [f.name for f in dataclasses.fields(options_cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"experts.options has unknown key(s) {unknown} for "
+                         f"experts.bank={kind!r}; known: {known}")
+    return None if options_cls is None else build(options_cls, dict(options), "experts.options")
+
+
+def canonical_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` checked against the bank kind ``kind`` (:func:`bank_options`) and reduced to
+    the JSON values of those that differ from their defaults: spelling a default out gives the
+    same config, and so the same run id."""
+    parsed = _parse_options(kind, options)
+    if parsed is None:
+        return {}
+    values = to_json(parsed)
+    return {f.name: values[f.name] for f in dataclasses.fields(parsed)
+            if not _holds_default(f, getattr(parsed, f.name))}
+
+
+def _holds_default(f: dataclasses.Field, value: Any) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return value == f.default
+    return f.default_factory is not dataclasses.MISSING and value == f.default_factory()
+
+
+def bank_options(config: ExpertConfig) -> Any:
+    """The options of ``config``'s bank kind, parsed into its ``Options`` dataclass (None for a
+    kind without options): what a registered bank reads in its constructor."""
+    return _parse_options(config.kind, config.options)
 
 
 def _grouped_mm_ok(x_NI: Tensor, w_EIO: Tensor) -> bool:
@@ -136,6 +220,7 @@ def _uniform(shape: tuple[int, ...], fan_in: int) -> nn.Parameter:
     return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
 
 
+@register_bank("ffn")
 class Experts(nn.Module):
     """E independent feed-forward experts shaped by an :class:`~moelab.layers.config.ExpertConfig`.
 
@@ -272,6 +357,7 @@ def legacy_names(model: nn.Module) -> dict[str, str]:
     return renames
 
 
+@register_bank("lowdim")
 class LowDimExperts(nn.Module):
     """Low-dimensional experts f_low o Enc (docs/paper.md Sec. 4, suggestion 3).
 
@@ -317,7 +403,7 @@ class LowDimExperts(nn.Module):
 
 
 def build_experts(num_experts: int, d_in: int, d_out: int, config: ExpertConfig) -> ExpertBank:
-    """The bank ``config`` describes: :class:`LowDimExperts` when ``latent_dim`` is set."""
-    if config.latent_dim is not None:
-        return LowDimExperts(num_experts, d_in, d_out, config)
-    return Experts(num_experts, d_in, d_out, config)
+    """The bank ``config`` describes: the kind ``config.kind`` names in :data:`BANKS`
+    (:class:`Experts` by default, :class:`LowDimExperts` when ``latent_dim`` is set)."""
+    one_of("experts.bank", config.kind, BANKS)
+    return BANKS[config.kind](num_experts, d_in, d_out, config)
