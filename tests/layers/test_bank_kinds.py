@@ -202,8 +202,6 @@ def test_overrides_choose_a_kind_and_keep_the_other_run_ids():
                               "model.moe.experts.options": {"width": 4}})
 
 
-@pytest.mark.xfail(strict=True, reason="apply_overrides descends only into dataclass fields; "
-                   "a dotted key into a dict field needs moelab.experiments.config to walk it")
 def test_a_dotted_override_reaches_one_option():
     run = table4().runs(seeds=1)[0]
     changed = apply_overrides(run, {"model.moe.experts.bank": "lowrank",

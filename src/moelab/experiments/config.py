@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import typing
 from collections.abc import Sequence
 from dataclasses import dataclass, field, is_dataclass
 from typing import Any
@@ -268,6 +269,9 @@ def apply_overrides(run: AnyRun, overrides: dict[str, Any]) -> AnyRun:
                 node[part] = value
             else:
                 cls = hints[part]
+                if typing.get_origin(cls) is dict and depth == len(parts) - 2:
+                    node[part][parts[-1]] = value  # one key of a mapping field
+                    break
                 if not is_dataclass(cls):
                     raise ValueError(f"unknown config key {key!r}: {'.'.join(parts[:depth + 1])} "
                                      "has no sub-fields")
