@@ -25,6 +25,7 @@ from moelab.layers import (
     LowDimExperts,
     MoEConfig,
     MoELayer,
+    RouterConfig,
 )
 from moelab.layers.experts import (
     BANKS,
@@ -256,3 +257,30 @@ def test_the_documented_kind_runs(monkeypatch):
                                layer.run(x, dispatch_mode="reference").y)
     with pytest.raises(ValueError, match="experts.options.rank must be >= 1, got 0"):
         ExpertConfig(bank="lowrank", options={"rank": 0})
+
+
+class _ScaledExperts(Experts):
+    """A kind built on the FFN bank that computes something else: twice its output."""
+
+    def expert(self, x, affine):
+        return 2 * super().expert(x, affine)
+
+
+def test_a_kind_that_subclasses_the_ffn_bank_is_not_taken_for_it():
+    from moelab.analysis.pieces import count_pieces
+    from moelab.training.init import data_init
+
+    register_bank("scaled_ffn")(_ScaledExperts)
+    try:
+        config = MoEConfig(num_experts=2, router=RouterConfig(weighting="paper"),
+                           experts=ExpertConfig(hidden=4, bank="scaled_ffn"))
+        model = DeepMoE([1, 1], config)
+        assert type(model.layers[0].experts) is _ScaledExperts
+        with pytest.raises(TypeError, match="_ScaledExperts; count_pieces traces Experts banks"):
+            count_pieces(model, [-1.0], [1.0])
+        before = {k: v.clone() for k, v in model.layers[0].experts.state_dict().items()}
+        data_init(model, torch.randn(32, 1), generator=torch.Generator().manual_seed(0))
+        after = model.layers[0].experts.state_dict()
+        assert all(torch.equal(before[k], after[k]) for k in before)  # left at its default init
+    finally:
+        del BANKS["scaled_ffn"]

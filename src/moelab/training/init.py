@@ -106,7 +106,7 @@ def _pass_through(w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, width: int) ->
 
 def _two_layer_relu(bank: nn.Module) -> bool:
     """Whether ``bank`` is a bank of two-layer, ungated ReLU experts with biases."""
-    return (isinstance(bank, Experts) and bank.depth == 2 and not bank.gated
+    return (type(bank) is Experts and bank.depth == 2 and not bank.gated
             and bank.biases is not None and bank.activation == "relu")
 
 
