@@ -67,6 +67,8 @@ from moelab.training.metrics import stacked_router_metrics
 CHUNK = 64
 #: Adam's defaults, as torch.optim.Adam has them.
 BETAS, EPS = (0.9, 0.999), 1e-8
+#: The smallest normal float32.
+FLT_MIN = torch.finfo(torch.float32).tiny
 #: Set to "1" to compile the batched loss with torch.compile (see docs/experiments.md).
 COMPILE_ENV = "MOELAB_COMPILE"
 
@@ -391,7 +393,10 @@ def _adam_step(flat: Tensor, state: dict[str, Tensor], lr_N1: Tensor, step: int,
     m.lerp_(grad, 1 - b1)
     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
     bias1, bias2_sqrt = 1 - b1**step, math.sqrt(1 - b2**step)
-    denom = torch.sqrt(v, out=state["denom"]).div_(bias2_sqrt).add_(EPS)
+    # sqrt(max(v, FLT_MIN)): the CPU's vectorised square root takes a slow path for zeros (a third
+    # of v is 0: untrained routers, padding) and subnormals, while sqrt(FLT_MIN) / bias2_sqrt
+    # <= 3.5e-18 is below half an ulp of EPS, so denom is bit for bit what sqrt(v) gives.
+    denom = torch.clamp_min(v, FLT_MIN, out=state["denom"]).sqrt_().div_(bias2_sqrt).add_(EPS)
     with torch.no_grad():
         flat.addcdiv_(torch.mul(m, lr_N1 / bias1, out=state["scaled"]), denom, value=-1)
 
