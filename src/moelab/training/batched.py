@@ -508,7 +508,7 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
         x, y = streams.next()
         mse_N, routes = loss_fn(stacked, x, y, denom_N)
         loss = mse_N.sum()
-        if not torch.isfinite(loss):
+        if not math.isfinite(loss.item()):
             bad = [n for n, v in enumerate(mse_N.tolist()) if not math.isfinite(v)]
             raise FloatingPointError(f"training loss of members {bad} became non-finite at "
                                      f"step {step}")
