@@ -146,17 +146,60 @@ def test_a_batch_needs_members():
         train_batched([])
 
 
-def test_the_expert_maps_backward_is_autograds():
-    from moelab.training.batched import _ExpertMaps
+def _layer_op_by_op(h, wr, br, w1, w2, b2, switch):
+    """One stacked layer written op by op, autograd doing the backward pass (the reference for
+    moelab.training.batched._Layer): the same arithmetic, with the switch weight gathered."""
+    N, _, B = h.shape
+    E = wr.shape[1]
+    with torch.set_grad_enabled(switch is not None):
+        probs = torch.baddbmm(br[:, :, None], wr, h).softmax(1)
+    ids = probs.detach().topk(1, dim=1, sorted=True).indices
+    onehot = torch.zeros_like(probs).scatter_(1, ids, 1.0)
+    w_NEB = onehot
+    if switch is not None:
+        picked = probs.gather(1, ids)
+        weight = torch.where(switch, picked, torch.ones_like(picked))
+        w_NEB = torch.zeros_like(probs).scatter(1, ids, weight)
+    h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)
+    h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)
+    a = torch.bmm(w1.transpose(1, 2), h_exp).relu()
+    y_all = torch.baddbmm(b2[:, :, None], w2, a)
+    return (y_all.view(N, E, -1, B) * w_NEB[:, :, None, :]).sum(1)
+
+
+@pytest.mark.parametrize("switch", [None, [True, False, True]], ids=["paper", "mixed"])
+@pytest.mark.parametrize("first", [True, False], ids=["first-layer", "inner-layer"])
+def test_the_layer_backward_is_autograds_bit_for_bit(switch, first):
+    from moelab.training.batched import _Layer
 
     gen = torch.Generator().manual_seed(0)
-    x, w1, w2, b2 = (torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
-                     for shape in ((3, 5, 7), (3, 5, 4), (3, 6, 4), (3, 6)))
-    want = torch.baddbmm(b2[:, :, None], w2, torch.relu(w1.transpose(1, 2) @ x))
-    assert torch.allclose(_ExpertMaps.apply(x, w1, w2, b2), want)
-    assert torch.autograd.gradcheck(_ExpertMaps.apply, (x, w1, w2, b2))
-    # an input that needs no gradient gets none (the first layer's data)
-    _ExpertMaps.apply(x.detach(), w1, w2, b2).sum().backward()
+    N, E, I, H, O, B = 3, 3, 4, 16, 2, 64
+    shapes = ((N, I, B), (N, E, I), (N, E), (N, E * (I + 1), H), (N, E * O, H), (N, E * O))
+    inputs = [torch.randn(*shape, generator=gen).requires_grad_(not (first and i == 0))
+              for i, shape in enumerate(shapes)]
+    mask = None if switch is None else torch.tensor(switch)[:, None, None]
+    g_out = torch.randn(N, O, B, generator=gen)
+    want = _layer_op_by_op(*inputs, mask)
+    got, logits, probs, ids = _Layer.apply(*inputs, mask)
+    assert torch.equal(got, want)
+    assert not (logits.requires_grad or probs.requires_grad)
+    want_grads = torch.autograd.grad(want, [t for t in inputs if t.requires_grad], g_out,
+                                     allow_unused=True, materialize_grads=True)
+    got_grads = torch.autograd.grad(got, [t for t in inputs if t.requires_grad], g_out,
+                                    allow_unused=True, materialize_grads=True)
+    for w, g in zip(want_grads, got_grads, strict=True):
+        assert torch.equal(g, w)
+
+
+def test_the_layer_gradients_match_finite_differences():
+    from moelab.training.batched import _Layer
+
+    gen = torch.Generator().manual_seed(1)
+    shapes = ((2, 3, 5), (2, 2, 3), (2, 2), (2, 8, 4), (2, 4, 4), (2, 4))
+    inputs = [torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
+              for shape in shapes]
+    mask = torch.tensor([True, False])[:, None, None]
+    assert torch.autograd.gradcheck(lambda *t: _Layer.apply(*t, mask)[0], inputs)
 
 
 @pytest.mark.slow

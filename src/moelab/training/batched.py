@@ -29,7 +29,7 @@ can move one member further (tests/training/test_batched.py states the tolerance
 
 Shape legend: N members, B batch rows, I input width, E experts, H hidden width, O output width,
 P parameters per member (padded). Activations keep the rows last, (N, width, B) (see
-:class:`_ExpertMaps` for why).
+:func:`_maps_backward` for why).
 """
 
 from __future__ import annotations
@@ -156,31 +156,90 @@ class _Slot:
         return self.start + math.prod(self.shape)
 
 
-class _ExpertMaps(torch.autograd.Function):
+def _maps_forward(x: Tensor, w1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
     """Every member's two expert maps with tokens in the last axis: pre = w1^T x, a = ReLU(pre),
-    y = w2 a + b2, for x (N, K, B), w1 (N, K, H), w2 (N, C, H), b2 (N, C) -> y (N, C, B).
+    y = w2 a + b2, for x (N, K, B), w1 (N, K, H), w2 (N, C, H), b2 (N, C) -> y (N, C, B) and the
+    hidden units a (N, H, B)."""
+    a = torch.bmm(w1.transpose(1, 2), x).relu_()  # (N, H, B)
+    return torch.baddbmm(b2[:, :, None], w2, a), a
 
-    The backward pass is written out so that every product has the small width (K or C) on its
-    rows: with tokens in the last axis each matmul is a short-and-wide product, the shape the
-    CPU's batched GEMM does fastest (a tall-and-narrow one, e.g. autograd's (H, B) x (B, K) for
-    w1's gradient, runs several times slower for the same arithmetic)."""
+
+def _maps_backward(g_y: Tensor, x: Tensor, w1: Tensor, w2: Tensor, a: Tensor, needs_x: bool
+                   ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    """The gradients of x (None unless ``needs_x``), w1, w2 and b2 of :func:`_maps_forward` from
+    that of y. Every product has the small width (K or C) on its rows: with tokens in the last
+    axis each matmul is a short-and-wide product, the shape the CPU's batched GEMM does fastest
+    (a tall-and-narrow one, e.g. autograd's (H, B) x (B, K) for w1's gradient, runs several
+    times slower for the same arithmetic)."""
+    g_w2 = torch.bmm(g_y, a.transpose(1, 2))  # (N, C, H)
+    g_a = torch.bmm(w2.transpose(1, 2), g_y)
+    # In place: a fresh (N, H, B) buffer costs more than the mask (page faults on CPU).
+    g_pre = torch.ops.aten.threshold_backward.grad_input(g_a, a, 0, grad_input=g_a)
+    g_w1 = torch.bmm(x, g_pre.transpose(1, 2))  # (N, K, H)
+    g_x = torch.bmm(w1, g_pre) if needs_x else None
+    return g_x, g_w1, g_w2, g_y.sum(2)
+
+
+class _Layer(torch.autograd.Function):
+    """One stacked MoE layer (see :class:`StackedMoE`): h (N, I, B) and the layer's parameters
+    (wr (N, E, I), br (N, E), w1 (N, E * (I + 1), H), w2 (N, E * O, H), b2 (N, E * O)) -> the
+    output (N, O, B) and the routes (logits (N, E, B), probs, ids (N, 1, B); no gradient).
+
+    The layer is one autograd node: its backward pass is written out as the sequence of
+    operations autograd runs for the same forward pass written op by op (the same kernels on the
+    same operands, so the same bits), without the engine's cost of some twenty small nodes
+    (views, broadcasts, the routing's where, the softmax) per layer and step. ``switch``
+    (N, 1, 1), bool: the members whose routers train (switch weighting); None if none do."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-        a = torch.bmm(w1.transpose(1, 2), x).relu_()  # (N, H, B)
-        ctx.save_for_backward(x, w1, w2, a)
-        return torch.baddbmm(b2[:, :, None], w2, a)
+    def forward(ctx, h: Tensor, wr: Tensor, br: Tensor, w1: Tensor, w2: Tensor, b2: Tensor,
+                switch: Tensor | None):
+        ctx.set_materialize_grads(False)
+        N, I, B = h.shape
+        E = wr.shape[1]
+        O = w2.shape[1] // E
+        logits = torch.baddbmm(br[:, :, None], wr, h)  # (N, E, B)
+        probs = logits.softmax(1)
+        ids = probs.topk(1, dim=1, sorted=True).indices  # (N, 1, B)
+        onehot = torch.zeros_like(probs).scatter_(1, ids, 1.0)
+        if switch is not None:  # switch members weight by the selected probability
+            picked = torch.zeros(N, E, B, dtype=torch.bool).scatter_(1, ids,
+                                                                     switch.expand(N, 1, B))
+            w_NEB = torch.where(picked, probs, onehot)
+        else:  # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
+            picked, w_NEB = None, onehot
+        h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)  # (N, I + 1, B)
+        h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)  # (N, E*(I+1), B)
+        y_all, a = _maps_forward(h_exp, w1, w2, b2)
+        y_all4 = y_all.view(N, E, O, B)
+        out = (y_all4 * w_NEB[:, :, None, :]).sum(1)
+        ctx.save_for_backward(h, wr, w1, w2, a, h_exp, y_all4, w_NEB, onehot, probs, picked)
+        ctx.mark_non_differentiable(logits, probs, ids)
+        return out, logits, probs, ids
 
     @staticmethod
-    def backward(ctx, g_y: Tensor):
-        x, w1, w2, a = ctx.saved_tensors
-        g_w2 = torch.bmm(g_y, a.transpose(1, 2))  # (N, C, H)
-        g_a = torch.bmm(w2.transpose(1, 2), g_y)
-        # In place: a fresh (N, H, B) buffer costs more than the mask (page faults on CPU).
-        g_pre = torch.ops.aten.threshold_backward.grad_input(g_a, a, 0, grad_input=g_a)
-        g_w1 = torch.bmm(x, g_pre.transpose(1, 2))  # (N, K, H)
-        g_x = torch.bmm(w1, g_pre) if ctx.needs_input_grad[0] else None
-        return g_x, g_w1, g_w2, g_y.sum(2)
+    def backward(ctx, g_out: Tensor | None, *_):
+        if g_out is None:  # the output took no part in the loss
+            return (None,) * 7
+        h, wr, w1, w2, a, h_exp, y_all4, w_NEB, onehot, probs, picked = ctx.saved_tensors
+        N, E, O, B = y_all4.shape
+        needs_h = ctx.needs_input_grad[0]
+        g_prod = g_out.unsqueeze(1).expand(N, E, O, B)  # the sum over experts
+        g_y = (g_prod * w_NEB[:, :, None, :]).reshape(N, E * O, B)
+        g_x, g_w1, g_w2, g_b2 = _maps_backward(g_y, h_exp, w1, w2, a, needs_h)
+        g_h = g_wr = g_br = None
+        if needs_h:  # through the expert's input [h, 1], placed in its expert's block
+            g_h1 = (g_x.reshape(N, E, -1, B) * onehot[:, :, None, :]).sum(1, keepdim=True)
+            g_h = g_h1.squeeze(1).narrow(1, 0, h.shape[1])
+        if picked is not None:  # the switch members' routers
+            g_w = (g_prod * y_all4).sum(2, keepdim=True).squeeze(2)
+            g_logits = torch._softmax_backward_data(torch.where(picked, g_w, 0), probs, 1,
+                                                    probs.dtype)
+            g_br = g_logits.sum(2, keepdim=True).squeeze(2)
+            g_wr = g_logits.bmm(h.transpose(1, 2))
+            if needs_h:
+                g_h = g_h + wr.transpose(1, 2).bmm(g_logits)
+        return g_h, g_wr, g_br, g_w1, g_w2, g_b2, None
 
 
 class StackedMoE:
@@ -189,7 +248,8 @@ class StackedMoE:
     The parameters of all members are one (N, P) tensor :attr:`flat`; each layer's tensors are
     views of its columns: router ``wr`` (E, I) and ``br`` (E,); first maps ``w1`` (E, I + 1, H),
     expert e's weight (I, H) with its bias as row I; second maps ``w2`` (E, O, H) and ``b2``
-    (E, O). Activations keep the tokens in the last axis, (N, width, B) (see :class:`_ExpertMaps`).
+    (E, O). Activations keep the tokens in the last axis, (N, width, B) (see
+    :func:`_maps_backward`); each layer is one autograd node (:class:`_Layer`).
 
     Top-1 routing runs only the chosen expert's hidden units, with two small matmuls per layer:
     the input, with a 1 appended, is placed in its expert's block of an (E * (I + 1))-long column
@@ -220,6 +280,9 @@ class StackedMoE:
         self.switch = torch.tensor([[l.router.weighting == "switch" for l in m.moe_layers]
                                     for m in models])  # (N, layers)
         self.any_switch = self.switch.any(0).tolist()  # per layer: does any router train?
+        #: per layer, (N, 1, 1): the members whose routers train, or None if none do
+        self._switch = [self.switch[:, i, None, None] if train else None
+                        for i, train in enumerate(self.any_switch)]
         self.experts = [E for E, _ in next(iter(shape))]
         self.slots: list[dict[str, _Slot]] = []
         start = 0
@@ -284,23 +347,9 @@ class StackedMoE:
             p = {name: parts[k + j].view(N, *s.shape) for j, (name, s) in enumerate(layer.items())}
             k += len(layer)
             E, O = self.experts[i], layer["w2"].shape[1]
-            # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.any_switch[i]):
-                logits = torch.baddbmm(p["br"][:, :, None], p["wr"], h)  # (N, E, B)
-                probs = logits.softmax(1)
-            ids = probs.detach().topk(1, dim=1, sorted=True).indices  # (N, 1, B)
-            onehot = torch.zeros_like(probs).scatter_(1, ids, 1.0)
-            if probs.requires_grad:  # switch: the selected probability
-                picked = probs.gather(1, ids)
-                weight = torch.where(self.switch[:, i, None, None], picked, torch.ones_like(picked))
-                w_NEB = torch.zeros_like(probs).scatter(1, ids, weight)
-            else:
-                w_NEB = onehot
-            h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)  # (N, I + 1, B)
-            h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)  # (N, E*(I+1), B)
-            y_all = _ExpertMaps.apply(h_exp, p["w1"].view(N, -1, p["w1"].shape[-1]),
-                                      p["w2"].view(N, E * O, -1), p["b2"].view(N, E * O))
-            h = (y_all.view(N, E, O, B) * w_NEB[:, :, None, :]).sum(1)
+            h, logits, probs, ids = _Layer.apply(
+                h, p["wr"], p["br"], p["w1"].view(N, -1, p["w1"].shape[-1]),
+                p["w2"].view(N, E * O, -1), p["b2"].view(N, E * O), self._switch[i])
             routes.append((logits.transpose(1, 2), probs.transpose(1, 2), ids.transpose(1, 2)))
         return h, routes
 
