@@ -180,66 +180,101 @@ def _maps_backward(g_y: Tensor, x: Tensor, w1: Tensor, w2: Tensor, a: Tensor, ne
     return g_x, g_w1, g_w2, g_y.sum(2)
 
 
-class _Layer(torch.autograd.Function):
+def _layer_forward(h: Tensor, wr: Tensor, br: Tensor, w1: Tensor, w2: Tensor, b2: Tensor,
+                   switch: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
     """One stacked MoE layer (see :class:`StackedMoE`): h (N, I, B) and the layer's parameters
     (wr (N, E, I), br (N, E), w1 (N, E * (I + 1), H), w2 (N, E * O, H), b2 (N, E * O)) -> the
-    output (N, O, B) and the routes (logits (N, E, B), probs, ids (N, 1, B); no gradient).
+    output (N, O, B), the routes (logits (N, E, B), probs, ids (N, 1, B)) and what
+    :func:`_layer_backward` needs. ``switch`` (N, 1, 1), bool: the members whose routers train
+    (switch weighting); None if none do."""
+    N, _, B = h.shape
+    E = wr.shape[1]
+    logits = torch.baddbmm(br[:, :, None], wr, h)  # (N, E, B)
+    probs = logits.softmax(1)
+    ids = probs.topk(1, dim=1, sorted=True).indices  # (N, 1, B)
+    onehot = torch.zeros_like(probs).scatter_(1, ids, 1.0)
+    if switch is not None:  # switch members weight by the selected probability
+        picked = torch.zeros(N, E, B, dtype=torch.bool).scatter_(1, ids, switch.expand(N, 1, B))
+        w_NEB = torch.where(picked, probs, onehot)
+    else:  # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
+        picked, w_NEB = None, onehot
+    h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)  # (N, I + 1, B)
+    h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)  # (N, E*(I+1), B)
+    y_all, a = _maps_forward(h_exp, w1, w2, b2)
+    y_all4 = y_all.view(N, E, -1, B)
+    out = (y_all4 * w_NEB[:, :, None, :]).sum(1)
+    return out, (logits, probs, ids), (h, wr, w1, w2, a, h_exp, y_all4, w_NEB, onehot, probs, picked)
 
-    The layer is one autograd node: its backward pass is written out as the sequence of
-    operations autograd runs for the same forward pass written op by op (the same kernels on the
-    same operands, so the same bits), without the engine's cost of some twenty small nodes
-    (views, broadcasts, the routing's where, the softmax) per layer and step. ``switch``
-    (N, 1, 1), bool: the members whose routers train (switch weighting); None if none do."""
+
+def _layer_backward(g_out: Tensor, saved: Sequence[Tensor | None], needs_h: bool
+                    ) -> tuple[Tensor | None, ...]:
+    """The gradients of h (None unless ``needs_h``), wr, br (None unless a router trains), w1, w2
+    and b2 of :func:`_layer_forward` from that of its output: the operations autograd runs for
+    the forward pass written op by op, on the same operands (so the same bits)."""
+    h, wr, w1, w2, a, h_exp, y_all4, w_NEB, onehot, probs, picked = saved
+    N, E, O, B = y_all4.shape
+    g_prod = g_out.unsqueeze(1).expand(N, E, O, B)  # the sum over experts
+    g_y = (g_prod * w_NEB[:, :, None, :]).reshape(N, E * O, B)
+    g_x, g_w1, g_w2, g_b2 = _maps_backward(g_y, h_exp, w1, w2, a, needs_h)
+    g_h = g_wr = g_br = None
+    if needs_h:  # through the expert's input [h, 1], placed in its expert's block
+        g_h1 = (g_x.reshape(N, E, -1, B) * onehot[:, :, None, :]).sum(1, keepdim=True)
+        g_h = g_h1.squeeze(1).narrow(1, 0, h.shape[1])
+    if picked is not None:  # the switch members' routers
+        g_w = (g_prod * y_all4).sum(2, keepdim=True).squeeze(2)
+        g_logits = torch._softmax_backward_data(torch.where(picked, g_w, 0), probs, 1,
+                                                probs.dtype)
+        g_br = g_logits.sum(2, keepdim=True).squeeze(2)
+        g_wr = g_logits.bmm(h.transpose(1, 2))
+        if needs_h:
+            g_h = g_h + wr.transpose(1, 2).bmm(g_logits)
+    return g_h, g_wr, g_br, g_w1, g_w2, g_b2
+
+
+#: What :func:`_layer_forward` keeps for the backward pass, per layer.
+_SAVED = 11
+
+
+class _Stack(torch.autograd.Function):
+    """A :class:`StackedMoE`'s forward pass as one autograd node: x (N, I, B) and the flat
+    parameters (N, P) -> y (N, O, B) and, per layer, the routes (no gradient).
+
+    A step of the paper's small models is per-operation overhead: written op by op, each layer
+    recorded some thirty autograd nodes (the parameters' views, broadcasts, the routing's where,
+    the softmax, the router's baddbmm) whose backward passes cost the engine more than their
+    arithmetic. The backward pass here runs, layer by layer, the operations autograd ran for that
+    op-by-op forward pass, on the same operands, and gathers the parameters' gradients into one
+    (N, P) tensor as autograd's split did: the same bits, without the engine's overhead."""
 
     @staticmethod
-    def forward(ctx, h: Tensor, wr: Tensor, br: Tensor, w1: Tensor, w2: Tensor, b2: Tensor,
-                switch: Tensor | None):
+    def forward(ctx, x: Tensor, flat: Tensor, model: StackedMoE):
         ctx.set_materialize_grads(False)
-        N, I, B = h.shape
-        E = wr.shape[1]
-        O = w2.shape[1] // E
-        logits = torch.baddbmm(br[:, :, None], wr, h)  # (N, E, B)
-        probs = logits.softmax(1)
-        ids = probs.topk(1, dim=1, sorted=True).indices  # (N, 1, B)
-        onehot = torch.zeros_like(probs).scatter_(1, ids, 1.0)
-        if switch is not None:  # switch members weight by the selected probability
-            picked = torch.zeros(N, E, B, dtype=torch.bool).scatter_(1, ids,
-                                                                     switch.expand(N, 1, B))
-            w_NEB = torch.where(picked, probs, onehot)
-        else:  # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
-            picked, w_NEB = None, onehot
-        h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)  # (N, I + 1, B)
-        h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)  # (N, E*(I+1), B)
-        y_all, a = _maps_forward(h_exp, w1, w2, b2)
-        y_all4 = y_all.view(N, E, O, B)
-        out = (y_all4 * w_NEB[:, :, None, :]).sum(1)
-        ctx.save_for_backward(h, wr, w1, w2, a, h_exp, y_all4, w_NEB, onehot, probs, picked)
-        ctx.mark_non_differentiable(logits, probs, ids)
-        return out, logits, probs, ids
+        ctx.model = model
+        h, routes, saved = x, [], []
+        for p, switch in zip(model.parameter_views(flat), model.switch_masks, strict=True):
+            h, route, keep = _layer_forward(h, *p, switch)
+            routes += route
+            saved += keep
+        ctx.save_for_backward(*saved)
+        ctx.mark_non_differentiable(*routes)
+        return (h, *routes)
 
     @staticmethod
-    def backward(ctx, g_out: Tensor | None, *_):
-        if g_out is None:  # the output took no part in the loss
-            return (None,) * 7
-        h, wr, w1, w2, a, h_exp, y_all4, w_NEB, onehot, probs, picked = ctx.saved_tensors
-        N, E, O, B = y_all4.shape
-        needs_h = ctx.needs_input_grad[0]
-        g_prod = g_out.unsqueeze(1).expand(N, E, O, B)  # the sum over experts
-        g_y = (g_prod * w_NEB[:, :, None, :]).reshape(N, E * O, B)
-        g_x, g_w1, g_w2, g_b2 = _maps_backward(g_y, h_exp, w1, w2, a, needs_h)
-        g_h = g_wr = g_br = None
-        if needs_h:  # through the expert's input [h, 1], placed in its expert's block
-            g_h1 = (g_x.reshape(N, E, -1, B) * onehot[:, :, None, :]).sum(1, keepdim=True)
-            g_h = g_h1.squeeze(1).narrow(1, 0, h.shape[1])
-        if picked is not None:  # the switch members' routers
-            g_w = (g_prod * y_all4).sum(2, keepdim=True).squeeze(2)
-            g_logits = torch._softmax_backward_data(torch.where(picked, g_w, 0), probs, 1,
-                                                    probs.dtype)
-            g_br = g_logits.sum(2, keepdim=True).squeeze(2)
-            g_wr = g_logits.bmm(h.transpose(1, 2))
-            if needs_h:
-                g_h = g_h + wr.transpose(1, 2).bmm(g_logits)
-        return g_h, g_wr, g_br, g_w1, g_w2, g_b2, None
+    def backward(ctx, g_y: Tensor | None, *_):
+        if g_y is None:  # the output took no part in the loss
+            return None, None, None
+        model, saved = ctx.model, ctx.saved_tensors
+        N, layers = g_y.shape[0], len(model.slots)
+        grads: list[Tensor | None] = []
+        g = g_y
+        for i in reversed(range(layers)):
+            g, *layer_grads = _layer_backward(g, saved[i * _SAVED:(i + 1) * _SAVED],
+                                              i > 0 or ctx.needs_input_grad[0])
+            grads = layer_grads + grads
+        sizes = model.sizes
+        g_flat = torch.cat([g_y.new_zeros(N, size) if t is None else t.reshape(N, size)
+                            for t, size in zip(grads, sizes, strict=True)], 1)
+        return g, g_flat, None
 
 
 class StackedMoE:
@@ -249,7 +284,7 @@ class StackedMoE:
     views of its columns: router ``wr`` (E, I) and ``br`` (E,); first maps ``w1`` (E, I + 1, H),
     expert e's weight (I, H) with its bias as row I; second maps ``w2`` (E, O, H) and ``b2``
     (E, O). Activations keep the tokens in the last axis, (N, width, B) (see
-    :func:`_maps_backward`); each layer is one autograd node (:class:`_Layer`).
+    :func:`_maps_backward`); the whole forward pass is one autograd node (:class:`_Stack`).
 
     Top-1 routing runs only the chosen expert's hidden units, with two small matmuls per layer:
     the input, with a 1 appended, is placed in its expert's block of an (E * (I + 1))-long column
@@ -281,7 +316,7 @@ class StackedMoE:
                                     for m in models])  # (N, layers)
         self.any_switch = self.switch.any(0).tolist()  # per layer: does any router train?
         #: per layer, (N, 1, 1): the members whose routers train, or None if none do
-        self._switch = [self.switch[:, i, None, None] if train else None
+        self.switch_masks = [self.switch[:, i, None, None] if train else None
                         for i, train in enumerate(self.any_switch)]
         self.experts = [E for E, _ in next(iter(shape))]
         self.slots: list[dict[str, _Slot]] = []
@@ -336,22 +371,28 @@ class StackedMoE:
             bank.weight2.copy_(v["w2"][:, :O].transpose(1, 2))
             bank.bias2.copy_(v["b2"][:, :O])
 
+    @property
+    def sizes(self) -> list[int]:
+        """The widths of the parameter tensors' column blocks in :attr:`flat`, in order."""
+        return [s.stop - s.start for layer in self.slots for s in layer.values()]
+
+    def parameter_views(self, flat: Tensor) -> list[tuple[Tensor, ...]]:
+        """Per layer, views of ``flat`` (N, P) as the layer computes with them: wr (N, E, I),
+        br (N, E), w1 (N, E * (I + 1), H), w2 (N, E * O, H), b2 (N, E * O)."""
+        N, parts, views = flat.shape[0], iter(flat.split(self.sizes, dim=1)), []
+        for layer in self.slots:
+            p = {name: next(parts).view(N, *s.shape) for name, s in layer.items()}
+            E, O = p["w2"].shape[1:3]
+            views.append((p["wr"], p["br"], p["w1"].view(N, -1, p["w1"].shape[-1]),
+                          p["w2"].view(N, E * O, -1), p["b2"].view(N, E * O)))
+        return views
+
     def forward(self, x_NIB: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
         """x (N, I, B) -> y (N, O, B) and, per layer, (logits (N, B, E), probs, ids (N, B, 1))
         (the routes as views with tokens before experts, as the solo router gives them)."""
-        parts = self.flat.split([s.stop - s.start for layer in self.slots
-                                 for s in layer.values()], dim=1)
-        h, routes, k = x_NIB, [], 0
-        N, _, B = x_NIB.shape
-        for i, layer in enumerate(self.slots):
-            p = {name: parts[k + j].view(N, *s.shape) for j, (name, s) in enumerate(layer.items())}
-            k += len(layer)
-            E, O = self.experts[i], layer["w2"].shape[1]
-            h, logits, probs, ids = _Layer.apply(
-                h, p["wr"], p["br"], p["w1"].view(N, -1, p["w1"].shape[-1]),
-                p["w2"].view(N, E * O, -1), p["b2"].view(N, E * O), self._switch[i])
-            routes.append((logits.transpose(1, 2), probs.transpose(1, 2), ids.transpose(1, 2)))
-        return h, routes
+        h, *routes = _Stack.apply(x_NIB, self.flat, self)
+        return h, [tuple(t.transpose(1, 2) for t in routes[i:i + 3])
+                   for i in range(0, len(routes), 3)]
 
 
 def _fitting(pair: tuple[Tensor, Tensor], n: int, model: DeepMoE, what: str
