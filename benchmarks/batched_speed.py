@@ -6,13 +6,25 @@ model) and :func:`moelab.training.batched.train_batched` with N copies of it (N 
 milliseconds per model-step and their ratio. Both include drawing the data; neither includes the
 final test evaluation (the test set is tiny). One thread, as the runner uses.
 
+``--against FILE`` instead compares two versions of the batched trainer on the batches ``moelab
+reproduce`` trains (:func:`~moelab.experiments.schedule.plan_batches`, members built as the runner
+builds them; ``--seeds`` per configuration, so 3 gives N = 18 for a Table 4 batch and 10 gives
+N = 60): FILE is another version's ``batched.py`` (e.g. ``git show main:src/moelab/training/
+batched.py > /tmp/old_batched.py``). The two take turns ``--repeats`` times; it prints the
+median and the fastest milliseconds per member-step of each, the median of their per-turn ratios,
+and whether every member's parameters, history and evaluations came out bit for bit the same.
+
 Usage: python benchmarks/batched_speed.py [--steps 300] [--sizes 1,3,12,48] [--json-out PATH]
+       python benchmarks/batched_speed.py --against OLD_BATCHED_PY [--seeds 3,10] [--repeats 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import statistics
+import sys
 import time
 import warnings
 
@@ -21,8 +33,17 @@ import torch
 from moelab.experiments.config import apply_overrides
 from moelab.experiments.execute import _prepare, constant_inputs
 from moelab.experiments.registry import table3, table4
-from moelab.training import train
+from moelab.experiments.schedule import plan_batches
+from moelab.training import batched, train
 from moelab.training.batched import Member, train_batched
+
+#: The planned batches --against times: (experiment, the labels one of its runs has).
+PLANNED = (
+    ("table4", {"model": "2-3-MoE", "m": "128"}),
+    ("table4", {"model": "1-6-MoE", "m": "128"}),
+    ("table4", {"model": "2-3-MoE", "m": "16"}),
+    ("table3", {"recipe": "best"}),
+)
 
 
 def _cases():
@@ -56,15 +77,89 @@ def _batched(run, n: int) -> float:
     return time.perf_counter() - start
 
 
+def _planned_batch(name: str, labels: dict[str, str], seeds: int, steps: int) -> list:
+    """The runs of the batch ``moelab run NAME --seeds SEEDS`` trains with a run of ``labels``,
+    shortened to ``steps`` steps."""
+    experiment = {"table3": table3, "table4": table4}[name]()
+    batch = next(b for b in plan_batches(experiment.runs(seeds=seeds))
+                 if all(b[0].labels[k] == v for k, v in labels.items()))
+    return [apply_overrides(r, {"train.steps": steps, "train.test_size": 64}) for r in batch]
+
+
+def _runner_members(runs) -> list[Member]:
+    """The members :func:`moelab.experiments.execute.execute_batch` builds for ``runs``."""
+    members = []
+    for run in runs:
+        built, model = _prepare(run)
+        stream = json.dumps(run.to_dict()["task"], sort_keys=True, default=str) + f"/{run.seed}"
+        members.append(Member(model, built.task, run.train, run.seed, stream=stream,
+                              inputs=constant_inputs(built)))
+    return members
+
+
+def _load_other(path: str):
+    spec = importlib.util.spec_from_file_location("other_batched", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _outcome(members, results) -> tuple:
+    params = torch.cat([p.detach().flatten() for m in members for p in m.model.parameters()])
+    return params, [(r.history, r.evals) for r in results]
+
+
+def compare(path: str, seeds: list[int], steps: int, repeats: int) -> dict:
+    """Time ``path``'s train_batched against this one on the planned batches, taking turns."""
+    versions = {"other": _load_other(path), "this": batched}
+    results = {}
+    for name, labels in PLANNED:
+        for n_seeds in seeds:
+            runs = _planned_batch(name, labels, n_seeds, steps)
+            times: dict[str, list[float]] = {v: [] for v in versions}
+            outcomes = {}
+            for _ in range(repeats):
+                for version, module in versions.items():
+                    members = _runner_members(runs)
+                    start = time.perf_counter()
+                    trained = module.train_batched(members)
+                    times[version].append((time.perf_counter() - start) / steps / len(runs) * 1e3)
+                    outcomes[version] = _outcome(members, trained)
+            (p0, h0), (p1, h1) = outcomes.values()
+            key = f"{name} {' '.join(f'{k}={v}' for k, v in labels.items())} N={len(runs)}"
+            row = {f"{v}_{stat.__name__}_ms": stat(t) for v, t in times.items()
+                   for stat in (statistics.median, min)}
+            row["ratio"] = statistics.median(b / a for a, b in zip(*times.values(), strict=True))
+            row["bit_identical"] = torch.equal(p0, p1) and h0 == h1
+            results[key] = row
+            print(f"{key:34s} other {row['other_median_ms']:.4f} (min {row['other_min_ms']:.4f})"
+                  f"  this {row['this_median_ms']:.4f} (min {row['this_min_ms']:.4f}) ms per "
+                  f"member-step  this/other {row['ratio']:.3f}  bit-identical "
+                  f"{row['bit_identical']}", flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--sizes", default="1,3,12,48")
+    parser.add_argument("--against", metavar="FILE",
+                        help="another version's batched.py to compare with on planned batches")
+    parser.add_argument("--seeds", default="3,10", help="with --against: seeds per configuration")
+    parser.add_argument("--repeats", type=int, default=5, help="with --against: turns each")
     parser.add_argument("--json-out")
     args = parser.parse_args()
-    sizes = [int(s) for s in args.sizes.split(",")]
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
+    if args.against:
+        results = compare(args.against, [int(s) for s in args.seeds.split(",")], args.steps,
+                          args.repeats)
+        if args.json_out:
+            with open(args.json_out, "w") as f:
+                json.dump(results, f, indent=1)
+        return
+    sizes = [int(s) for s in args.sizes.split(",")]
     results = {}
     for name, run in _cases():
         run = apply_overrides(run, {"train.steps": args.steps, "train.test_size": 64})
