@@ -213,8 +213,27 @@ def test_the_stacked_gradients_match_finite_differences():
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(2, 2, 5, generator=gen, dtype=torch.float64, requires_grad=True)
     flat = stacked.flat.detach().double().requires_grad_()
-    assert torch.autograd.gradcheck(lambda f, x: batched._Stack.apply(x, f, stacked)[0],
+    assert torch.autograd.gradcheck(lambda f, x: batched._Stack.apply(x, f, stacked, None)[0],
                                     (flat, x))
+
+
+def test_buffers_reused_from_step_to_step_give_the_same_bits():
+    runs = _runs(table4(), {"model": ("2-3-MoE",), "m": ("16",), "output": ("vector",)})
+    members = _members(runs)
+    stacked = StackedMoE([m.model for m in members], [m.inputs for m in members])
+    gen = torch.Generator().manual_seed(0)
+    workspace = {}
+    for _ in range(3):  # steps: each forward pass's backward pass runs before the next
+        x = 3 * torch.rand(stacked.n, stacked.widths[0], 128, generator=gen)
+        g_y = torch.randn(stacked.n, stacked.widths[-1], 128, generator=gen)
+        fresh, _ = stacked.forward(x)
+        (want,) = torch.autograd.grad(fresh, stacked.flat, g_y)
+        reused, _ = stacked.forward(x, workspace)
+        (got,) = torch.autograd.grad(reused, stacked.flat, g_y)
+        assert torch.equal(reused, fresh) and torch.equal(got, want)
+        with torch.no_grad():
+            stacked.flat.sub_(1e-2 * got)
+    assert workspace  # the hidden units were kept
 
 
 @pytest.mark.slow

@@ -156,23 +156,24 @@ class _Slot:
         return self.start + math.prod(self.shape)
 
 
-def _maps_forward(x: Tensor, w1: Tensor, w2: Tensor, b2: Tensor) -> tuple[Tensor, Tensor]:
+def _maps_forward(x: Tensor, w1: Tensor, w2: Tensor, b2: Tensor, a: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
     """Every member's two expert maps with tokens in the last axis: pre = w1^T x, a = ReLU(pre),
     y = w2 a + b2, for x (N, K, B), w1 (N, K, H), w2 (N, C, H), b2 (N, C) -> y (N, C, B) and the
     hidden units a (N, H, B)."""
-    a = torch.bmm(w1.transpose(1, 2), x).relu_()  # (N, H, B)
+    a = torch.bmm(w1.transpose(1, 2), x, out=a).relu_()  # (N, H, B)
     return torch.baddbmm(b2[:, :, None], w2, a), a
 
 
-def _maps_backward(g_y: Tensor, x: Tensor, w1: Tensor, w2: Tensor, a: Tensor, needs_x: bool
-                   ) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+def _maps_backward(g_y: Tensor, x: Tensor, w1: Tensor, w2: Tensor, a: Tensor, needs_x: bool,
+                   g_a: Tensor | None = None) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
     """The gradients of x (None unless ``needs_x``), w1, w2 and b2 of :func:`_maps_forward` from
     that of y. Every product has the small width (K or C) on its rows: with tokens in the last
     axis each matmul is a short-and-wide product, the shape the CPU's batched GEMM does fastest
     (a tall-and-narrow one, e.g. autograd's (H, B) x (B, K) for w1's gradient, runs several
     times slower for the same arithmetic)."""
     g_w2 = torch.bmm(g_y, a.transpose(1, 2))  # (N, C, H)
-    g_a = torch.bmm(w2.transpose(1, 2), g_y)
+    g_a = torch.bmm(w2.transpose(1, 2), g_y, out=g_a)
     # In place: a fresh (N, H, B) buffer costs more than the mask (page faults on CPU).
     g_pre = torch.ops.aten.threshold_backward.grad_input(g_a, a, 0, grad_input=g_a)
     g_w1 = torch.bmm(x, g_pre.transpose(1, 2))  # (N, K, H)
@@ -181,7 +182,8 @@ def _maps_backward(g_y: Tensor, x: Tensor, w1: Tensor, w2: Tensor, a: Tensor, ne
 
 
 def _layer_forward(h: Tensor, wr: Tensor, br: Tensor, w1: Tensor, w2: Tensor, b2: Tensor,
-                   switch: Tensor | None) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
+                   switch: Tensor | None, a: Tensor | None = None
+                   ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
     """One stacked MoE layer (see :class:`StackedMoE`): h (N, I, B) and the layer's parameters
     (wr (N, E, I), br (N, E), w1 (N, E * (I + 1), H), w2 (N, E * O, H), b2 (N, E * O)) -> the
     output (N, O, B), the routes (logits (N, E, B), probs, ids (N, 1, B)) and what
@@ -200,14 +202,14 @@ def _layer_forward(h: Tensor, wr: Tensor, br: Tensor, w1: Tensor, w2: Tensor, b2
         picked, w_NEB = None, onehot
     h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)  # (N, I + 1, B)
     h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)  # (N, E*(I+1), B)
-    y_all, a = _maps_forward(h_exp, w1, w2, b2)
+    y_all, a = _maps_forward(h_exp, w1, w2, b2, a)
     y_all4 = y_all.view(N, E, -1, B)
     out = (y_all4 * w_NEB[:, :, None, :]).sum(1)
     return out, (logits, probs, ids), (h, wr, w1, w2, a, h_exp, y_all4, w_NEB, onehot, probs, picked)
 
 
-def _layer_backward(g_out: Tensor, saved: Sequence[Tensor | None], needs_h: bool
-                    ) -> tuple[Tensor | None, ...]:
+def _layer_backward(g_out: Tensor, saved: Sequence[Tensor | None], needs_h: bool,
+                    g_a: Tensor | None = None) -> tuple[Tensor | None, ...]:
     """The gradients of h (None unless ``needs_h``), wr, br (None unless a router trains), w1, w2
     and b2 of :func:`_layer_forward` from that of its output: the operations autograd runs for
     the forward pass written op by op, on the same operands (so the same bits)."""
@@ -215,7 +217,7 @@ def _layer_backward(g_out: Tensor, saved: Sequence[Tensor | None], needs_h: bool
     N, E, O, B = y_all4.shape
     g_prod = g_out.unsqueeze(1).expand(N, E, O, B)  # the sum over experts
     g_y = (g_prod * w_NEB[:, :, None, :]).reshape(N, E * O, B)
-    g_x, g_w1, g_w2, g_b2 = _maps_backward(g_y, h_exp, w1, w2, a, needs_h)
+    g_x, g_w1, g_w2, g_b2 = _maps_backward(g_y, h_exp, w1, w2, a, needs_h, g_a)
     g_h = g_wr = g_br = None
     if needs_h:  # through the expert's input [h, 1], placed in its expert's block
         g_h1 = (g_x.reshape(N, E, -1, B) * onehot[:, :, None, :]).sum(1, keepdim=True)
@@ -235,6 +237,21 @@ def _layer_backward(g_out: Tensor, saved: Sequence[Tensor | None], needs_h: bool
 _SAVED = 11
 
 
+def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype
+            ) -> Tensor | None:
+    """The buffer ``workspace`` keeps under ``name``, or None (allocate afresh) without a
+    workspace or while torch.compile traces the step. The hidden units (N, H, B) are the step's
+    largest tensors: allocated afresh each step, at N = 60 and H = 128 they cost about a thousand
+    page faults a step (the allocator hands such blocks back to the system when they are freed)
+    and 8% of the step's time."""
+    if workspace is None or torch.compiler.is_compiling():
+        return None
+    key = (name, shape, dtype)
+    if key not in workspace:
+        workspace[key] = torch.empty(shape, dtype=dtype)
+    return workspace[key]
+
+
 class _Stack(torch.autograd.Function):
     """A :class:`StackedMoE`'s forward pass as one autograd node: x (N, I, B) and the flat
     parameters (N, P) -> y (N, O, B) and, per layer, the routes (no gradient).
@@ -247,12 +264,15 @@ class _Stack(torch.autograd.Function):
     (N, P) tensor as autograd's split did: the same bits, without the engine's overhead."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, flat: Tensor, model: StackedMoE):
+    def forward(ctx, x: Tensor, flat: Tensor, model: StackedMoE, workspace: dict | None):
         ctx.set_materialize_grads(False)
-        ctx.model = model
+        ctx.model, ctx.workspace = model, workspace
         h, routes, saved = x, [], []
-        for p, switch in zip(model.parameter_views(flat), model.switch_masks, strict=True):
-            h, route, keep = _layer_forward(h, *p, switch)
+        N, _, B = x.shape
+        for i, (p, switch) in enumerate(zip(model.parameter_views(flat), model.switch_masks,
+                                            strict=True)):
+            a = _buffer(workspace, f"a{i}", (N, p[2].shape[-1], B), x.dtype)
+            h, route, keep = _layer_forward(h, *p, switch, a)
             routes += route
             saved += keep
         ctx.save_for_backward(*saved)
@@ -262,19 +282,20 @@ class _Stack(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_y: Tensor | None, *_):
         if g_y is None:  # the output took no part in the loss
-            return None, None, None
+            return None, None, None, None
         model, saved = ctx.model, ctx.saved_tensors
         N, layers = g_y.shape[0], len(model.slots)
         grads: list[Tensor | None] = []
         g = g_y
         for i in reversed(range(layers)):
-            g, *layer_grads = _layer_backward(g, saved[i * _SAVED:(i + 1) * _SAVED],
-                                              i > 0 or ctx.needs_input_grad[0])
+            layer = saved[i * _SAVED:(i + 1) * _SAVED]
+            g_a = _buffer(ctx.workspace, "g_a", layer[4].shape, g.dtype)  # like a (N, H, B)
+            g, *layer_grads = _layer_backward(g, layer, i > 0 or ctx.needs_input_grad[0], g_a)
             grads = layer_grads + grads
         sizes = model.sizes
         g_flat = torch.cat([g_y.new_zeros(N, size) if t is None else t.reshape(N, size)
                             for t, size in zip(grads, sizes, strict=True)], 1)
-        return g, g_flat, None
+        return g, g_flat, None, None
 
 
 class StackedMoE:
@@ -387,10 +408,13 @@ class StackedMoE:
                           p["w2"].view(N, E * O, -1), p["b2"].view(N, E * O)))
         return views
 
-    def forward(self, x_NIB: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+    def forward(self, x_NIB: Tensor, workspace: dict | None = None
+                ) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
         """x (N, I, B) -> y (N, O, B) and, per layer, (logits (N, B, E), probs, ids (N, B, 1))
-        (the routes as views with tokens before experts, as the solo router gives them)."""
-        h, *routes = _Stack.apply(x_NIB, self.flat, self)
+        (the routes as views with tokens before experts, as the solo router gives them).
+        ``workspace``: a dict whose buffers the hidden units reuse from call to call (training
+        runs each call's backward pass before the next call); None allocates them afresh."""
+        h, *routes = _Stack.apply(x_NIB, self.flat, self, workspace)
         return h, [tuple(t.transpose(1, 2) for t in routes[i:i + 3])
                    for i in range(0, len(routes), 3)]
 
@@ -408,8 +432,8 @@ def _fitting(pair: tuple[Tensor, Tensor], n: int, model: DeepMoE, what: str
     return x, y
 
 
-def _losses(model: StackedMoE, x: Tensor, y: Tensor, denom_N: Tensor):
-    pred, routes = model.forward(x)
+def _losses(model: StackedMoE, x: Tensor, y: Tensor, denom_N: Tensor, workspace: dict):
+    pred, routes = model.forward(x, workspace)
     mse_N = (pred - y).square().sum((1, 2)) / denom_N
     return mse_N, routes
 
@@ -592,11 +616,12 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
                else torch.tensor([[math.inf if c is None else c] for c in clips]))
     state = _adam_state(stacked.flat)
     loss_fn = _compiled(_losses)
+    workspace: dict = {}  # the hidden units' buffers, reused from step to step
     history: list[list[dict[str, float]]] = [[] for _ in members]
     evals: list[list[dict[str, float]]] = [[] for _ in members]
     for step in range(steps):
         x, y = streams.next()
-        mse_N, routes = loss_fn(stacked, x, y, denom_N)
+        mse_N, routes = loss_fn(stacked, x, y, denom_N, workspace)
         loss = mse_N.sum()
         if not math.isfinite(loss.item()):
             bad = [n for n, v in enumerate(mse_N.tolist()) if not math.isfinite(v)]
