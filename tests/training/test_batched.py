@@ -6,8 +6,8 @@ import torch
 from moelab.experiments.config import apply_overrides
 from moelab.experiments.execute import _prepare, constant_inputs
 from moelab.experiments.registry import table3, table4
-from moelab.layers import DeepMoE, MoEConfig, RouterConfig
-from moelab.training import MethodConfig, TrainConfig, train
+from moelab.layers import DeepMoE, ExpertConfig, MoEConfig, RouterConfig
+from moelab.training import MethodConfig, TrainConfig, batched, train
 from moelab.training.batched import Member, StackedMoE, alone_reason, train_batched
 
 STEPS = 150
@@ -146,17 +146,94 @@ def test_a_batch_needs_members():
         train_batched([])
 
 
-def test_the_expert_maps_backward_is_autograds():
-    from moelab.training.batched import _ExpertMaps
+class _MapsNode(torch.autograd.Function):
+    """The expert maps as an autograd node of their own, as StackedMoE had them before."""
 
+    @staticmethod
+    def forward(ctx, x, w1, w2, b2):
+        y, a = batched._maps_forward(x, w1, w2, b2)
+        ctx.save_for_backward(x, w1, w2, a)
+        return y
+
+    @staticmethod
+    def backward(ctx, g_y):
+        return batched._maps_backward(g_y, *ctx.saved_tensors, ctx.needs_input_grad[0])
+
+
+def _forward_op_by_op(stacked, flat, x):
+    """StackedMoE's forward pass written op by op, autograd doing the backward pass: the
+    reference for its one-node _Stack (the same arithmetic, with the switch weight gathered)."""
+    N, _, B = x.shape
+    h = x
+    for (wr, br, w1, w2, b2), switch in zip(stacked.parameter_views(flat), stacked.switch_masks,
+                                            strict=True):
+        with torch.set_grad_enabled(switch is not None):
+            probs = torch.baddbmm(br[:, :, None], wr, h).softmax(1)
+        ids = probs.detach().topk(1, dim=1, sorted=True).indices
+        onehot = torch.zeros_like(probs).scatter_(1, ids, 1.0)
+        w_NEB = onehot
+        if switch is not None:
+            picked = probs.gather(1, ids)
+            weight = torch.where(switch, picked, torch.ones_like(picked))
+            w_NEB = torch.zeros_like(probs).scatter(1, ids, weight)
+        h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)
+        h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)
+        y_all = _MapsNode.apply(h_exp, w1, w2, b2)
+        h = (y_all.view(N, wr.shape[1], -1, B) * w_NEB[:, :, None, :]).sum(1)
+    return h
+
+
+@pytest.mark.parametrize("model", ["2-3-MoE", "1-6-MoE"])
+@pytest.mark.parametrize("x_grad", [False, True], ids=["data", "x-needs-grad"])
+def test_the_stacked_backward_is_autograds_bit_for_bit(model, x_grad):
+    runs = _runs(table4(), {"model": (model,), "m": ("16",), "output": ("vector", "sum"),
+                            "recipe": ("paper", "best")})
+    members = _members(runs)
+    stacked = StackedMoE([m.model for m in members], [m.inputs for m in members])
+    assert stacked.switch[:, 0].any() and not stacked.switch[:, 0].all()  # mixed weightings
     gen = torch.Generator().manual_seed(0)
-    x, w1, w2, b2 = (torch.randn(*shape, generator=gen, dtype=torch.float64, requires_grad=True)
-                     for shape in ((3, 5, 7), (3, 5, 4), (3, 6, 4), (3, 6)))
-    want = torch.baddbmm(b2[:, :, None], w2, torch.relu(w1.transpose(1, 2) @ x))
-    assert torch.allclose(_ExpertMaps.apply(x, w1, w2, b2), want)
-    assert torch.autograd.gradcheck(_ExpertMaps.apply, (x, w1, w2, b2))
-    # an input that needs no gradient gets none (the first layer's data)
-    _ExpertMaps.apply(x.detach(), w1, w2, b2).sum().backward()
+    N, B = stacked.n, 128
+    x = (3 * torch.rand(N, stacked.widths[0], B, generator=gen)).requires_grad_(x_grad)
+    g_y = torch.randn(N, stacked.widths[-1], B, generator=gen)
+    want = _forward_op_by_op(stacked, stacked.flat, x)
+    got, routes = stacked.forward(x)
+    assert torch.equal(got, want)
+    assert not any(t.requires_grad for route in routes for t in route)
+    inputs = [stacked.flat, x] if x_grad else [stacked.flat]
+    for a, b in zip(torch.autograd.grad(got, inputs, g_y), torch.autograd.grad(want, inputs, g_y),
+                    strict=True):
+        assert torch.equal(a, b)
+
+
+def test_the_stacked_gradients_match_finite_differences():
+    config = [MoEConfig(num_experts=2, router=RouterConfig(weighting=w),
+                        experts=ExpertConfig(hidden=3)) for w in ("switch", "paper")]
+    stacked = StackedMoE([DeepMoE([2, 3, 2], config), DeepMoE([2, 3, 1], config[::-1])])
+    assert stacked.switch_masks[0] is not None and stacked.switch_masks[1] is not None
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 2, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    flat = stacked.flat.detach().double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda f, x: batched._Stack.apply(x, f, stacked, None)[0],
+                                    (flat, x))
+
+
+def test_buffers_reused_from_step_to_step_give_the_same_bits():
+    runs = _runs(table4(), {"model": ("2-3-MoE",), "m": ("16",), "output": ("vector",)})
+    members = _members(runs)
+    stacked = StackedMoE([m.model for m in members], [m.inputs for m in members])
+    gen = torch.Generator().manual_seed(0)
+    workspace = {}
+    for _ in range(3):  # steps: each forward pass's backward pass runs before the next
+        x = 3 * torch.rand(stacked.n, stacked.widths[0], 128, generator=gen)
+        g_y = torch.randn(stacked.n, stacked.widths[-1], 128, generator=gen)
+        fresh, _ = stacked.forward(x)
+        (want,) = torch.autograd.grad(fresh, stacked.flat, g_y)
+        reused, _ = stacked.forward(x, workspace)
+        (got,) = torch.autograd.grad(reused, stacked.flat, g_y)
+        assert torch.equal(reused, fresh) and torch.equal(got, want)
+        with torch.no_grad():
+            stacked.flat.sub_(1e-2 * got)
+    assert workspace  # the hidden units were kept
 
 
 @pytest.mark.slow

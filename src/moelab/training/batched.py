@@ -29,7 +29,7 @@ can move one member further (tests/training/test_batched.py states the tolerance
 
 Shape legend: N members, B batch rows, I input width, E experts, H hidden width, O output width,
 P parameters per member (padded). Activations keep the rows last, (N, width, B) (see
-:class:`_ExpertMaps` for why).
+:func:`_maps_backward` for why).
 """
 
 from __future__ import annotations
@@ -67,6 +67,8 @@ from moelab.training.metrics import stacked_router_metrics
 CHUNK = 64
 #: Adam's defaults, as torch.optim.Adam has them.
 BETAS, EPS = (0.9, 0.999), 1e-8
+#: The smallest normal float32.
+FLT_MIN = torch.finfo(torch.float32).tiny
 #: Set to "1" to compile the batched loss with torch.compile (see docs/experiments.md).
 COMPILE_ENV = "MOELAB_COMPILE"
 
@@ -154,31 +156,146 @@ class _Slot:
         return self.start + math.prod(self.shape)
 
 
-class _ExpertMaps(torch.autograd.Function):
+def _maps_forward(x: Tensor, w1: Tensor, w2: Tensor, b2: Tensor, a: Tensor | None = None
+                  ) -> tuple[Tensor, Tensor]:
     """Every member's two expert maps with tokens in the last axis: pre = w1^T x, a = ReLU(pre),
-    y = w2 a + b2, for x (N, K, B), w1 (N, K, H), w2 (N, C, H), b2 (N, C) -> y (N, C, B).
+    y = w2 a + b2, for x (N, K, B), w1 (N, K, H), w2 (N, C, H), b2 (N, C) -> y (N, C, B) and the
+    hidden units a (N, H, B)."""
+    a = torch.bmm(w1.transpose(1, 2), x, out=a).relu_()  # (N, H, B)
+    return torch.baddbmm(b2[:, :, None], w2, a), a
 
-    The backward pass is written out so that every product has the small width (K or C) on its
-    rows: with tokens in the last axis each matmul is a short-and-wide product, the shape the
-    CPU's batched GEMM does fastest (a tall-and-narrow one, e.g. autograd's (H, B) x (B, K) for
-    w1's gradient, runs several times slower for the same arithmetic)."""
+
+def _maps_backward(g_y: Tensor, x: Tensor, w1: Tensor, w2: Tensor, a: Tensor, needs_x: bool,
+                   g_a: Tensor | None = None) -> tuple[Tensor | None, Tensor, Tensor, Tensor]:
+    """The gradients of x (None unless ``needs_x``), w1, w2 and b2 of :func:`_maps_forward` from
+    that of y. Every product has the small width (K or C) on its rows: with tokens in the last
+    axis each matmul is a short-and-wide product, the shape the CPU's batched GEMM does fastest
+    (a tall-and-narrow one, e.g. autograd's (H, B) x (B, K) for w1's gradient, runs several
+    times slower for the same arithmetic)."""
+    g_w2 = torch.bmm(g_y, a.transpose(1, 2))  # (N, C, H)
+    g_a = torch.bmm(w2.transpose(1, 2), g_y, out=g_a)
+    # In place: a fresh (N, H, B) buffer costs more than the mask (page faults on CPU).
+    g_pre = torch.ops.aten.threshold_backward.grad_input(g_a, a, 0, grad_input=g_a)
+    g_w1 = torch.bmm(x, g_pre.transpose(1, 2))  # (N, K, H)
+    g_x = torch.bmm(w1, g_pre) if needs_x else None
+    return g_x, g_w1, g_w2, g_y.sum(2)
+
+
+def _layer_forward(h: Tensor, wr: Tensor, br: Tensor, w1: Tensor, w2: Tensor, b2: Tensor,
+                   switch: Tensor | None, a: Tensor | None = None
+                   ) -> tuple[Tensor, tuple[Tensor, ...], tuple[Tensor, ...]]:
+    """One stacked MoE layer (see :class:`StackedMoE`): h (N, I, B) and the layer's parameters
+    (wr (N, E, I), br (N, E), w1 (N, E * (I + 1), H), w2 (N, E * O, H), b2 (N, E * O)) -> the
+    output (N, O, B), the routes (logits (N, E, B), probs, ids (N, 1, B)) and what
+    :func:`_layer_backward` needs. ``switch`` (N, 1, 1), bool: the members whose routers train
+    (switch weighting); None if none do."""
+    N, _, B = h.shape
+    E = wr.shape[1]
+    logits = torch.baddbmm(br[:, :, None], wr, h)  # (N, E, B)
+    probs = logits.softmax(1)
+    ids = probs.topk(1, dim=1, sorted=True).indices  # (N, 1, B)
+    onehot = torch.zeros_like(probs).scatter_(1, ids, 1.0)
+    if switch is not None:  # switch members weight by the selected probability
+        picked = torch.zeros(N, E, B, dtype=torch.bool).scatter_(1, ids, switch.expand(N, 1, B))
+        w_NEB = torch.where(picked, probs, onehot)
+    else:  # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
+        picked, w_NEB = None, onehot
+    h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)  # (N, I + 1, B)
+    h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)  # (N, E*(I+1), B)
+    y_all, a = _maps_forward(h_exp, w1, w2, b2, a)
+    y_all4 = y_all.view(N, E, -1, B)
+    out = (y_all4 * w_NEB[:, :, None, :]).sum(1)
+    return out, (logits, probs, ids), (h, wr, w1, w2, a, h_exp, y_all4, w_NEB, onehot, probs, picked)
+
+
+def _layer_backward(g_out: Tensor, saved: Sequence[Tensor | None], needs_h: bool,
+                    g_a: Tensor | None = None) -> tuple[Tensor | None, ...]:
+    """The gradients of h (None unless ``needs_h``), wr, br (None unless a router trains), w1, w2
+    and b2 of :func:`_layer_forward` from that of its output: the operations autograd runs for
+    the forward pass written op by op, on the same operands (so the same bits)."""
+    h, wr, w1, w2, a, h_exp, y_all4, w_NEB, onehot, probs, picked = saved
+    N, E, O, B = y_all4.shape
+    g_prod = g_out.unsqueeze(1).expand(N, E, O, B)  # the sum over experts
+    g_y = (g_prod * w_NEB[:, :, None, :]).reshape(N, E * O, B)
+    g_x, g_w1, g_w2, g_b2 = _maps_backward(g_y, h_exp, w1, w2, a, needs_h, g_a)
+    g_h = g_wr = g_br = None
+    if needs_h:  # through the expert's input [h, 1], placed in its expert's block
+        g_h1 = (g_x.reshape(N, E, -1, B) * onehot[:, :, None, :]).sum(1, keepdim=True)
+        g_h = g_h1.squeeze(1).narrow(1, 0, h.shape[1])
+    if picked is not None:  # the switch members' routers
+        g_w = (g_prod * y_all4).sum(2, keepdim=True).squeeze(2)
+        g_logits = torch._softmax_backward_data(torch.where(picked, g_w, 0), probs, 1,
+                                                probs.dtype)
+        g_br = g_logits.sum(2, keepdim=True).squeeze(2)
+        g_wr = g_logits.bmm(h.transpose(1, 2))
+        if needs_h:
+            g_h = g_h + wr.transpose(1, 2).bmm(g_logits)
+    return g_h, g_wr, g_br, g_w1, g_w2, g_b2
+
+
+#: What :func:`_layer_forward` keeps for the backward pass, per layer.
+_SAVED = 11
+
+
+def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype
+            ) -> Tensor | None:
+    """The buffer ``workspace`` keeps under ``name``, or None (allocate afresh) without a
+    workspace or while torch.compile traces the step. The hidden units (N, H, B) are the step's
+    largest tensors: allocated afresh each step, at N = 60 and H = 128 they cost about a thousand
+    page faults a step (the allocator hands such blocks back to the system when they are freed)
+    and 8% of the step's time."""
+    if workspace is None or torch.compiler.is_compiling():
+        return None
+    key = (name, shape, dtype)
+    if key not in workspace:
+        workspace[key] = torch.empty(shape, dtype=dtype)
+    return workspace[key]
+
+
+class _Stack(torch.autograd.Function):
+    """A :class:`StackedMoE`'s forward pass as one autograd node: x (N, I, B) and the flat
+    parameters (N, P) -> y (N, O, B) and, per layer, the routes (no gradient).
+
+    A step of the paper's small models is per-operation overhead: written op by op, each layer
+    recorded some thirty autograd nodes (the parameters' views, broadcasts, the routing's where,
+    the softmax, the router's baddbmm) whose backward passes cost the engine more than their
+    arithmetic. The backward pass here runs, layer by layer, the operations autograd ran for that
+    op-by-op forward pass, on the same operands, and gathers the parameters' gradients into one
+    (N, P) tensor as autograd's split did: the same bits, without the engine's overhead."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w1: Tensor, w2: Tensor, b2: Tensor) -> Tensor:
-        a = torch.bmm(w1.transpose(1, 2), x).relu_()  # (N, H, B)
-        ctx.save_for_backward(x, w1, w2, a)
-        return torch.baddbmm(b2[:, :, None], w2, a)
+    def forward(ctx, x: Tensor, flat: Tensor, model: StackedMoE, workspace: dict | None):
+        ctx.set_materialize_grads(False)
+        ctx.model, ctx.workspace = model, workspace
+        h, routes, saved = x, [], []
+        N, _, B = x.shape
+        for i, (p, switch) in enumerate(zip(model.parameter_views(flat), model.switch_masks,
+                                            strict=True)):
+            a = _buffer(workspace, f"a{i}", (N, p[2].shape[-1], B), x.dtype)
+            h, route, keep = _layer_forward(h, *p, switch, a)
+            routes += route
+            saved += keep
+        ctx.save_for_backward(*saved)
+        ctx.mark_non_differentiable(*routes)
+        return (h, *routes)
 
     @staticmethod
-    def backward(ctx, g_y: Tensor):
-        x, w1, w2, a = ctx.saved_tensors
-        g_w2 = torch.bmm(g_y, a.transpose(1, 2))  # (N, C, H)
-        g_a = torch.bmm(w2.transpose(1, 2), g_y)
-        # In place: a fresh (N, H, B) buffer costs more than the mask (page faults on CPU).
-        g_pre = torch.ops.aten.threshold_backward.grad_input(g_a, a, 0, grad_input=g_a)
-        g_w1 = torch.bmm(x, g_pre.transpose(1, 2))  # (N, K, H)
-        g_x = torch.bmm(w1, g_pre) if ctx.needs_input_grad[0] else None
-        return g_x, g_w1, g_w2, g_y.sum(2)
+    def backward(ctx, g_y: Tensor | None, *_):
+        if g_y is None:  # the output took no part in the loss
+            return None, None, None, None
+        model, saved = ctx.model, ctx.saved_tensors
+        N, layers = g_y.shape[0], len(model.slots)
+        grads: list[Tensor | None] = []
+        g = g_y
+        for i in reversed(range(layers)):
+            layer = saved[i * _SAVED:(i + 1) * _SAVED]
+            g_a = _buffer(ctx.workspace, "g_a", layer[4].shape, g.dtype)  # like a (N, H, B)
+            g, *layer_grads = _layer_backward(g, layer, i > 0 or ctx.needs_input_grad[0], g_a)
+            grads = layer_grads + grads
+        sizes = model.sizes
+        g_flat = torch.cat([g_y.new_zeros(N, size) if t is None else t.reshape(N, size)
+                            for t, size in zip(grads, sizes, strict=True)], 1)
+        return g, g_flat, None, None
 
 
 class StackedMoE:
@@ -187,7 +304,8 @@ class StackedMoE:
     The parameters of all members are one (N, P) tensor :attr:`flat`; each layer's tensors are
     views of its columns: router ``wr`` (E, I) and ``br`` (E,); first maps ``w1`` (E, I + 1, H),
     expert e's weight (I, H) with its bias as row I; second maps ``w2`` (E, O, H) and ``b2``
-    (E, O). Activations keep the tokens in the last axis, (N, width, B) (see :class:`_ExpertMaps`).
+    (E, O). Activations keep the tokens in the last axis, (N, width, B) (see
+    :func:`_maps_backward`); the whole forward pass is one autograd node (:class:`_Stack`).
 
     Top-1 routing runs only the chosen expert's hidden units, with two small matmuls per layer:
     the input, with a 1 appended, is placed in its expert's block of an (E * (I + 1))-long column
@@ -218,6 +336,9 @@ class StackedMoE:
         self.switch = torch.tensor([[l.router.weighting == "switch" for l in m.moe_layers]
                                     for m in models])  # (N, layers)
         self.any_switch = self.switch.any(0).tolist()  # per layer: does any router train?
+        #: per layer, (N, 1, 1): the members whose routers train, or None if none do
+        self.switch_masks = [self.switch[:, i, None, None] if train else None
+                        for i, train in enumerate(self.any_switch)]
         self.experts = [E for E, _ in next(iter(shape))]
         self.slots: list[dict[str, _Slot]] = []
         start = 0
@@ -271,36 +392,31 @@ class StackedMoE:
             bank.weight2.copy_(v["w2"][:, :O].transpose(1, 2))
             bank.bias2.copy_(v["b2"][:, :O])
 
-    def forward(self, x_NIB: Tensor) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
+    @property
+    def sizes(self) -> list[int]:
+        """The widths of the parameter tensors' column blocks in :attr:`flat`, in order."""
+        return [s.stop - s.start for layer in self.slots for s in layer.values()]
+
+    def parameter_views(self, flat: Tensor) -> list[tuple[Tensor, ...]]:
+        """Per layer, views of ``flat`` (N, P) as the layer computes with them: wr (N, E, I),
+        br (N, E), w1 (N, E * (I + 1), H), w2 (N, E * O, H), b2 (N, E * O)."""
+        N, parts, views = flat.shape[0], iter(flat.split(self.sizes, dim=1)), []
+        for layer in self.slots:
+            p = {name: next(parts).view(N, *s.shape) for name, s in layer.items()}
+            E, O = p["w2"].shape[1:3]
+            views.append((p["wr"], p["br"], p["w1"].view(N, -1, p["w1"].shape[-1]),
+                          p["w2"].view(N, E * O, -1), p["b2"].view(N, E * O)))
+        return views
+
+    def forward(self, x_NIB: Tensor, workspace: dict | None = None
+                ) -> tuple[Tensor, list[tuple[Tensor, Tensor, Tensor]]]:
         """x (N, I, B) -> y (N, O, B) and, per layer, (logits (N, B, E), probs, ids (N, B, 1))
-        (the routes as views with tokens before experts, as the solo router gives them)."""
-        parts = self.flat.split([s.stop - s.start for layer in self.slots
-                                 for s in layer.values()], dim=1)
-        h, routes, k = x_NIB, [], 0
-        N, _, B = x_NIB.shape
-        for i, layer in enumerate(self.slots):
-            p = {name: parts[k + j].view(N, *s.shape) for j, (name, s) in enumerate(layer.items())}
-            k += len(layer)
-            E, O = self.experts[i], layer["w2"].shape[1]
-            # paper weighting (top-1): the weight is exactly 1 and the router gets no gradient
-            with torch.set_grad_enabled(torch.is_grad_enabled() and self.any_switch[i]):
-                logits = torch.baddbmm(p["br"][:, :, None], p["wr"], h)  # (N, E, B)
-                probs = logits.softmax(1)
-            ids = probs.detach().topk(1, dim=1, sorted=True).indices  # (N, 1, B)
-            onehot = torch.zeros_like(probs).scatter_(1, ids, 1.0)
-            if probs.requires_grad:  # switch: the selected probability
-                picked = probs.gather(1, ids)
-                weight = torch.where(self.switch[:, i, None, None], picked, torch.ones_like(picked))
-                w_NEB = torch.zeros_like(probs).scatter(1, ids, weight)
-            else:
-                w_NEB = onehot
-            h1 = torch.cat([h, h.new_ones(N, 1, B)], 1)  # (N, I + 1, B)
-            h_exp = (onehot[:, :, None, :] * h1[:, None]).view(N, -1, B)  # (N, E*(I+1), B)
-            y_all = _ExpertMaps.apply(h_exp, p["w1"].view(N, -1, p["w1"].shape[-1]),
-                                      p["w2"].view(N, E * O, -1), p["b2"].view(N, E * O))
-            h = (y_all.view(N, E, O, B) * w_NEB[:, :, None, :]).sum(1)
-            routes.append((logits.transpose(1, 2), probs.transpose(1, 2), ids.transpose(1, 2)))
-        return h, routes
+        (the routes as views with tokens before experts, as the solo router gives them).
+        ``workspace``: a dict whose buffers the hidden units reuse from call to call (training
+        runs each call's backward pass before the next call); None allocates them afresh."""
+        h, *routes = _Stack.apply(x_NIB, self.flat, self, workspace)
+        return h, [tuple(t.transpose(1, 2) for t in routes[i:i + 3])
+                   for i in range(0, len(routes), 3)]
 
 
 def _fitting(pair: tuple[Tensor, Tensor], n: int, model: DeepMoE, what: str
@@ -316,8 +432,8 @@ def _fitting(pair: tuple[Tensor, Tensor], n: int, model: DeepMoE, what: str
     return x, y
 
 
-def _losses(model: StackedMoE, x: Tensor, y: Tensor, denom_N: Tensor):
-    pred, routes = model.forward(x)
+def _losses(model: StackedMoE, x: Tensor, y: Tensor, denom_N: Tensor, workspace: dict):
+    pred, routes = model.forward(x, workspace)
     mse_N = (pred - y).square().sum((1, 2)) / denom_N
     return mse_N, routes
 
@@ -391,7 +507,10 @@ def _adam_step(flat: Tensor, state: dict[str, Tensor], lr_N1: Tensor, step: int,
     m.lerp_(grad, 1 - b1)
     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
     bias1, bias2_sqrt = 1 - b1**step, math.sqrt(1 - b2**step)
-    denom = torch.sqrt(v, out=state["denom"]).div_(bias2_sqrt).add_(EPS)
+    # sqrt(max(v, FLT_MIN)): the CPU's vectorised square root takes a slow path for zeros (a third
+    # of v is 0: untrained routers, padding) and subnormals, while sqrt(FLT_MIN) / bias2_sqrt
+    # <= 3.5e-18 is below half an ulp of EPS, so denom is bit for bit what sqrt(v) gives.
+    denom = torch.clamp_min(v, FLT_MIN, out=state["denom"]).sqrt_().div_(bias2_sqrt).add_(EPS)
     with torch.no_grad():
         flat.addcdiv_(torch.mul(m, lr_N1 / bias1, out=state["scaled"]), denom, value=-1)
 
@@ -497,13 +616,14 @@ def train_batched(members: Sequence[Member], *, test_sets: Sequence[tuple[Tensor
                else torch.tensor([[math.inf if c is None else c] for c in clips]))
     state = _adam_state(stacked.flat)
     loss_fn = _compiled(_losses)
+    workspace: dict = {}  # the hidden units' buffers, reused from step to step
     history: list[list[dict[str, float]]] = [[] for _ in members]
     evals: list[list[dict[str, float]]] = [[] for _ in members]
     for step in range(steps):
         x, y = streams.next()
-        mse_N, routes = loss_fn(stacked, x, y, denom_N)
+        mse_N, routes = loss_fn(stacked, x, y, denom_N, workspace)
         loss = mse_N.sum()
-        if not torch.isfinite(loss):
+        if not math.isfinite(loss.item()):
             bad = [n for n, v in enumerate(mse_N.tolist()) if not math.isfinite(v)]
             raise FloatingPointError(f"training loss of members {bad} became non-finite at "
                                      f"step {step}")
