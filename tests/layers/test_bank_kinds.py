@@ -232,9 +232,6 @@ def test_the_batched_trainer_leaves_a_stack_of_another_kind_alone():
     assert alone_reason(DeepMoE([3, 2], one_map), TrainConfig()) == why
 
 
-@pytest.mark.xfail(strict=True, reason="layer_alone_reason (moelab.training.batched) reads the "
-                   "experts' shape fields, not their kind: a 'lowrank' bank of depth 2, ReLU, "
-                   "with biases passes and the stacked model then finds no Experts bank")
 def test_the_batched_trainer_leaves_a_kind_with_plain_shape_fields_alone():
     config = _lowrank()
     assert layer_alone_reason(config) is not None

@@ -87,6 +87,7 @@ def layer_alone_reason(config: MoEConfig) -> str | None:
         (not r.balance_bias, "a balance bias"),
         (e.depth == 2 and not e.gated and e.activation == "relu" and e.bias
          and e.latent_dim is None, "experts other than two-layer ReLU with biases"),
+        (e.kind == "ffn", f"an expert bank of kind {e.kind!r}"),
         (not config.shared_experts, "shared experts"),
     )
     return next((why for ok, why in checks if not ok), None)
@@ -368,7 +369,7 @@ class StackedMoE:
     def _load(self, n: int, model: DeepMoE) -> None:
         for i, (v, layer) in enumerate(zip(self._member_views(n), model.moe_layers, strict=True)):
             bank = layer.experts
-            assert isinstance(bank, Experts)
+            assert type(bank) is Experts
             rows, O = self._rows(n, i, layer), layer.d_out
             I = len(rows)
             v["wr"][:, :I] = layer.router.scorer.weight[:, rows]
