@@ -51,3 +51,29 @@ def test_a_keyed_axis_places_its_cells_by_their_config_value_not_their_label():
     cells = build_grid("toy", runs, exp).cells
     assert {c.label("D"): c.x("D") for c in cells} == {"D=8": 8.0, "D=16": 16.0}
     assert [c.x("task.D") for c in cells] == [c.x("D") for c in cells]
+
+
+def _stored(run, config: dict) -> StoredRun:
+    return StoredRun(run.run_id(), run.experiment, run.labels, run.seed, config, 1e-3, 0.1, {}, {},
+                     1.0, "0", "")
+
+
+def test_runs_stored_before_a_field_was_added_pool_with_later_ones():
+    """A config stored by an earlier version lacks the fields added since (marked ADDED_LATER);
+    they hold their defaults, so its runs pool with the same settings stored today."""
+    from moelab.experiments.registry import get_experiment
+
+    runs = [r for r in get_experiment("table3").runs(seeds=3) if r.labels["D"] == "16"]
+    old = []
+    for run in (r for r in runs if r.seed == 0):
+        config = run.to_dict()
+        for key in ("gated_form", "clamp_limit", "glu_alpha", "bank", "options"):
+            del config["model"]["moe"]["experts"][key]
+        old.append(_stored(run, config))
+    new = [_stored(r, r.to_dict()) for r in runs if r.seed > 0]
+    grid = build_grid("table3", old + new, get_experiment("table3"))
+    assert grid.extra == ()
+    assert sorted(len(c.runs) for c in grid.cells) == [3, 3]
+    changed = [_stored(r, r.to_dict() | {"train": {**r.to_dict()["train"], "steps": 7}})
+               for r in runs if r.seed == 0]
+    assert build_grid("table3", changed + new, get_experiment("table3")).extra == ("train.steps",)

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from moelab.analysis.rates import RateFit, fit_slope
+from moelab.experiments.config import ConstructionRun, RunConfig
 from moelab.experiments.spec import Experiment
 from moelab.experiments.store import StoredRun, flatten
 from moelab.training.streams import STREAM_FIELDS
+from moelab.typed_json import to_json
 
 #: A key into a cell: an axis name, a dotted config path, or a function of the cell.
 Key = str | Callable[["Cell"], Any]
@@ -253,6 +255,17 @@ def deviations(runs: Sequence[StoredRun], exp: Experiment) -> list[str]:
 
 
 def _flat_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a stored config, flattened: what tells runs with the same labels apart.
+
+    The config is read as the run config it was stored from and written back as its identity
+    (what run ids hash), so a field added after the run was stored, which the stored config
+    lacks, counts as holding its default, as it does in run ids. A config this version cannot
+    read is compared as stored."""
+    try:
+        run_class = ConstructionRun if "construction" in config else RunConfig
+        config = to_json(run_class.from_dict(dict(config)), identity=True)
+    except (TypeError, ValueError, KeyError):
+        pass
     return {k: v for k, v in flatten(config).items()
             if k.split(".")[0] not in _NOT_CONFIG and k not in _NOT_SETTINGS}
 
