@@ -96,6 +96,16 @@ def _with(run: RunConfig, overrides: dict[str, object]) -> RunConfig:
     return apply_overrides(run, overrides)
 
 
+def _one_layer_best(task: TaskSpec, experts: int, hidden: int, steps: int,
+                    extra: dict[str, object] | None = None) -> RunConfig:
+    """The base run of most studies beyond the paper: a depth-1 MoE of ``experts`` experts of
+    width ``hidden`` on ``task``, trained ``steps`` steps by the best recipe at lr 1e-2, with the
+    overrides ``extra`` on top."""
+    run = unnamed(task=task, model=ModelSpec(layers=1, moe=_moe(experts, hidden)),
+                  train=TrainConfig(steps=steps))
+    return _with(run, {**best_recipe(1e-2), **(extra or {})})
+
+
 @register("table3")
 def table3() -> Experiment:
     """Experiment I (Thm 4.8): 1-4-MoE on the circle in R^D; Table 3."""
@@ -204,11 +214,7 @@ def dense_vs_moe() -> Experiment:
         title="Shallow MoE vs dense two-layer nets on manifold tasks: error vs activated parameters",
         claim="For comparable accuracy a dense network needs about E times more activated "
               "parameters than an MoE with E experts.",
-        base=_with(unnamed(
-            task=TaskSpec(kind="manifold", manifold="circle", D=16),
-            model=ModelSpec(layers=1, moe=_moe(4, 16)),
-            train=TrainConfig(steps=3000),
-        ), {**best_recipe(1e-2)}),
+        base=_one_layer_best(TaskSpec(kind="manifold", manifold="circle", D=16), 4, 16, 3000),
         axes=(
             Axis("task", (("circle d=1", {"task.manifold": "circle", "task.n_charts": 4}),
                           ("sphere d=2", {"task.manifold": "sphere", "task.d": 2,
@@ -398,11 +404,8 @@ def gating() -> Experiment:
         title="Linear vs nonlinear routers on the spiral (charts not linearly separable in R^D)",
         claim="A nonlinear router lets a depth-1 MoE match the depth-2 construction with linear "
               "routers (suggestion 1).",
-        base=_with(unnamed(
-            task=TaskSpec(kind="manifold", manifold="spiral", D=16),
-            model=ModelSpec(layers=1, moe=_moe(10, 16)),
-            train=TrainConfig(steps=4000),
-        ), {**best_recipe(1e-2), "model.moe.router.weighting": "switch"}),
+        base=_one_layer_best(TaskSpec(kind="manifold", manifold="spiral", D=16), 10, 16, 4000,
+                             {"model.moe.router.weighting": "switch"}),
         axes=(Axis("model", (
             ("1 layer, linear router", {"model.layers": 1}),
             ("1 layer, MLP router", {"model.layers": 1, "model.moe.router.scorer": "mlp",
@@ -431,12 +434,8 @@ def lowdim_experts() -> Experiment:
         title="Low-dimensional experts f_low o Enc vs plain experts (suggestion 3)",
         claim="Experts that first project to the intrinsic dimension (f_low o Enc) reach the same "
               "error with far fewer parameters when D is large.",
-        base=_with(unnamed(
-            task=TaskSpec(kind="manifold", manifold="circle", D=16, n_charts=4,
-                          embedding="isometry"),
-            model=ModelSpec(layers=1, moe=_moe(4, 16)),
-            train=TrainConfig(steps=3000),
-        ), {**best_recipe(1e-2)}),
+        base=_one_layer_best(TaskSpec(kind="manifold", manifold="circle", D=16, n_charts=4,
+                                      embedding="isometry"), 4, 16, 3000),
         axes=(
             Axis.of("D", "task.D", (16, 64, 256)),
             Axis("experts", (
@@ -472,11 +471,8 @@ def intrinsic() -> Experiment:
     return Experiment(
         title="The rate is set by the intrinsic dimension d, not by D (Thm 4.8)",
         claim="At fixed D the error grows with d; at fixed d it does not change with D.",
-        base=_with(unnamed(
-            task=TaskSpec(kind="manifold", manifold="circle", D=32, target="ridge", smoothness=2),
-            model=ModelSpec(layers=1, moe=_moe(8, 32)),
-            train=TrainConfig(steps=3000),
-        ), {**best_recipe(1e-2)}),
+        base=_one_layer_best(TaskSpec(kind="manifold", manifold="circle", D=32, target="ridge",
+                                      smoothness=2), 8, 32, 3000),
         axes=(Axis("task", tuple(variants)),),
         seeds=2,
         checks=(
