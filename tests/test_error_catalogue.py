@@ -311,8 +311,8 @@ CASES = [
     Case("layer-latent-wide",
          lambda d: MoELayer(4, 2, MoEConfig(num_experts=3, experts=ExpertConfig(latent_dim=8))),
          ValueError, r"experts.latent_dim=8 must be <= d_in=4"),
-    Case("experts-unknown-bank", lambda d: ExpertConfig(bank="lowrank"), ValueError,
-         r"experts.bank='lowrank' is unknown; expected one of \['ffn', 'lowdim'\]"),
+    Case("experts-unknown-bank", lambda d: ExpertConfig(bank="no_such_kind"), ValueError,
+         r"experts.bank='no_such_kind' is unknown; expected one of \['ffn', 'lowdim'"),
     Case("experts-unknown-option", lambda d: ExpertConfig(options={"rank": 4}), ValueError,
          r"experts.options has unknown key\(s\) \['rank'\] for experts.bank='ffn'; known: \[\]"),
 ]
