@@ -203,11 +203,12 @@ def build_grid(name: str, runs: Sequence[StoredRun], exp: Experiment | None) -> 
         axes, order, keys = sorted({k for r in runs for k in r.labels}, key=natural_key), {}, {}
     labelled = [(r, {a: str(r.labels[a] if a in r.labels else config_value(r, keys[a])
                             if a in keys else "custom") for a in axes}) for r in runs]
-    extras = _differing(labelled)
+    settings = [_flat_config(r.config) for r in runs]
+    extras = _differing([(flat, lab) for flat, (_, lab) in zip(settings, labelled, strict=True)])
     cells: dict[str, list] = {}
-    for r, lab in labelled:
+    for (r, lab), flat in zip(labelled, settings, strict=True):
         lab.update((extra, str(config_value(r, extra))) for extra in extras)
-        cells.setdefault(_identity(r), [lab, []])[1].append(r)
+        cells.setdefault(_identity(flat), [lab, []])[1].append(r)
     grid = Grid(name, tuple(axes + extras), order, (), tuple(extras))
     unsorted = [Cell(lab, tuple(sorted(rs, key=lambda r: (r.seed, r.run_id))), keys)
                 for lab, rs in cells.values()]
@@ -219,15 +220,16 @@ def _one_key(variants) -> str | None:
     return next(iter(keys)) if len(keys) == 1 else None
 
 
-def _identity(run: StoredRun) -> str:
-    return json.dumps(_flat_config(run.config), sort_keys=True, default=str)
+def _identity(settings: Mapping[str, Any]) -> str:
+    return json.dumps(settings, sort_keys=True, default=str)
 
 
-def _differing(labelled: Sequence[tuple[StoredRun, dict[str, str]]]) -> list[str]:
-    """The config paths in which runs with the same labels differ (never pooled together)."""
+def _differing(labelled: Sequence[tuple[dict[str, Any], dict[str, str]]]) -> list[str]:
+    """The config paths in which runs with the same labels differ (never pooled together), from
+    each run's settings (:func:`_flat_config`) and labels."""
     configs: dict[tuple, dict[str, dict]] = {}
-    for run, lab in labelled:
-        configs.setdefault(tuple(sorted(lab.items())), {})[_identity(run)] = _flat_config(run.config)
+    for flat, lab in labelled:
+        configs.setdefault(tuple(sorted(lab.items())), {})[_identity(flat)] = flat
     differ: set[str] = set()
     for first, *others in (list(variants.values()) for variants in configs.values()):
         differ |= {k for f in others for k in f.keys() | first.keys() if f.get(k) != first.get(k)}
