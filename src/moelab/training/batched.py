@@ -234,10 +234,6 @@ def _layer_backward(g_out: Tensor, saved: Sequence[Tensor | None], needs_h: bool
     return g_h, g_wr, g_br, g_w1, g_w2, g_b2
 
 
-#: What :func:`_layer_forward` keeps for the backward pass, per layer.
-_SAVED = 11
-
-
 def _buffer(workspace: dict | None, name: str, shape: tuple[int, ...], dtype: torch.dtype
             ) -> Tensor | None:
     """The buffer ``workspace`` keeps under ``name``, or None (allocate afresh) without a
@@ -276,6 +272,7 @@ class _Stack(torch.autograd.Function):
             h, route, keep = _layer_forward(h, *p, switch, a)
             routes += route
             saved += keep
+        ctx.per_layer = len(keep)  # tensors saved per layer
         ctx.save_for_backward(*saved)
         ctx.mark_non_differentiable(*routes)
         return (h, *routes)
@@ -289,7 +286,7 @@ class _Stack(torch.autograd.Function):
         grads: list[Tensor | None] = []
         g = g_y
         for i in reversed(range(layers)):
-            layer = saved[i * _SAVED:(i + 1) * _SAVED]
+            layer = saved[i * ctx.per_layer:(i + 1) * ctx.per_layer]
             g_a = _buffer(ctx.workspace, "g_a", layer[4].shape, g.dtype)  # like a (N, H, B)
             g, *layer_grads = _layer_backward(g, layer, i > 0 or ctx.needs_input_grad[0], g_a)
             grads = layer_grads + grads
@@ -336,10 +333,8 @@ class StackedMoE:
         self.out_widths = torch.tensor([m.d_out for m in models])
         self.switch = torch.tensor([[l.router.weighting == "switch" for l in m.moe_layers]
                                     for m in models])  # (N, layers)
-        self.any_switch = self.switch.any(0).tolist()  # per layer: does any router train?
         #: per layer, (N, 1, 1): the members whose routers train, or None if none do
-        self.switch_masks = [self.switch[:, i, None, None] if train else None
-                        for i, train in enumerate(self.any_switch)]
+        self.switch_masks = [s[:, None, None] if s.any() else None for s in self.switch.unbind(1)]
         self.experts = [E for E, _ in next(iter(shape))]
         self.slots: list[dict[str, _Slot]] = []
         start = 0
