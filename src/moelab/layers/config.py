@@ -190,8 +190,11 @@ class ExpertConfig:
     def kind(self) -> str:
         """The kind of bank built: ``bank``, or ``"lowdim"`` when ``latent_dim`` is set, else
         ``"ffn"``."""
-        if self.bank is not None:
-            return self.bank
+        return self.bank if self.bank is not None else self._implied_kind
+
+    @property
+    def _implied_kind(self) -> str:
+        """The kind ``bank=None`` means: ``"lowdim"`` when ``latent_dim`` is set, else ``"ffn"``."""
         return "ffn" if self.latent_dim is None else "lowdim"
 
     def __hash__(self) -> int:  # ``options`` is a dict: equal configs still hash alike
@@ -232,7 +235,7 @@ class ExpertConfig:
         if self.kind != "lowdim" and self.latent_dim is not None:
             raise ValueError(f"experts.latent_dim={self.latent_dim} is read by the 'lowdim' bank "
                              f"only, got experts.bank={self.bank!r}")
-        if self.bank == ("ffn" if self.latent_dim is None else "lowdim"):
+        if self.bank == self._implied_kind:
             object.__setattr__(self, "bank", None)
 
 
