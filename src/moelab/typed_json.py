@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import Any
 
 __all__ = ["ADDED_LATER", "NOT_IDENTITY", "build", "describe", "field_types", "from_json",
-           "to_json"]
+           "holds_default", "to_json"]
 
 
 @functools.cache
@@ -108,10 +108,14 @@ def _left_out(f: dataclasses.Field, value: Any) -> bool:
     rule = f.metadata.get("identity")
     if rule == "never":
         return True
-    if rule == "when_set":
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        return value == default
-    return False
+    return rule == "when_set" and holds_default(f, value)
+
+
+def holds_default(f: dataclasses.Field, value: Any) -> bool:
+    """Whether ``value`` equals field ``f``'s default (False for a field without one)."""
+    if f.default is not dataclasses.MISSING:
+        return value == f.default
+    return f.default_factory is not dataclasses.MISSING and value == f.default_factory()
 
 
 def describe(hint: Any) -> str:

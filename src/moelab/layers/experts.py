@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from moelab._validation import one_of
 from moelab.layers.activations import GATED_UNITS, get_activation
 from moelab.layers.config import ExpertConfig
-from moelab.typed_json import build, to_json
+from moelab.typed_json import build, holds_default, to_json
 
 #: An affine map applied to a batch: (h, weight, bias or None) -> h'.
 Affine = Callable[[Tensor, Tensor, "Tensor | None"], Tensor]
@@ -132,13 +132,7 @@ def canonical_options(kind: str, options: Mapping[str, Any]) -> dict[str, Any]:
         return {}
     values = to_json(parsed)
     return {f.name: values[f.name] for f in dataclasses.fields(parsed)
-            if not _holds_default(f, getattr(parsed, f.name))}
-
-
-def _holds_default(f: dataclasses.Field, value: Any) -> bool:
-    if f.default is not dataclasses.MISSING:
-        return value == f.default
-    return f.default_factory is not dataclasses.MISSING and value == f.default_factory()
+            if not holds_default(f, getattr(parsed, f.name))}
 
 
 def bank_options(config: ExpertConfig) -> Any:
