@@ -281,3 +281,38 @@ def test_a_kind_that_subclasses_the_ffn_bank_is_not_taken_for_it():
         assert all(torch.equal(before[k], after[k]) for k in before)  # left at its default init
     finally:
         del BANKS["scaled_ffn"]
+
+
+class _NotABank(nn.Module):
+    """A user's own module registered as a kind without the ExpertBank members."""
+
+    def __init__(self, num_experts: int, d_in: int, d_out: int, config: ExpertConfig) -> None:
+        super().__init__()
+        self.linear = nn.Linear(d_in, d_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.linear(x)
+
+
+class _PlainObject:
+    """A bank with every member but no nn.Module: its parameters would not be the layer's."""
+
+    num_experts = d_in = d_out = macs_per_token = 1
+
+    def __init__(self, *args) -> None:
+        pass
+
+    forward_all = forward_grouped = forward_mixed = None
+
+
+@pytest.mark.parametrize("cls, pattern", [
+    (_NotABank, r"'not_a_bank' \(_NotABank\) is not an ExpertBank: it lacks \['d_in', 'd_out', "
+                r"'forward_all', 'forward_grouped', 'forward_mixed', 'macs_per_token', "
+                r"'num_experts'\]"),
+    (_PlainObject, r"'not_a_bank' \(_PlainObject\) is not an nn.Module"),
+])
+def test_a_kind_that_is_not_an_expert_bank_is_refused_when_the_layer_is_built(
+        cls, pattern, monkeypatch):
+    monkeypatch.setitem(BANKS, "not_a_bank", cls)
+    with pytest.raises(TypeError, match=pattern):
+        MoELayer(3, 2, MoEConfig(experts=ExpertConfig(bank="not_a_bank")))

@@ -400,4 +400,19 @@ def build_experts(num_experts: int, d_in: int, d_out: int, config: ExpertConfig)
     """The bank ``config`` describes: the kind ``config.kind`` names in :data:`BANKS`
     (:class:`Experts` by default, :class:`LowDimExperts` when ``latent_dim`` is set)."""
     one_of("experts.bank", config.kind, BANKS)
-    return BANKS[config.kind](num_experts, d_in, d_out, config)
+    cls = BANKS[config.kind]
+    bank = cls(num_experts, d_in, d_out, config)
+    what = f"expert bank kind {config.kind!r} ({cls.__qualname__})"
+    missing = sorted(name for name in _BANK_MEMBERS if not hasattr(bank, name))
+    if missing:
+        raise TypeError(f"{what} is not an ExpertBank: it lacks {missing} (see "
+                        "moelab.layers.experts.ExpertBank)")
+    if not isinstance(bank, nn.Module):
+        raise TypeError(f"{what} is not an nn.Module, so its parameters would not be the layer's")
+    return bank
+
+
+#: What a bank must have: the :class:`ExpertBank` protocol's attributes and methods.
+_BANK_MEMBERS = (*ExpertBank.__annotations__,
+                 *(name for name in vars(ExpertBank) if callable(getattr(ExpertBank, name))
+                   and not name.startswith("_")))
